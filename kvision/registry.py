@@ -1,0 +1,132 @@
+"""The model registry: every network is registered by name with its metadata.
+
+A builder is registered with :func:`register`; :func:`create` builds any registered
+network by name, :func:`list_models` lists names and :func:`get_info` returns the
+metadata (task, family, year, paper, sizes, parameter count, stage outputs).
+
+Detection, segmentation and feature extraction tap backbones through
+``ModelInfo.stage_outputs`` (stride -> layer name), never by counting layers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import fnmatch
+from typing import Callable
+
+_REGISTRY: dict[str, "ModelInfo"] = {}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInfo:
+    """Metadata of one registered network.
+
+    Attributes:
+        name: lower-case registry name (``"resnet50"``).
+        builder: the public builder function (``ResNet50``).
+        task: ``"classification"``, ``"detection"``, ``"segmentation"``…
+        family: family name, one file per family (``"resnet"``).
+        year: year of the paper.
+        paper: paper title.
+        key_idea: one line on what the network introduced.
+        default_size: default square input size.
+        min_size: smallest input side the architecture takes.
+        input_channels: channels of the default input (3, or 1 for LeNet-5).
+        num_params: parameter count with ``include_top=True`` and 1000 classes (or
+            the builder's default classes), counted as ``params_convention`` says.
+        params_convention: ``"keras"`` (``count_params()``, BatchNorm moving
+            statistics included) or ``"trainable"`` (torchvision/timm/paper figures,
+            which leave BatchNorm statistics out).
+        params_source: where ``num_params`` comes from.
+        stage_outputs: ``{stride: layer_name}`` for strides 4, 8, 16, 32 where the
+            network has them: the last layer at that stride.
+        keras_application: the ``keras.applications`` builder with the same layout,
+            whose ImageNet weights ``weights="imagenet"`` loads; None if none.
+        default_classes: classes of the default top (1000, or 10 for LeNet-5).
+    """
+
+    name: str
+    builder: Callable
+    task: str
+    family: str
+    year: int
+    paper: str
+    key_idea: str = ""
+    default_size: int = 224
+    min_size: int = 32
+    input_channels: int = 3
+    num_params: int | None = None
+    params_convention: str = "keras"
+    params_source: str = ""
+    stage_outputs: dict = dataclasses.field(default_factory=dict)
+    keras_application: str | None = None
+    default_classes: int = 1000
+
+    @property
+    def has_imagenet_weights(self) -> bool:
+        return self.keras_application is not None
+
+
+def register(name: str, **metadata):
+    """Decorator registering a builder under ``name`` with its metadata."""
+    if name != name.lower():
+        raise ValueError(f"Registry names are lower-case; got {name!r}.")
+
+    def decorator(builder):
+        if name in _REGISTRY:
+            raise ValueError(f"A model named {name!r} is already registered.")
+        info = ModelInfo(name=name, builder=builder, **metadata)
+        if info.params_convention not in ("keras", "trainable"):
+            raise ValueError(
+                f"params_convention must be 'keras' or 'trainable', "
+                f"got {info.params_convention!r} for {name!r}."
+            )
+        _REGISTRY[name] = info
+        builder.model_info = info
+        return builder
+
+    return decorator
+
+
+def _ensure_loaded():
+    # Importing the model packages registers their builders.
+    import kvision.models  # noqa: F401
+
+
+def get_info(name: str) -> ModelInfo:
+    """Metadata of a registered network; unknown names raise ``ValueError``."""
+    _ensure_loaded()
+    if not isinstance(name, str):
+        raise ValueError(f"A model name must be a string, got {type(name).__name__}.")
+    key = name.lower()
+    if key not in _REGISTRY:
+        close = difflib.get_close_matches(key, list(_REGISTRY), n=5, cutoff=0.5)
+        hint = f" Closest matches: {', '.join(close)}." if close else ""
+        raise ValueError(
+            f"Unknown model {name!r}.{hint} "
+            f"`kvision.models.list_models()` lists all {len(_REGISTRY)} names."
+        )
+    return _REGISTRY[key]
+
+
+def create(name: str, **kwargs):
+    """Build the registered network ``name``; ``kwargs`` go to its builder."""
+    return get_info(name).builder(**kwargs)
+
+
+def list_models(task: str | None = None, pattern: str | None = None,
+                family: str | None = None) -> list[str]:
+    """Registered names, sorted; filter by ``task``, ``family`` or a glob ``pattern``."""
+    _ensure_loaded()
+    names = sorted(_REGISTRY)
+    if task is not None:
+        tasks = {info.task for info in _REGISTRY.values()}
+        if task not in tasks:
+            raise ValueError(f"Unknown task {task!r}; expected one of {sorted(tasks)}.")
+        names = [n for n in names if _REGISTRY[n].task == task]
+    if family is not None:
+        names = [n for n in names if _REGISTRY[n].family == family]
+    if pattern is not None:
+        names = [n for n in names if fnmatch.fnmatch(n, pattern.lower())]
+    return names

@@ -1,0 +1,10 @@
+"""The shared model contract that the tests hold every network to."""
+
+from kvision.testing.contract import (  # noqa: F401
+    assert_keras_parity,
+    assert_param_count,
+    assert_round_trip,
+    assert_stage_outputs,
+    counted_params,
+    randomize_weights,
+)

@@ -1,0 +1,176 @@
+"""Pretrained weights: ``"imagenet"``, a local file, or ``None``.
+
+``"imagenet"`` goes through keras.applications' own download code (the builder with
+the same layout as the kvision network, ``ModelInfo.keras_application``), then moves
+its weights into the kvision model. A local file is a Keras 3 ``.weights.h5`` (or a
+legacy ``.h5``); before loading, its variables are compared with the model's, and a
+mismatch is a ``ValueError`` naming the first variables that differ.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import keras
+import numpy as np
+
+
+def check_weights_argument(info, weights, *, include_top, classes,
+                           classifier_activation):
+    """Validate ``weights`` before anything is built."""
+    if weights is None:
+        return
+    if not isinstance(weights, (str, os.PathLike)):
+        raise ValueError(
+            f"`weights` must be None, 'imagenet' or a path to a weights file, "
+            f"got {type(weights).__name__}."
+        )
+    weights = os.fspath(weights)
+    if weights == "imagenet":
+        if not info.has_imagenet_weights:
+            raise ValueError(
+                f"No ImageNet weights exist for {info.name} (family {info.family!r}); "
+                f"use weights=None or a path to a .weights.h5 file."
+            )
+        if include_top and classes != 1000:
+            raise ValueError(
+                f"weights='imagenet' with include_top=True needs classes=1000, "
+                f"got classes={classes}."
+            )
+        if include_top and classifier_activation not in (None, "softmax"):
+            raise ValueError(
+                "weights='imagenet' with include_top=True needs classifier_activation "
+                f"None or 'softmax', got {classifier_activation!r}."
+            )
+        return
+    if not os.path.isfile(weights):
+        raise FileNotFoundError(
+            f"Weights file not found: {weights!r} (expected 'imagenet', None or an "
+            f"existing .weights.h5 file)."
+        )
+    if not weights.endswith(".h5"):
+        raise ValueError(
+            f"Weights file {weights!r} must be a Keras '.weights.h5' (or legacy "
+            f"'.h5') file."
+        )
+
+
+def load_into(model, weights, info, *, include_top=True, keras_kwargs=None):
+    """Load ``weights`` (None, "imagenet" or a path) into ``model``."""
+    if weights is None:
+        return model
+    weights = os.fspath(weights)
+    if weights == "imagenet":
+        return load_imagenet(model, info, include_top=include_top,
+                             **(keras_kwargs or {}))
+    return load_file(model, weights)
+
+
+def load_imagenet(model, info, *, include_top=True, **keras_kwargs):
+    """ImageNet weights from keras.applications' download path into ``model``."""
+    builder = getattr(keras.applications, info.keras_application)
+    shape = tuple(model.input_shape[1:])
+    if not include_top and None in shape[:2]:
+        shape = None
+    try:
+        reference = builder(weights="imagenet", include_top=include_top,
+                            input_shape=shape, **keras_kwargs)
+    except Exception as error:  # the download or the file check failed
+        raise ConnectionError(
+            f"Could not get ImageNet weights for {info.name} through "
+            f"keras.applications.{info.keras_application} ({error}). Offline, pass "
+            f"a local .weights.h5 file as `weights=`."
+        ) from error
+    transfer_weights(reference, model)
+    return model
+
+
+def transfer_weights(source, target):
+    """Copy every variable of ``source`` into ``target`` (same layout), checked."""
+    src, dst = source.weights, target.weights
+    problems = _compare(
+        [(v.path, tuple(v.shape)) for v in src], [(v.path, tuple(v.shape)) for v in dst]
+    )
+    if problems:
+        raise ValueError(
+            f"Cannot move weights from {source.name} into {target.name}: "
+            + "; ".join(problems)
+        )
+    target.set_weights(source.get_weights())
+
+
+def _compare(source, target):
+    """Differences between two ordered ``[(name, shape)]`` lists, as sentences."""
+    problems = []
+    if len(source) != len(target):
+        problems.append(f"the file has {len(source)} variables, the model {len(target)}")
+    for (s_name, s_shape), (t_name, t_shape) in zip(source, target):
+        if s_shape != t_shape:
+            problems.append(
+                f"{t_name} expects shape {t_shape}, the weights have {s_shape} ({s_name})"
+            )
+            if len(problems) >= 5:
+                break
+    return problems
+
+
+def _h5_variables(path):
+    """``[(path, shape)]`` of a Keras 3 ``.weights.h5`` file, in loading order."""
+    import h5py
+
+    found = []
+    with h5py.File(path, "r") as f:
+        def visit(name, obj):
+            if isinstance(obj, h5py.Dataset):
+                found.append((name, tuple(obj.shape)))
+        f.visititems(visit)
+    return found
+
+
+def load_file(model, path):
+    """Load a ``.weights.h5`` (or legacy ``.h5``) file, checking shapes first."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Weights file not found: {path!r}.")
+    if path.endswith(".weights.h5"):
+        with tempfile.TemporaryDirectory() as tmp:
+            expected_path = os.path.join(tmp, "expected.weights.h5")
+            model.save_weights(expected_path)
+            expected = _h5_variables(expected_path)
+        found = _h5_variables(path)
+        problems = []
+        expected_names = dict(expected)
+        found_names = dict(found)
+        missing = [n for n in expected_names if n not in found_names]
+        extra = [n for n in found_names if n not in expected_names]
+        if missing:
+            problems.append(f"missing in the file: {', '.join(missing[:5])}")
+        if extra:
+            problems.append(f"not in the model: {', '.join(extra[:5])}")
+        for name, shape in expected:
+            if name in found_names and found_names[name] != shape:
+                problems.append(
+                    f"{name}: the model expects {shape}, the file has {found_names[name]}"
+                )
+                if len(problems) >= 6:
+                    break
+        if problems:
+            raise ValueError(
+                f"Weights file {path!r} does not match model {model.name!r}: "
+                + "; ".join(problems)
+            )
+    try:
+        model.load_weights(path)
+    except Exception as error:
+        raise ValueError(
+            f"Weights file {path!r} does not match model {model.name!r}: {error}"
+        ) from error
+    return model
+
+
+def max_abs_diff(a, b) -> float:
+    """Largest absolute difference between two (lists of) arrays."""
+    if isinstance(a, (list, tuple)):
+        return max(max_abs_diff(x, y) for x, y in zip(a, b))
+    return float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
