@@ -1,15 +1,9 @@
-"""Building blocks shared by the families: each a short function on Keras tensors.
-
-Blocks take a ``name`` prefix and name their layers from it, so a network's layer
-names are stable and meaningful (``conv2_block1_1_conv``) and its features can be
-tapped by name. A block used by one family only lives in that family's file.
-"""
+"""Convolution units: a named activation, and conv -> BatchNorm -> activation."""
 
 from __future__ import annotations
 
 import keras
 
-from kvision.layers import LocalResponseNormalization  # noqa: F401  (re-exported)
 
 
 def activation_layer(activation, name):
@@ -46,27 +40,3 @@ def conv_bn_act(x, filters, kernel_size, strides=1, *, padding="same", groups=1,
         x = keras.layers.BatchNormalization(epsilon=bn_epsilon, momentum=bn_momentum,
                                             name=f"{name}{bn_suffix}")(x)
     return activation_layer(activation, f"{name}{act_suffix}")(x)
-
-
-def squeeze_excite(x, reduced_filters, *, activation="relu", gate="sigmoid", name,
-                   reshape=False, suffixes=("squeeze", "reduce", "reduce_act",
-                                            "expand", "excite")):
-    """Squeeze-and-excitation (Hu et al., 2018, "Squeeze-and-Excitation Networks").
-
-    Global average pool -> 1x1 conv to ``reduced_filters`` -> ``activation`` ->
-    1x1 conv back to the input channels -> ``gate`` -> channel-wise rescaling.
-    ``reshape=True`` pools flat then reshapes to ``(1, 1, C)`` (EfficientNet's
-    layout). Shapes: ``(N, H, W, C) -> (N, H, W, C)``.
-    """
-    channels = x.shape[-1]
-    squeeze, reduce, reduce_act, expand, excite = (f"{name}{s}" for s in suffixes)
-    if reshape:
-        s = keras.layers.GlobalAveragePooling2D(name=squeeze)(x)
-        s = keras.layers.Reshape((1, 1, channels), name=f"{name}reshape")(s)
-    else:
-        s = keras.layers.GlobalAveragePooling2D(keepdims=True, name=squeeze)(x)
-    s = keras.layers.Conv2D(reduced_filters, 1, padding="same", name=reduce)(s)
-    s = activation_layer(activation, reduce_act)(s)
-    s = keras.layers.Conv2D(channels, 1, padding="same", name=expand)(s)
-    s = activation_layer(gate, f"{expand}_gate")(s)
-    return keras.layers.Multiply(name=excite)([x, s])

@@ -1,0 +1,72 @@
+"""The contract every registered network keeps: one parametrized test per check."""
+
+import numpy as np
+import keras
+import pytest
+
+import kvision
+from kvision import testing
+from kvision.models import get_info, list_models
+
+NAMES = list_models()
+
+
+def _small_size(info):
+    return max(info.min_size, 32)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_parameter_count_and_stages_at_default_size(name):
+    model = testing.assert_param_count(name)
+    info = get_info(name)
+    assert model.output_shape == (None, info.default_classes)
+    assert not any(isinstance(layer, keras.layers.Lambda) for layer in model.layers)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_stage_outputs_have_their_strides(name):
+    testing.assert_stage_outputs(name)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_features_at_minimum_size(name):
+    info = get_info(name)
+    shape = (info.min_size, info.min_size, info.input_channels)
+    x = np.random.default_rng(0).uniform(0, 255, (2, *shape)).astype("float32")
+    for pooling in ("avg", "max"):
+        model = kvision.create(name, include_top=False, pooling=pooling, input_shape=shape)
+        features = np.asarray(model(x))
+        assert features.ndim == 2 and features.shape[0] == 2
+        assert np.all(np.isfinite(features))
+    unpooled = kvision.create(name, include_top=False, input_shape=shape)
+    assert len(unpooled.output_shape) == 4
+    too_small = (info.min_size - 1, info.min_size - 1, info.input_channels)
+    with pytest.raises(ValueError, match=f"at least {info.min_size}"):
+        kvision.create(name, include_top=False, input_shape=too_small)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_keras_file_round_trip_with_other_classes(name):
+    info = get_info(name)
+    size = _small_size(info)
+    model = kvision.create(name, input_shape=(size, size, info.input_channels),
+                           classes=7)
+    x = np.random.default_rng(1).uniform(0, 255, (2, size, size, info.input_channels))
+    x = x.astype("float32")
+    probabilities = np.asarray(model(x))
+    assert probabilities.shape == (2, 7)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+    testing.assert_round_trip(model, x)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_metadata_is_complete(name):
+    info = get_info(name)
+    assert info.task == "classification"
+    assert info.paper and info.year >= 1989 and info.family and info.key_idea
+    assert info.num_params and info.params_source
+    assert info.min_size <= info.default_size
+    assert set(info.stage_outputs) <= {4, 8, 16, 32}
+    assert info.builder.__doc__ and info.builder.__name__ in dir(kvision.models)
+    with pytest.raises(ValueError, match="classes"):
+        kvision.create(name, classes=0)
