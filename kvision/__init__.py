@@ -1,6 +1,27 @@
-"""kvision: classic computer-vision networks and tasks for Keras 3 on TensorFlow."""
+"""kvision: classic computer-vision networks and tasks for Keras 3 on TensorFlow.
+
+``kvision.create(name)``, ``kvision.list_models()`` and ``kvision.profile(model)``
+are the short forms of ``kvision.models``'; submodules load on first use, so that
+``import kvision`` (and the command line) start without loading TensorFlow.
+"""
+
+import importlib
 
 __version__ = "0.1.0"
 
-from kvision import models  # noqa: E402,F401
-from kvision.models import create, list_models, profile  # noqa: E402,F401
+_SHORTCUTS = {"create": "kvision.models", "list_models": "kvision.models",
+              "profile": "kvision.models"}
+_SUBMODULES = ("blocks", "data", "export", "layers", "models", "registry", "testing",
+               "train", "weights")
+
+
+def __getattr__(name):
+    if name in _SHORTCUTS:
+        return getattr(importlib.import_module(_SHORTCUTS[name]), name)
+    if name in _SUBMODULES:
+        return importlib.import_module(f"kvision.{name}")
+    raise AttributeError(f"module 'kvision' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), *_SHORTCUTS, *_SUBMODULES])

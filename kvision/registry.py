@@ -110,9 +110,10 @@ def get_info(name: str) -> ModelInfo:
     return _REGISTRY[key]
 
 
-def create(name: str, **kwargs):
-    """Build the registered network ``name``; ``kwargs`` go to its builder."""
-    return get_info(name).builder(**kwargs)
+def create(model_name: str, /, **kwargs):
+    """Build the registered network ``model_name``; ``kwargs`` (``name`` included)
+    go to its builder."""
+    return get_info(model_name).builder(**kwargs)
 
 
 def list_models(task: str | None = None, pattern: str | None = None,

@@ -29,14 +29,17 @@ def check_arguments(info, *, include_top, weights, pooling, classes,
                                        classifier_activation=classifier_activation)
 
 
-def resolve_input_shape(info, input_shape, *, fixed_size: bool, weights) -> tuple:
+def resolve_input_shape(info, input_shape, *, fixed_size: bool, weights,
+                        include_top: bool = True) -> tuple:
     """The ``(H, W, C)`` input shape, checked against the architecture's limits.
 
     ``fixed_size`` says the top needs known spatial dimensions (a Flatten head).
+    With no ``input_shape``, a classifier takes the default size (as
+    keras.applications does) and a feature extractor any size.
     """
     default = (info.default_size, info.default_size, info.input_channels)
     if input_shape is None:
-        return default if fixed_size else (None, None, info.input_channels)
+        return default if (fixed_size or include_top) else (None, None, info.input_channels)
     try:
         shape = tuple(None if d is None else int(d) for d in input_shape)
     except (TypeError, ValueError):
@@ -72,11 +75,12 @@ def resolve_input_shape(info, input_shape, *, fixed_size: bool, weights) -> tupl
     return shape
 
 
-def make_input(info, input_tensor, input_shape, *, fixed_size, weights):
+def make_input(info, input_tensor, input_shape, *, fixed_size, weights,
+               include_top=True):
     """The model's ``keras.Input`` (or the given tensor) and the tensor to build on."""
     if input_tensor is None:
         shape = resolve_input_shape(info, input_shape, fixed_size=fixed_size,
-                                    weights=weights)
+                                    weights=weights, include_top=include_top)
         inputs = keras.Input(shape=shape, name="input_layer")
         return inputs, inputs
     if not keras.backend.is_keras_tensor(input_tensor):
@@ -153,7 +157,8 @@ def build(
     check_arguments(info, include_top=include_top, weights=weights, pooling=pooling,
                     classes=classes, classifier_activation=classifier_activation)
     inputs, x = make_input(info, input_tensor, input_shape,
-                           fixed_size=fixed_size and include_top, weights=weights)
+                           fixed_size=fixed_size and include_top, weights=weights,
+                           include_top=include_top)
     features = body(x)
     extra: Sequence = ()
     if isinstance(features, tuple):

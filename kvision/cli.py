@@ -1,0 +1,158 @@
+"""The ``kvision`` command: ``list``, ``info`` and ``train`` (thin over the library)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _profile_cache_path():
+    home = os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras"))
+    import kvision
+
+    return os.path.join(home, "kvision", f"profiles-{kvision.__version__}.json")
+
+
+def zoo_table(names=None, use_cache=True, progress=True):
+    """One row per network: name, year, key idea, params, GFLOPs, size MB.
+
+    Profiling builds each network at its default size once; results are cached in
+    the Keras home directory (``~/.keras/kvision``) per kvision version.
+    """
+    import keras
+    from tqdm import tqdm
+
+    from kvision.models import create, get_info, list_models, profile
+
+    names = names or list_models()
+    path = _profile_cache_path()
+    cache = {}
+    if use_cache and os.path.isfile(path):
+        with open(path) as f:
+            cache = json.load(f)
+    rows = []
+    for name in tqdm(names, desc="profiling", disable=not progress or all(n in cache for n in names)):
+        if name not in cache:
+            p = profile(create(name))
+            cache[name] = {"params": p.total_params, "trainable": p.trainable_params,
+                           "gflops": p.gflops, "size_mb": p.size_mb}
+            keras.backend.clear_session()
+        info = get_info(name)
+        rows.append({"name": name, "year": info.year, "key_idea": info.key_idea,
+                     "input": info.default_size, **cache[name]})
+    if use_cache:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(cache, f, indent=1)
+        os.replace(tmp, path)
+    return rows
+
+
+def format_table(rows):
+    header = f"{'name':<22}{'year':>5}  {'key idea':<44}{'input':>6}{'params':>14}{'GFLOPs':>9}{'MB':>9}"
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        lines.append(f"{r['name']:<22}{r['year']:>5}  {r['key_idea'][:43]:<44}{r['input']:>6}"
+                     f"{r['params']:>14,}{r['gflops']:>9.2f}{r['size_mb']:>9.1f}")
+    lines.append("GFLOPs = multiply-accumulates of one image at the input size, as the "
+                 "papers count; MB = float32 weights.")
+    return "\n".join(lines)
+
+
+def cmd_list(args):
+    from kvision.models import list_models
+
+    names = list_models(task=args.task)
+    if args.names_only:
+        print("\n".join(names))
+        return 0
+    print(format_table(zoo_table(names, use_cache=not args.no_cache)))
+    return 0
+
+
+def cmd_info(args):
+    from kvision.models import create, get_info, profile
+
+    info = get_info(args.name)
+    model = create(info.name)
+    p = profile(model)
+    print(f"{info.name}  ({info.builder.__name__}, family {info.family}, {info.year})")
+    print(f"paper:        {info.paper}")
+    print(f"key idea:     {info.key_idea}")
+    print(f"input:        {info.default_size}x{info.default_size}x{info.input_channels} "
+          f"(minimum {info.min_size})")
+    print(f"parameters:   {p.total_params:,} ({p.trainable_params:,} trainable); "
+          f"reference {info.num_params:,} ({info.params_convention}, {info.params_source})")
+    print(f"GFLOPs:       {p.gflops:.3f} (multiply-accumulates)")
+    print(f"weights:      {p.size_mb:.1f} MB float32; ImageNet: "
+          f"{'keras.applications.' + info.keras_application if info.keras_application else 'none'}")
+    stages = ", ".join(f"{s}: {n}" for s, n in sorted(info.stage_outputs.items()))
+    print(f"stages:       {stages or '-'}")
+    if not args.no_summary:
+        model.summary(line_length=110)
+    return 0
+
+
+def cmd_train(args):
+    from kvision.train import train_classifier
+
+    result = train_classifier(args.model, data=args.data, epochs=args.epochs,
+                              batch_size=args.batch_size, learning_rate=args.lr,
+                              image_size=args.image_size, out_dir=args.out,
+                              export=not args.no_export, seed=args.seed,
+                              augment=not args.no_augment)
+    print(f"test top-1 accuracy: {result.test_accuracy:.4f} "
+          f"(error {1 - result.test_accuracy:.4f}) after {result.seconds:.1f} s of training")
+    if result.keras_path:
+        print(f"saved: {result.keras_path}")
+    if result.export_path:
+        print(f"exported for TensorFlow Serving: {result.export_path}")
+    return 0
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="kvision", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("list", help="the table of all networks")
+    p.add_argument("--task", default=None)
+    p.add_argument("--names-only", action="store_true")
+    p.add_argument("--no-cache", action="store_true", help="profile again")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("info", help="one network, with its layer summary")
+    p.add_argument("name")
+    p.add_argument("--no-summary", action="store_true")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("train", help="train a network with model.fit")
+    p.add_argument("model")
+    p.add_argument("--data", default="digits")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--image-size", type=int, default=None)
+    p.add_argument("--out", default=None, help="default saved_models/MODEL")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-export", action="store_true")
+    p.add_argument("--no-augment", action="store_true")
+    p.set_defaults(func=cmd_train)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"kvision {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""profile(): parameters, multiply-accumulates and size, against hand counts and the
+GFLOPs torchvision publishes for the same architectures (MACs at 224x224)."""
+
+import keras
+import pytest
+
+import kvision
+from kvision.models import profile
+
+
+def _single(layer, shape):
+    inputs = keras.Input(shape)
+    return keras.Model(inputs, layer(inputs))
+
+
+@pytest.mark.parametrize("layer, shape, macs", [
+    (keras.layers.Conv2D(8, 3, padding="same"), (10, 10, 4), 10 * 10 * 8 * 9 * 4),
+    (keras.layers.Conv2D(8, 3, strides=2, padding="valid"), (11, 11, 4), 5 * 5 * 8 * 9 * 4),
+    (keras.layers.Conv2D(8, 3, padding="same", groups=2), (6, 6, 4), 6 * 6 * 8 * 9 * 2),
+    (keras.layers.DepthwiseConv2D(3, padding="same"), (6, 6, 5), 6 * 6 * 5 * 9),
+    (keras.layers.SeparableConv2D(7, 3, padding="same"), (6, 6, 5), 36 * 5 * 9 + 36 * 5 * 7),
+    (keras.layers.Conv2DTranspose(3, 2, strides=2), (4, 4, 6), 4 * 4 * 6 * 4 * 3),
+    (keras.layers.Dense(7), (12,), 12 * 7),
+    (keras.layers.MaxPooling2D(2), (8, 8, 3), 0),
+])
+def test_layer_macs_match_hand_counts(layer, shape, macs):
+    assert profile(_single(layer, shape)).macs == macs
+
+
+def test_lenet5_counts_and_size():
+    p = profile(kvision.create("lenet5"))
+    # c1: 28*28*6*25, c3: 10*10*16*150, fc: 400*120 + 120*84 + 84*10
+    assert p.macs == 28 * 28 * 6 * 25 + 10 * 10 * 16 * 150 + 400 * 120 + 120 * 84 + 84 * 10
+    assert p.total_params == p.trainable_params == 61_706
+    assert p.size_mb == pytest.approx(61_706 * 4 / 1e6)
+
+
+def test_batchnorm_statistics_are_counted_apart():
+    p = profile(kvision.create("vgg11_bn", input_shape=(32, 32, 3), classes=10))
+    bn_channels = 64 + 128 + 256 * 2 + 512 * 4
+    assert p.total_params - p.trainable_params == 2 * bn_channels
+
+
+def test_needs_a_fixed_input_size():
+    with pytest.raises(ValueError, match="fixed input size"):
+        profile(kvision.create("vgg11", include_top=False))
+    with pytest.raises(ValueError, match="keras.Model"):
+        profile("vgg11")
+
+
+# torchvision's model documentation, "GFLOPS" column (MACs of one 224x224 image; 299
+# for Inception v3), rounded to two decimals there.
+PUBLISHED_GFLOPS = {
+    "alexnet": 0.71, "vgg11": 7.61, "vgg16": 15.47, "vgg19_bn": 19.63,
+    "resnet18": 1.81, "resnet34": 3.66, "googlenet": 1.50, "inception_v3": 5.71,
+    "densenet121": 2.83, "mobilenet_v2": 0.30, "squeezenet1_0": 0.82,
+    "squeezenet1_1": 0.35, "shufflenet_v2_x1_0": 0.14, "efficientnet_b0": 0.39,
+    "resnext50_32x4d": 4.23,
+}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED_GFLOPS))
+def test_gflops_match_published_figures(name):
+    expected = PUBLISHED_GFLOPS[name]
+    got = profile(kvision.create(name)).gflops
+    assert abs(got - expected) <= 0.006 + 0.01 * expected, f"{name}: {got:.3f} vs {expected}"
