@@ -1,5 +1,6 @@
 """Custom layers: each a registered, serializable ``keras.Layer`` (no ``Lambda``)."""
 
 from kvision.layers.normalization import LocalResponseNormalization
+from kvision.layers.shuffle import ChannelShuffle, ChannelSplit
 
-__all__ = ["LocalResponseNormalization"]
+__all__ = ["ChannelShuffle", "ChannelSplit", "LocalResponseNormalization"]

@@ -1,0 +1,77 @@
+"""ZFNet (Zeiler & Fergus, 2013, "Visualizing and Understanding Convolutional
+Networks"): AlexNet with a 7x7/2 first layer and a 5x5/2 second one, found by
+visualizing the features (the paper's Fig. 3 layout, one GPU, dense connections).
+
+224 -> conv1 7x7/2 96 (110) -> pool 3x3/2 (55) -> LRN -> conv2 5x5/2 256 (26) ->
+pool (13) -> LRN -> conv3 384 -> conv4 384 -> conv5 256 (13) -> pool (6) ->
+FC4096 -> FC4096 -> classes.
+"""
+
+import keras
+
+from kvision.layers import LocalResponseNormalization
+from kvision.models._builder import build, builder_args
+from kvision.models.classification.alexnet import fc_head
+from kvision.registry import register
+
+PAPER = "Visualizing and Understanding Convolutional Networks"
+
+# (filters, kernel, stride, padding) of conv1..conv5; a max-pool follows 1, 2 and 5,
+# the LRN ("contrast normalized across feature maps") the pools of 1 and 2.
+CONVS = ((96, 7, 2, 1), (256, 5, 2, 0), (384, 3, 1, 1), (384, 3, 1, 1),
+         (256, 3, 1, 1))
+
+
+def max_pool_ceil(x, pool_size=3, strides=2, *, name):
+    """Max-pool rounding the output size up (Caffe's and PyTorch's ``ceil_mode``).
+
+    ``ceil((H - k) / s) + 1`` outputs: pad ``s - 1`` rows/columns at the bottom/right,
+    then pool "valid"; the last window may hang over the edge. The padding is zero,
+    not -inf, so the input must be non-negative (it follows a ReLU everywhere used):
+    each window holds at least one real value >= 0, so the pad never wins.
+    """
+    pad = strides - 1
+    x = keras.layers.ZeroPadding2D(((0, pad), (0, pad)), name=f"{name}_pad")(x)
+    return keras.layers.MaxPooling2D(pool_size, strides=strides, name=name)(x)
+
+
+def zfnet_body(x):
+    """The five conv layers; ``(N, 224, 224, 3) -> (N, 6, 6, 256)``.
+
+    The paper's sizes 110, 55, 26, 13, 6 fix the paddings: 1 for the 7x7/2 conv,
+    none for the 5x5/2, and pools that round up (55 = ceil(107/2) + 1).
+    """
+    for i, (filters, kernel, stride, pad) in enumerate(CONVS, start=1):
+        if pad:
+            x = keras.layers.ZeroPadding2D(pad, name=f"conv{i}_pad")(x)
+        x = keras.layers.Conv2D(filters, kernel, strides=stride, activation="relu",
+                                name=f"conv{i}")(x)
+        if i in (1, 2, 5):
+            x = max_pool_ceil(x, name=f"pool{i}")
+        if i in (1, 2):
+            x = LocalResponseNormalization(name=f"lrn{i}")(x)
+    return x
+
+
+def zfnet_head(x, classes, classifier_activation):
+    """Flatten the 6x6x256 map -> FC4096 -> FC4096 (dropout 0.5 after each) -> classes."""
+    return fc_head(x, classes, classifier_activation, dropout_first=False)
+
+
+@register("zfnet", task="classification", family="zfnet", year=2013, paper=PAPER,
+          key_idea="AlexNet retuned by visualizing features: 7x7/2 conv1",
+          default_size=224, min_size=47, num_params=62_357_608,
+          params_convention="trainable",
+          params_source="paper Fig. 3 layout (no BatchNorm, so all parameters): "
+                        "conv 3,726,464 + FC 58,631,144",
+          stage_outputs={4: "lrn1", 8: "conv2", 16: "conv5", 32: "pool5"})
+def ZFNet(include_top=True, weights=None, input_tensor=None, input_shape=None,
+          pooling=None, classes=1000, classifier_activation="softmax", name=None):
+    """ZFNet, the layout of Fig. 3 of Zeiler & Fergus (62.4M parameters).
+
+    Input ``(224, 224, 3)`` (any size >= 47 with ``include_top=False``; the Flatten
+    head fixes the size otherwise); output ``(N, classes)`` or features
+    ``(N, 6, 6, 256)`` at 224 (stride 32).
+    """
+    return build("zfnet", zfnet_body, head=zfnet_head, fixed_size=True,
+                 **builder_args(locals()))
