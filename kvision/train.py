@@ -85,7 +85,7 @@ def train_classifier(model_name="lenet5", data="digits", *, epochs=30, batch_siz
     train_ds = augment_lib.training_dataset(x_train, y_train, batch_size, augmentation,
                                             seed=seed)
     start = time.perf_counter()
-    history = model.fit(train_ds, epochs=epochs, validation_data=(x_test, y_test),
+    history = model.fit(train_ds, epochs=epochs, validation_data=(x_test, y_test), shuffle=False,
                         verbose=verbose)
     seconds = time.perf_counter() - start
     test_loss, test_accuracy = model.evaluate(x_test, y_test, verbose=0)
