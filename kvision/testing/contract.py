@@ -51,7 +51,7 @@ def assert_stage_outputs(name: str):
         return
     model = registry.create(name, include_top=False,
                             input_shape=(None, None, info.input_channels))
-    taps = keras.Model(model.inputs,
+    taps = keras.Model(model.input,
                        [model.get_layer(n).output for n in info.stage_outputs.values()])
     base = -(-max(info.min_size, 64) // 32) * 32
     sizes = []
