@@ -1,0 +1,57 @@
+"""SE-Net (Hu et al., 2017, "Squeeze-and-Excitation Networks"): a squeeze-and-
+excitation block reweights the channels of every residual branch before the
+addition, from globally pooled context (reduction 16, SE convs with bias).
+
+SE-ResNet-50 and SE-ResNeXt-50 32x4d on torchvision's ResNet-50/ResNeXt-50 layout,
+as timm's ``seresnet50``/``seresnext50_32x4d`` (SE width rounded to a multiple of 8).
+"""
+
+from kvision.models.classification.resnet import resnet, stage_outputs
+from kvision.registry import register
+
+PAPER = "Squeeze-and-Excitation Networks"
+
+
+def _register(name, depth, num_params, timm_name):
+    return register(
+        name, task="classification", family="senet", year=2017, paper=PAPER,
+        key_idea="channel attention (squeeze-and-excitation)", default_size=224,
+        min_size=32, num_params=num_params, params_convention="trainable",
+        params_source=f"timm {timm_name}, trainable parameters",
+        stage_outputs=stage_outputs(depth), keras_application=None)
+
+
+def senet(registry_name, depth, args, **body_kwargs):
+    """An SE network from its builder's ``locals()``; ``se_ratio=None`` drops SE."""
+    return resnet(registry_name, depth, "torchvision", args, se_ratio=args["se_ratio"],
+                  **body_kwargs)
+
+
+@_register("se_resnet50", 50, 28_088_024, "seresnet50")
+def SEResNet50(include_top=True, weights=None, input_tensor=None, input_shape=None,
+               pooling=None, classes=1000, classifier_activation="softmax", name=None,
+               se_ratio=1 / 16):
+    """SE-ResNet-50 (Hu et al., 2017): ResNet-50 with an SE block in every
+    bottleneck.
+
+    Input ``(224, 224, 3)`` by default (any size >= 32); output ``(N, classes)`` or
+    features ``(N, H/32, W/32, 2048)``. ``se_ratio``: SE width over block width
+    (1/16, the paper's reduction 16); ``None`` gives torchvision's ResNet-50.
+    """
+    return senet("se_resnet50", 50, locals())
+
+
+@_register("se_resnext50_32x4d", 50, 27_559_896, "seresnext50_32x4d")
+def SEResNeXt50_32x4d(include_top=True, weights=None, input_tensor=None,
+                      input_shape=None, pooling=None, classes=1000,
+                      classifier_activation="softmax", name=None, se_ratio=1 / 16,
+                      groups=32, width_per_group=4):
+    """SE-ResNeXt-50 32x4d (Hu et al., 2017): ResNeXt-50 32x4d with an SE block in
+    every bottleneck.
+
+    Input ``(224, 224, 3)`` by default (any size >= 32); output ``(N, classes)`` or
+    features ``(N, H/32, W/32, 2048)``. ``se_ratio`` as in :func:`SEResNet50`;
+    ``groups``/``width_per_group`` as in ResNeXt.
+    """
+    return senet("se_resnext50_32x4d", 50, locals(), groups=groups,
+                 width_per_group=width_per_group)
