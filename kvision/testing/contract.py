@@ -38,19 +38,20 @@ def assert_param_count(name: str, **kwargs):
     return model
 
 
-def assert_stage_outputs(name: str):
+def assert_stage_outputs(name: str, **kwargs):
     """Every stage output named in the metadata exists and has its stride.
 
+    Returns the features model (``include_top=False``, any input size, ``kwargs``).
     The stride is measured, not guessed from one size: the features of a network
     built for any input size are run at two sizes 64 pixels apart, and a stage at
     stride ``s`` must grow by exactly ``64 / s`` (true for "same" and "valid"
     padding alike).
     """
     info = registry.get_info(name)
-    if not info.stage_outputs:
-        return
     model = registry.create(name, include_top=False,
-                            input_shape=(None, None, info.input_channels))
+                            input_shape=(None, None, info.input_channels), **kwargs)
+    if not info.stage_outputs:
+        return model
     taps = keras.Model(model.input,
                        [model.get_layer(n).output for n in info.stage_outputs.values()])
     base = -(-max(info.min_size, 64) // 32) * 32
@@ -65,6 +66,7 @@ def assert_stage_outputs(name: str):
             f"{name}: stage {layer!r} grows by {large - small} for 64 more input "
             f"pixels, so its stride is not {stride}"
         )
+    return model
 
 
 def randomize_weights(model, seed=0):

@@ -42,3 +42,18 @@ def test_features_without_top_take_any_size():
     for size in (32, 77):
         out = model(np.zeros((1, size, size, 3), "float32"))
         assert out.shape == (1, size // 32, size // 32, 512)
+
+
+@pytest.mark.parametrize("pooling, rank", [(None, 4), ("avg", 2), ("max", 2)])
+def test_pooling_options(pooling, rank):
+    model = kvision.create("squeezenet1_1", include_top=False, pooling=pooling,
+                           input_shape=(64, 64, 3))
+    x = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
+    out = np.asarray(model(x))
+    assert out.ndim == rank
+    if pooling:
+        base = kvision.create("squeezenet1_1", include_top=False, input_shape=(64, 64, 3))
+        base.set_weights(model.get_weights())
+        unpooled = np.asarray(base(x))
+        reduce = np.mean if pooling == "avg" else np.max
+        np.testing.assert_allclose(out, reduce(unpooled, axis=(1, 2)), rtol=1e-5, atol=1e-5)

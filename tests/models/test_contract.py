@@ -24,22 +24,17 @@ def test_parameter_count_and_stages_at_default_size(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_stage_outputs_have_their_strides(name):
-    testing.assert_stage_outputs(name)
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_features_at_minimum_size(name):
+def test_stages_and_pooled_features_at_any_size(name):
+    """One features model per network (any input size, avg pooling): its stage outputs
+    have their strides, it runs at the minimum size, and a smaller size is refused.
+    ("max" and unpooled features come from the same shared code: test_builder.py.)"""
     info = get_info(name)
-    shape = (info.min_size, info.min_size, info.input_channels)
-    x = np.random.default_rng(0).uniform(0, 255, (2, *shape)).astype("float32")
-    for pooling in ("avg", "max"):
-        model = kvision.create(name, include_top=False, pooling=pooling, input_shape=shape)
-        features = np.asarray(model(x))
-        assert features.ndim == 2 and features.shape[0] == 2
-        assert np.all(np.isfinite(features))
-    unpooled = kvision.create(name, include_top=False, input_shape=shape)
-    assert len(unpooled.output_shape) == 4
+    model = testing.assert_stage_outputs(name, pooling="avg")
+    x = np.random.default_rng(0).uniform(0, 255, (2, info.min_size, info.min_size,
+                                                  info.input_channels))
+    features = np.asarray(model(x.astype("float32")))
+    assert features.ndim == 2 and features.shape[0] == 2
+    assert np.all(np.isfinite(features))
     too_small = (info.min_size - 1, info.min_size - 1, info.input_channels)
     with pytest.raises(ValueError, match=f"at least {info.min_size}"):
         kvision.create(name, include_top=False, input_shape=too_small)
