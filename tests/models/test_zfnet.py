@@ -6,7 +6,8 @@ import pytest
 
 import kvision
 from kvision.models import get_info
-from kvision.models.classification.zfnet import max_pool_ceil, zfnet_body
+from kvision.blocks.pooling import max_pool_ceil
+from kvision.models.classification.zfnet import zfnet_body
 
 # Fig. 3: (kernel, stride, pad, in, out) of layers 1-5; layers 6-8 fully connected.
 CONVS = ((7, 2, 1, 3, 96), (5, 2, 0, 96, 256), (3, 1, 1, 256, 384),

@@ -9,7 +9,7 @@ computation) in torchvision's layout; the max-pools round up (``ceil_mode``).
 import keras
 
 from kvision.models._builder import build, builder_args
-from kvision.models.classification.zfnet import max_pool_ceil
+from kvision.blocks.pooling import max_pool_ceil
 from kvision.registry import register
 
 PAPER = ("SqueezeNet: AlexNet-level accuracy with 50x fewer parameters and <0.5MB "

@@ -9,6 +9,7 @@ FC4096 -> FC4096 -> classes.
 
 import keras
 
+from kvision.blocks.pooling import max_pool_ceil
 from kvision.layers import LocalResponseNormalization
 from kvision.models._builder import build, builder_args
 from kvision.models.classification.alexnet import fc_head
@@ -20,19 +21,6 @@ PAPER = "Visualizing and Understanding Convolutional Networks"
 # the LRN ("contrast normalized across feature maps") the pools of 1 and 2.
 CONVS = ((96, 7, 2, 1), (256, 5, 2, 0), (384, 3, 1, 1), (384, 3, 1, 1),
          (256, 3, 1, 1))
-
-
-def max_pool_ceil(x, pool_size=3, strides=2, *, name):
-    """Max-pool rounding the output size up (Caffe's and PyTorch's ``ceil_mode``).
-
-    ``ceil((H - k) / s) + 1`` outputs: pad ``s - 1`` rows/columns at the bottom/right,
-    then pool "valid"; the last window may hang over the edge. The padding is zero,
-    not -inf, so the input must be non-negative (it follows a ReLU everywhere used):
-    each window holds at least one real value >= 0, so the pad never wins.
-    """
-    pad = strides - 1
-    x = keras.layers.ZeroPadding2D(((0, pad), (0, pad)), name=f"{name}_pad")(x)
-    return keras.layers.MaxPooling2D(pool_size, strides=strides, name=name)(x)
 
 
 def zfnet_body(x):
