@@ -71,7 +71,7 @@ def load_imagenet(model, info, *, include_top=True, **keras_kwargs):
     """ImageNet weights from keras.applications' download path into ``model``."""
     builder = getattr(keras.applications, info.keras_application)
     shape = tuple(model.input_shape[1:])
-    if not include_top and None in shape[:2]:
+    if None in shape[:2]:  # keras' builders take None for "any size", not (None, None, 3)
         shape = None
     try:
         reference = builder(weights="imagenet", include_top=include_top,
@@ -87,32 +87,17 @@ def load_imagenet(model, info, *, include_top=True, **keras_kwargs):
 
 
 def transfer_weights(source, target):
-    """Copy every variable of ``source`` into ``target`` (same layout), checked."""
-    src, dst = source.weights, target.weights
-    problems = _compare(
-        [(v.path, tuple(v.shape)) for v in src], [(v.path, tuple(v.shape)) for v in dst]
-    )
-    if problems:
-        raise ValueError(
-            f"Cannot move weights from {source.name} into {target.name}: "
-            + "; ".join(problems)
-        )
-    target.set_weights(source.get_weights())
+    """Copy every variable of ``source`` into ``target`` (same layout), checked.
 
-
-def _compare(source, target):
-    """Differences between two ordered ``[(name, shape)]`` lists, as sentences."""
-    problems = []
-    if len(source) != len(target):
-        problems.append(f"the file has {len(source)} variables, the model {len(target)}")
-    for (s_name, s_shape), (t_name, t_shape) in zip(source, target):
-        if s_shape != t_shape:
-            problems.append(
-                f"{t_name} expects shape {t_shape}, the weights have {s_shape} ({s_name})"
-            )
-            if len(problems) >= 5:
-                break
-    return problems
+    Goes through a temporary ``.weights.h5`` file, the path a local file takes, so
+    that layers with derived state (``Normalization`` recomputes its scale when it
+    loads its mean and variance) end up exactly as if loaded from disk.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, f"{source.name}.weights.h5")
+        source.save_weights(path)
+        load_file(target, path)
+    return target
 
 
 def _h5_variables(path):

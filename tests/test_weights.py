@@ -82,3 +82,25 @@ def test_imagenet_offline_fails_with_a_clear_error(monkeypatch):
 def test_vgg_parity_with_keras_applications():
     assert testing.assert_keras_parity("vgg16", keras.applications.VGG16, (32, 32, 3)) == 0.0
     assert testing.assert_keras_parity("vgg19", keras.applications.VGG19, (40, 40, 3)) == 0.0
+
+
+def test_imagenet_path_carries_normalization_statistics(monkeypatch, tmp_path):
+    """EfficientNet's Normalization layer derives its scale from the loaded mean and
+    variance: after the "imagenet" path the kvision model must use the new ones."""
+    reference = testing.randomize_weights(keras.applications.EfficientNetB0(
+        weights=None, include_top=False, input_shape=(32, 32, 3)))
+    norm = reference.get_layer("normalization")
+    assert not np.allclose(keras.ops.convert_to_numpy(norm.mean), 0.0)
+    path = str(tmp_path / "b0_notop.weights.h5")
+    reference.save_weights(path)
+    from keras.src.applications import efficientnet
+    monkeypatch.setattr(efficientnet.file_utils, "get_file", lambda *a, **k: path)
+    model = kvision.create("efficientnet_b0", weights="imagenet", include_top=False,
+                           input_shape=(32, 32, 3))
+    # keras' own ImageNet model (built from the same "download") is the reference: with
+    # ImageNet weights both add the standard-deviation rescaling keras adds.
+    imagenet = keras.applications.EfficientNetB0(weights="imagenet", include_top=False,
+                                                 input_shape=(32, 32, 3))
+    x = np.random.default_rng(0).uniform(0, 255, (1, 32, 32, 3)).astype("float32")
+    np.testing.assert_allclose(model(x), imagenet(x), atol=1e-5)
+    assert not np.allclose(model(x), reference(x), atol=1e-5)

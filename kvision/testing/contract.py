@@ -80,13 +80,16 @@ def randomize_weights(model, seed=0):
     for variable in model.weights:
         path = variable.path
         shape = tuple(variable.shape)
-        if "moving_variance" in path or "gamma" in path:
+        if "variance" in path or "gamma" in path:
             value = rng.uniform(0.5, 1.5, shape)
-        elif any(key in path for key in ("moving_mean", "beta", "bias")):
+        elif any(key in path for key in ("mean", "beta", "bias")):
             value = rng.uniform(-0.1, 0.1, shape)
         else:
             continue
         variable.assign(value.astype(variable.dtype))
+    for layer in model._flatten_layers():
+        if isinstance(layer, keras.layers.Normalization):
+            layer.finalize_state()  # its scale is derived from mean and variance
     return model
 
 
