@@ -8,7 +8,7 @@ import pytest
 
 import kvision
 from kvision.models.classification.inception_v3 import LOSS_WEIGHTS, inference_model
-from kvision.models.classification.inception_v4 import ScaledResidual
+from kvision.layers import ScaledResidual
 from kvision.testing import assert_keras_parity, counted_params, randomize_weights
 
 

@@ -16,6 +16,7 @@ from kvision.blocks.conv import conv_bn_act
 from kvision.blocks.inception import (basic_conv, chain, conv_chain,
                                       inception_module, keras_inception_stem, pooled,
                                       split_1x3_3x1)
+from kvision.layers import ScaledResidual
 from kvision.models._builder import build, builder_args
 from kvision.registry import register
 
@@ -136,29 +137,6 @@ def InceptionV4(include_top=True, weights=None, input_tensor=None, input_shape=N
 
 
 # --- Inception-ResNet-v2 -----------------------------------------------------------
-
-@keras.saving.register_keras_serializable(package="kvision")
-class ScaledResidual(keras.layers.Layer):
-    """``inputs[0] + scale * inputs[1]``: a residual added after scaling it down.
-
-    keras.applications' ``CustomScaleLayer`` (not serializable with
-    ``safe_mode``); no weights, so keras' weight files are unaffected.
-    """
-
-    def __init__(self, scale, **kwargs):
-        super().__init__(**kwargs)
-        self.scale = float(scale)
-
-    def call(self, inputs):
-        shortcut, residual = inputs
-        return shortcut + residual * self.scale
-
-    def compute_output_shape(self, input_shape):
-        return input_shape[0]
-
-    def get_config(self):
-        return {**super().get_config(), "scale": self.scale}
-
 
 def _convs(*specs, name):
     # keras.applications' Inception-ResNet-v2 BatchNorms have no gamma (scale=False).
