@@ -64,6 +64,20 @@ def format_table(rows):
     return "\n".join(lines)
 
 
+def format_markdown(rows):
+    """The zoo table as Markdown, with each count's reference."""
+    from kvision.models import get_info
+
+    lines = ["| name | year | key idea | input | params | GFLOPs | MB | reference count |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        info = get_info(r["name"])
+        lines.append(f"| `{r['name']}` | {r['year']} | {r['key_idea']} | {r['input']} | "
+                     f"{r['params']:,} | {r['gflops']:.2f} | {r['size_mb']:.1f} | "
+                     f"{info.num_params:,} ({info.params_source}) |")
+    return "\n".join(lines)
+
+
 def cmd_list(args):
     from kvision.models import list_models
 
@@ -71,7 +85,8 @@ def cmd_list(args):
     if args.names_only:
         print("\n".join(names))
         return 0
-    print(format_table(zoo_table(names, use_cache=not args.no_cache)))
+    rows = zoo_table(names, use_cache=not args.no_cache)
+    print(format_markdown(rows) if args.markdown else format_table(rows))
     return 0
 
 
@@ -123,6 +138,7 @@ def build_parser():
     p.add_argument("--task", default=None)
     p.add_argument("--names-only", action="store_true")
     p.add_argument("--no-cache", action="store_true", help="profile again")
+    p.add_argument("--markdown", action="store_true", help="a Markdown table")
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("info", help="one network, with its layer summary")
