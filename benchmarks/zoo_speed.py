@@ -84,7 +84,7 @@ def compare(name, batch, rounds):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--models", default=",".join(PAIRS))
     args = parser.parse_args()
     peak = matmul_peak()

@@ -42,8 +42,11 @@ def zoo_table(names=None, use_cache=True, progress=True):
                            "gflops": p.gflops, "size_mb": p.size_mb}
             keras.backend.clear_session()
         info = get_info(name)
-        rows.append({"name": name, "year": info.year, "key_idea": info.key_idea,
-                     "input": info.default_size, **cache[name]})
+        row = {"name": name, "year": info.year, "key_idea": info.key_idea,
+               "input": info.default_size, **cache[name]}
+        # The count in the convention of the network's reference figure.
+        row["counted"] = row["trainable" if info.params_convention == "trainable" else "params"]
+        rows.append(row)
     if use_cache:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = f"{path}.tmp"
@@ -58,9 +61,11 @@ def format_table(rows):
     lines = [header, "-" * len(header)]
     for r in rows:
         lines.append(f"{r['name']:<22}{r['year']:>5}  {r['key_idea'][:43]:<44}{r['input']:>6}"
-                     f"{r['params']:>14,}{r['gflops']:>9.2f}{r['size_mb']:>9.1f}")
-    lines.append("GFLOPs = multiply-accumulates of one image at the input size, as the "
-                 "papers count; MB = float32 weights.")
+                     f"{r['counted']:>14,}{r['gflops']:>9.2f}{r['size_mb']:>9.1f}")
+    lines.append("params counted as each network's reference counts them (keras.applications: "
+                 "all variables; torchvision/timm/papers: trainable only); GFLOPs = "
+                 "multiply-accumulates of one image at the input size, as the papers count; "
+                 "MB = float32 weights.")
     return "\n".join(lines)
 
 
@@ -68,13 +73,14 @@ def format_markdown(rows):
     """The zoo table as Markdown, with each count's reference."""
     from kvision.models import get_info
 
-    lines = ["| name | year | key idea | input | params | GFLOPs | MB | reference count |",
+    lines = ["| name | year | key idea | input | params | GFLOPs | MB | = reference |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         info = get_info(r["name"])
+        same = "yes" if r["counted"] == info.num_params else f"NO: {info.num_params:,}"
         lines.append(f"| `{r['name']}` | {r['year']} | {r['key_idea']} | {r['input']} | "
-                     f"{r['params']:,} | {r['gflops']:.2f} | {r['size_mb']:.1f} | "
-                     f"{info.num_params:,} ({info.params_source}) |")
+                     f"{r['counted']:,} | {r['gflops']:.2f} | {r['size_mb']:.1f} | "
+                     f"{same}, {info.params_source} |")
     return "\n".join(lines)
 
 

@@ -18,7 +18,7 @@ def test_zoo_table_profiles_and_caches(tmp_path, monkeypatch):
     rows = cli.zoo_table(["lenet5", "squeezenet1_1"], progress=False)
     expected = profile(create("squeezenet1_1"))
     row = rows[1]
-    assert row["name"] == "squeezenet1_1" and row["params"] == expected.total_params
+    assert row["name"] == "squeezenet1_1" and row["counted"] == expected.trainable_params
     assert row["gflops"] == pytest.approx(expected.gflops)
     cache = json.loads(open(cli._profile_cache_path()).read())
     assert set(cache) == {"lenet5", "squeezenet1_1"}
