@@ -141,7 +141,8 @@ def inverted_residual(x, filters, *, expanded_filters=None, kernel_size=3, strid
                          bn_name=n["dw_bn"], act_name=n["dw_act"], pad_name=n["pad"])
     if se_filters:
         x = squeeze_excite(x, se_filters, activation=se_activation, gate=se_gate,
-                           reshape=se_reshape, name=n["se"], suffixes=names["se_suffixes"])
+                           reshape=se_reshape, name=n["se"], suffixes=names["se_suffixes"],
+                           kernel_initializer=initializer)
     x = conv_bn(x, filters, bn_momentum=bn_momentum, initializer=initializer,
                 name=n["project"], bn_name=n["project_bn"])
     if id_skip and strides == 1 and inputs.shape[-1] == filters:

@@ -94,3 +94,18 @@ def test_imagenet_preprocessing_divides_by_the_standard_deviation():
     x = np.random.default_rng(0).uniform(0, 255, (1, 4, 4, 3)).astype("float32")
     np.testing.assert_allclose(np.asarray(model(x)), (x / 255.0 - mean) / std,
                                rtol=1e-5, atol=1e-5)
+
+
+def test_initializers_follow_keras_applications_for_training_from_scratch():
+    """Same weights layout is not enough to train alike: every conv, the SE ones
+    included, starts from keras' fan-out variance scaling."""
+    ours = kvision.create("efficientnet_b0", include_top=False, input_shape=(32, 32, 3))
+    ref = keras.applications.EfficientNetB0(weights=None, include_top=False,
+                                            input_shape=(32, 32, 3))
+    convs = [l for l in ref.layers if isinstance(l, keras.layers.Conv2D)
+             and not isinstance(l, keras.layers.DepthwiseConv2D)]
+    mine = [l for l in ours.layers if isinstance(l, keras.layers.Conv2D)
+            and not isinstance(l, keras.layers.DepthwiseConv2D)]
+    assert len(convs) == len(mine) and any("se_reduce" in l.name for l in convs)
+    for a, b in zip(mine, convs):
+        assert a.kernel_initializer.get_config() == b.kernel_initializer.get_config(), a.name
