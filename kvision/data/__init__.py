@@ -1,5 +1,13 @@
-"""Datasets: the embedded handwritten digits (more sources arrive with later tasks)."""
+"""Datasets: image folders, TensorFlow Datasets by name, and the embedded digits.
+
+``load(data, image_size=...)`` gives a :class:`Dataset` of unbatched ``(image,
+label)`` examples from any of the three; ``list_images`` and ``load_image`` work on
+folders and single files directly. TensorFlow loads only when one of them is called.
+"""
 
 from kvision.data.digits import load_digits
+from kvision.data.folders import CorruptImageWarning, list_images, load_image
+from kvision.data.sources import Dataset, load
 
-__all__ = ["load_digits"]
+__all__ = ["CorruptImageWarning", "Dataset", "list_images", "load", "load_digits",
+           "load_image"]
