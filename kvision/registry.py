@@ -16,6 +16,8 @@ import fnmatch
 from typing import Callable
 
 _REGISTRY: dict[str, "ModelInfo"] = {}
+# The modes of kvision.layers.ImagePreprocessing (not imported: it loads Keras).
+PREPROCESSING_MODES = ("caffe", "tf", "torch", "none")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +46,11 @@ class ModelInfo:
         keras_application: the ``keras.applications`` builder with the same layout,
             whose ImageNet weights ``weights="imagenet"`` loads; None if none.
         default_classes: classes of the default top (1000, or 10 for LeNet-5).
+        preprocessing: the input preprocessing its ImageNet weights expect, as a
+            ``kvision.layers.ImagePreprocessing`` mode: ``"caffe"``, ``"tf"``,
+            ``"torch"`` (keras.applications' ``preprocess_input`` of the
+            counterpart) or ``"none"`` (the network preprocesses inside, or has no
+            ImageNet weights and kvision trains it on raw pixels).
     """
 
     name: str
@@ -62,6 +69,7 @@ class ModelInfo:
     stage_outputs: dict = dataclasses.field(default_factory=dict)
     keras_application: str | None = None
     default_classes: int = 1000
+    preprocessing: str = "none"
 
     @property
     def has_imagenet_weights(self) -> bool:
@@ -81,6 +89,11 @@ def register(name: str, **metadata):
             raise ValueError(
                 f"params_convention must be 'keras' or 'trainable', "
                 f"got {info.params_convention!r} for {name!r}."
+            )
+        if info.preprocessing not in PREPROCESSING_MODES:
+            raise ValueError(
+                f"preprocessing must be one of {PREPROCESSING_MODES}, "
+                f"got {info.preprocessing!r} for {name!r}."
             )
         _REGISTRY[name] = info
         builder.model_info = info

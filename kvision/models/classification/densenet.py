@@ -61,7 +61,7 @@ def _register(depth, num_params):
         stage_outputs={4: f"conv2_block{last[0]}_concat",
                        8: f"conv3_block{last[1]}_concat",
                        16: f"conv4_block{last[2]}_concat", 32: "relu"},
-        keras_application=f"DenseNet{depth}")
+        keras_application=f"DenseNet{depth}", preprocessing="torch")
 
 
 @_register(121, 8_062_504)

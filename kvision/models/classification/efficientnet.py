@@ -178,7 +178,7 @@ def _make(b, num_params):
         params_source=f"keras.applications.EfficientNetB{b}, count_params() "
                       "(Normalization statistics included)",
         stage_outputs=_stage_outputs(depth),
-        keras_application=f"EfficientNetB{b}")(builder)
+        keras_application=f"EfficientNetB{b}", preprocessing="none")(builder)
 
 
 EfficientNetB0 = _make(0, 5_330_571)

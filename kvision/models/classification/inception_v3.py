@@ -131,7 +131,7 @@ def _load_main_weights(model, args):
           params_convention="keras",
           params_source="keras.applications.InceptionV3, count_params()",
           stage_outputs={4: "conv2d_4a_act", 8: "mixed2", 16: "mixed7", 32: "mixed10"},
-          keras_application="InceptionV3")
+          keras_application="InceptionV3", preprocessing="tf")
 def InceptionV3(include_top=True, weights=None, input_tensor=None, input_shape=None,
                 pooling=None, classes=1000, classifier_activation="softmax",
                 name=None, aux_logits=False):

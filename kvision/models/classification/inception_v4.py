@@ -207,7 +207,7 @@ def inception_resnet_v2_body(x):
           params_source="keras.applications.InceptionResNetV2, count_params()",
           stage_outputs={4: "conv2d_4a_act", 8: "block35_10_ac", 16: "block17_20_ac",
                          32: "conv_7b_ac"},
-          keras_application="InceptionResNetV2")
+          keras_application="InceptionResNetV2", preprocessing="tf")
 def InceptionResNetV2(include_top=True, weights=None, input_tensor=None,
                       input_shape=None, pooling=None, classes=1000,
                       classifier_activation="softmax", name=None):

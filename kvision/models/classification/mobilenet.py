@@ -84,7 +84,7 @@ def mobilenet_v1_head(dropout):
           params_source="keras.applications.MobileNet (alpha=1), count_params()",
           stage_outputs={4: "conv_pw_3_relu", 8: "conv_pw_5_relu",
                          16: "conv_pw_11_relu", 32: "conv_pw_13_relu"},
-          keras_application="MobileNet")
+          keras_application="MobileNet", preprocessing="tf")
 def MobileNet(include_top=True, weights=None, input_tensor=None, input_shape=None,
               pooling=None, classes=1000, classifier_activation="softmax", name=None,
               alpha=1.0, depth_multiplier=1, dropout=1e-3):
@@ -138,7 +138,7 @@ def mobilenet_v2_body(x, alpha=1.0):
           params_source="keras.applications.MobileNetV2 (alpha=1), count_params()",
           stage_outputs={4: "block_2_add", 8: "block_5_add", 16: "block_12_add",
                          32: "out_relu"},
-          keras_application="MobileNetV2")
+          keras_application="MobileNetV2", preprocessing="tf")
 def MobileNetV2(include_top=True, weights=None, input_tensor=None, input_shape=None,
                 pooling=None, classes=1000, classifier_activation="softmax", name=None,
                 alpha=1.0):
@@ -223,7 +223,8 @@ def _register_v3(size, num_params, stages):
         default_size=224, min_size=32, num_params=num_params, params_convention="keras",
         params_source=f"keras.applications.MobileNetV3{size.title()} (alpha=1), "
                       "count_params()",
-        stage_outputs=stages, keras_application=f"MobileNetV3{size.title()}")
+        stage_outputs=stages, keras_application=f"MobileNetV3{size.title()}",
+        preprocessing="none")
 
 
 _V3_DOC = """MobileNetV3-{size}, Howard et al. 2019, "Searching for MobileNetV3".

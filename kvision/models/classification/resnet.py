@@ -122,7 +122,8 @@ def _register(name, depth, layout, num_params):
         key_idea="pre-activation residual units" if v2 else "residual connections",
         default_size=224, min_size=32, num_params=num_params,
         params_convention="keras" if keras_app else "trainable", params_source=source,
-        stage_outputs=stage_outputs(depth, layout), keras_application=keras_app)
+        stage_outputs=stage_outputs(depth, layout), keras_application=keras_app,
+        preprocessing={"keras": "caffe", "keras_v2": "tf"}.get(layout, "none"))
 
 
 @_register("resnet18", 18, "torchvision", 11_689_512)

@@ -66,7 +66,7 @@ def _register(depth, batch_norm, num_params, keras_app=None):
         default_size=224, min_size=32, num_params=num_params,
         params_convention="keras" if keras_app else "trainable",
         params_source=source, stage_outputs=_stages(depth, batch_norm),
-        keras_application=keras_app)
+        keras_application=keras_app, preprocessing="caffe" if keras_app else "none")
 
 
 _DOC = """VGG-{depth}{bn} (configuration {config} of the paper).

@@ -82,7 +82,7 @@ def xception_body(x, middle_blocks=MIDDLE_BLOCKS):
           params_source="keras.applications.Xception, count_params()",
           stage_outputs={4: "block2_add", 8: "block3_add",
                          16: f"block{4 + MIDDLE_BLOCKS}_add", 32: "block14_sepconv2_act"},
-          keras_application="Xception")
+          keras_application="Xception", preprocessing="tf")
 def Xception(include_top=True, weights=None, input_tensor=None, input_shape=None,
              pooling=None, classes=1000, classifier_activation="softmax", name=None):
     """Xception.
