@@ -1,4 +1,5 @@
-"""The ``kvision`` command: ``list``, ``info`` and ``train`` (thin over the library)."""
+"""The ``kvision`` command: ``list``, ``info``, ``train``, ``evaluate``, ``predict``,
+``sort`` and ``export`` (thin over the library)."""
 
 from __future__ import annotations
 
@@ -122,17 +123,79 @@ def cmd_info(args):
 def cmd_train(args):
     from kvision.train import train_classifier
 
+    weights = args.backbone_weights
+    if weights is not None and weights.lower() == "none":
+        weights = None
     result = train_classifier(args.model, data=args.data, epochs=args.epochs,
                               batch_size=args.batch_size, learning_rate=args.lr,
                               image_size=args.image_size, out_dir=args.out,
                               export=not args.no_export, seed=args.seed,
-                              augment=not args.no_augment)
+                              augment=not args.no_augment, backbone_weights=weights,
+                              regime=args.regime, strategy=args.strategy,
+                              mixed_precision=args.mixed_precision, jit_compile=args.jit,
+                              steps_per_epoch=args.steps_per_epoch)
+    if result.initial_epoch:
+        print(f"resumed from epoch {result.initial_epoch} (of {args.epochs})")
     print(f"test top-1 accuracy: {result.test_accuracy:.4f} "
-          f"(error {1 - result.test_accuracy:.4f}) after {result.seconds:.1f} s of training")
+          f"(error {1 - result.test_accuracy:.4f}) after {result.seconds:.1f} s of training; "
+          f"{result.trainable_params:,} trainable parameters, "
+          f"{result.seconds_per_epoch:.2f} s per epoch")
     if result.keras_path:
-        print(f"saved: {result.keras_path}")
+        print(f"saved: {result.keras_path} (log, curves and checkpoints in {result.out_dir})")
     if result.export_path:
         print(f"exported for TensorFlow Serving: {result.export_path}")
+    return 0
+
+
+def cmd_evaluate(args):
+    import os
+
+    from kvision.data import load
+    from kvision.evaluate import evaluate
+    from kvision.predict import load_trained
+
+    trained = load_trained(args.model)
+    data = load(args.data, image_size=trained.image_size[0], channels=trained.channels,
+                seed=args.seed)
+    if tuple(data.class_names) != tuple(trained.class_names):
+        raise ValueError(f"The data's classes {list(data.class_names)} are not the model's "
+                         f"{list(trained.class_names)}.")
+    png = args.confusion or os.path.join(os.path.dirname(trained.path), "confusion_matrix.png")
+    report = evaluate(trained, data.test, confusion_png=png)
+    if args.json:
+        print(json.dumps({**report.as_dict(), "confusion_matrix_png": png}, indent=1))
+    else:
+        print(f"{trained.path} on {data.num_test} held-out images of {args.data}")
+        print(report.format())
+        print(f"confusion matrix: {png}")
+    return 0
+
+
+def cmd_predict(args):
+    from kvision.predict import load_trained, predict_images
+
+    trained = load_trained(args.model)
+    results = predict_images(trained, args.images, k=args.top_k)
+    if args.json:
+        print(json.dumps(results, indent=1))
+        return 0
+    for result in results:
+        best = ", ".join(f"{p['label']} {p['probability']:.3f}" for p in result["predictions"])
+        print(f"{result['path']}: {best}")
+    return 0
+
+
+def cmd_sort(args):
+    from kvision.predict import load_trained, sort_images
+
+    trained = load_trained(args.model)
+    summary = sort_images(trained, args.input, args.output, threshold=args.threshold)
+    for folder, count in sorted(summary["copied"].items()):
+        print(f"{folder}: {count}")
+    for path in summary["skipped"]:
+        print(f"skipped (not an image): {path}", file=sys.stderr)
+    print(f"copied {sum(summary['copied'].values())} images into {args.output}; "
+          f"originals untouched")
     return 0
 
 
@@ -152,18 +215,61 @@ def build_parser():
     p.add_argument("--no-summary", action="store_true")
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("train", help="train a network with model.fit")
-    p.add_argument("model")
-    p.add_argument("--data", default="digits")
+    p = sub.add_parser("train", help="train a network with model.fit (from scratch or "
+                                      "by transfer learning)")
+    p.add_argument("model", help="registry name, keras.applications name or .keras file")
+    p.add_argument("--data", default="digits", help="digits, an image folder or tfds:NAME")
+    p.add_argument("--backbone-weights", default=None,
+                   help="imagenet, none or a weights file: transfer learning")
+    p.add_argument("--regime", default=None,
+                   choices=["small-similar", "large-similar", "small-different",
+                            "large-different"])
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--lr", type=float, default=None,
+                   help="initial learning rate (default 3e-3 scratch, 1e-3 transfer)")
     p.add_argument("--image-size", type=int, default=None)
     p.add_argument("--out", default=None, help="default saved_models/MODEL")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps-per-epoch", type=int, default=None)
+    p.add_argument("--strategy", default=None, choices=["mirrored", "multiworker"])
+    p.add_argument("--mixed-precision", action="store_true",
+                   help="mixed_float16 compute, float32 outputs and export")
+    p.add_argument("--jit", action="store_true", help="XLA-compile the train step")
     p.add_argument("--no-export", action="store_true")
     p.add_argument("--no-augment", action="store_true")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="top-1/top-5, per-class precision/recall, "
+                                         "confusion matrix")
+    p.add_argument("model", help=".keras file, run directory or name under saved_models/")
+    p.add_argument("--data", default="digits")
+    p.add_argument("--seed", type=int, default=0, help="the split's seed (as in training)")
+    p.add_argument("--confusion", default=None, help="PNG path (default beside the model)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="top-k labels of image files")
+    p.add_argument("model")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("sort", help="copy a folder of photos into one folder per class")
+    p.add_argument("model")
+    p.add_argument("--input", required=True)
+    p.add_argument("--output", required=True)
+    p.add_argument("--threshold", type=float, default=0.5,
+                   help="below this top probability a photo goes to _unsure/")
+    p.set_defaults(func=cmd_sort)
+
+    try:
+        from kvision.export import command as export_command
+    except ImportError:  # the export command arrives with the export package
+        export_command = None
+    if export_command is not None:
+        export_command.add_parser(sub)
     return parser
 
 
@@ -171,9 +277,13 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, ConnectionError) as error:
         print(f"kvision {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        hint = " (run the same command again to resume)" if args.command == "train" else ""
+        print(f"kvision {args.command}: interrupted{hint}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

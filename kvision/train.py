@@ -1,9 +1,26 @@
-"""Training a registered classifier with plain ``model.fit``: the library behind
-``kvision train``.
+"""Training with plain ``model.fit``: the library behind ``kvision train``.
+
+One function, :func:`train_classifier`, covers both ways in:
+
+- **from scratch**: a kvision registry name (``lenet5``, ``resnet18``…) with no
+  ``backbone_weights`` and no ``regime``;
+- **transfer learning**: a keras.applications name (``MobileNetV2``), a registry name
+  with ``backbone_weights`` ("imagenet" or a weights file) or a ``regime``, or a
+  ``.keras`` file of a network trained before: :func:`kvision.transfer.build_classifier`
+  cuts its head off, freezes what the regime says and attaches a new one.
+
+A run writes into ``out_dir`` (default ``saved_models/<name>``): a checkpoint every
+epoch (``checkpoints/last.keras``), a backup that lets an interrupted run (Ctrl-C,
+kill) resume from its last finished epoch when the same command is started again
+(``keras.callbacks.BackupAndRestore`` in ``backup/``), the CSV log
+(``training_log.csv``) and its plot (``training_curves.png``), and at the end the
+model (``<name>.keras``), its class names (``class_names.txt``) and a TensorFlow
+Serving export (``<version>/``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import tempfile
@@ -12,10 +29,10 @@ import time
 import keras
 import numpy as np
 
-from kvision import registry
-from kvision.data import augment as augment_lib
+from kvision import distribute, registry
 
-DATASETS = ("digits",)
+SCRATCH_LEARNING_RATE = 3e-3
+TRANSFER_LEARNING_RATE = 1e-3
 
 
 @dataclasses.dataclass
@@ -29,20 +46,105 @@ class TrainResult:
     keras_path: str | None
     export_path: str | None
     history: dict
+    class_names: tuple = ()
+    out_dir: str | None = None
+    initial_epoch: int = 0
+    trainable_params: int = 0
+    seconds_per_epoch: float = 0.0
 
 
-def load_dataset(data, *, image_size, channels, seed=0):
-    """``(x_train, y_train), (x_test, y_test), class_names`` for a dataset name."""
-    if data == "digits":
-        from kvision.data import digits
+@dataclasses.dataclass(frozen=True)
+class ModelPlan:
+    """How the network of a run is made: kind "scratch" or "transfer"."""
 
-        train, test = digits.load_digits(image_size=image_size, channels=channels,
-                                         seed=seed)
-        return train, test, digits.CLASS_NAMES
-    raise ValueError(f"Unknown dataset {data!r}; expected one of {DATASETS}.")
+    kind: str
+    name: str
+    input_size: int | None
+    channels: int
 
 
-def _save_atomically(model, path):
+def plan_model(model, data, *, backbone_weights=None, regime=None, image_size=None):
+    """Decide scratch vs transfer, the input size and channels for ``model``."""
+    from kvision import models, transfer
+
+    zoo = set(models.list_models())
+    if isinstance(model, str) and model.endswith(".keras"):
+        if not os.path.isfile(model):
+            raise FileNotFoundError(f"No trained model at {model!r}.")
+        loaded = keras.saving.load_model(model, safe_mode=True, compile=False)
+        _, height, _, channels = loaded.input_shape
+        name = os.path.splitext(os.path.basename(model))[0]
+        return ModelPlan("transfer", name, image_size or height, channels), loaded
+    if model in zoo and backbone_weights is None and regime is None:
+        info = registry.get_info(model)
+        default = max(info.min_size, 32) if data == "digits" else info.default_size
+        return ModelPlan("scratch", model, image_size or default, info.input_channels), model
+    if model in zoo or model in transfer.keras_backbones():
+        default = 32 if data == "digits" else 224
+        if model in zoo:
+            info = registry.get_info(model)
+            default = max(info.min_size, default) if data == "digits" else info.default_size
+        return ModelPlan("transfer", model, image_size or default, 3), model
+    registry.get_info(model)  # raises "Unknown model …" with the closest names
+    raise AssertionError("unreachable")
+
+
+def _build(plan, backbone, classes, backbone_weights, regime):
+    if plan.kind == "scratch":
+        return registry.create(plan.name, input_shape=(plan.input_size, plan.input_size,
+                                                       plan.channels), classes=classes)
+    from kvision import transfer
+
+    weights = backbone_weights
+    if weights is None and isinstance(backbone, str):
+        weights = "imagenet"
+    return transfer.build_classifier(
+        backbone, classes, weights=weights,
+        input_shape=(plan.input_size, plan.input_size, plan.channels), regime=regime)
+
+
+def _float32_outputs(model):
+    """Under mixed precision the softmax must run in float32 (Keras' guide)."""
+    if all(getattr(o, "dtype", "float32") == "float32" for o in model.outputs):
+        return model
+    outputs = keras.layers.Activation("linear", dtype="float32",
+                                      name="float32_outputs")(model.output)
+    return keras.Model(model.input, outputs, name=model.name)
+
+
+def _pipelines(bundle, batch_size, augment, seed, data):
+    import tensorflow as tf
+
+    from kvision.data import augment as augment_lib
+
+    train = bundle.train.shuffle(min(bundle.num_train, 10_000), seed=seed,
+                                 reshuffle_each_iteration=True).batch(batch_size)
+    if augment:
+        layers = (augment_lib.geometric_augmentation(seed=seed) if data == "digits"
+                  else augment_lib.photo_augmentation(seed=seed))
+        train = train.map(lambda x, y: (layers(x, training=True), y),
+                          num_parallel_calls=tf.data.AUTOTUNE)
+    test = bundle.test.batch(batch_size)
+    return train.prefetch(tf.data.AUTOTUNE), test.prefetch(tf.data.AUTOTUNE)
+
+
+def _callbacks(out_dir, extra):
+    callbacks = list(extra)
+    if not out_dir:
+        return callbacks
+    os.makedirs(os.path.join(out_dir, "checkpoints"), exist_ok=True)
+    # Order matters: the backup of an epoch exists before its CSV row does, so a
+    # run killed in between resumes no earlier than its log says.
+    return [keras.callbacks.BackupAndRestore(os.path.join(out_dir, "backup")),
+            keras.callbacks.ModelCheckpoint(os.path.join(out_dir, "checkpoints",
+                                                         "last.keras")),
+            keras.callbacks.CSVLogger(os.path.join(out_dir, "training_log.csv"),
+                                      append=True),
+            *callbacks]
+
+
+def save_atomically(model, path):
+    """``model.save(path)`` through a temporary file beside it, then a rename."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=directory) as tmp:
@@ -52,57 +154,141 @@ def _save_atomically(model, path):
     return path
 
 
-def train_classifier(model_name="lenet5", data="digits", *, epochs=30, batch_size=32,
-                     learning_rate=3e-3, augment=True, image_size=None, out_dir=None,
-                     export=True, seed=0, verbose=1):
-    """Train ``model_name`` from scratch on ``data``; report held-out top-1 accuracy.
+def write_lines(path, lines):
+    """Text lines to ``path`` atomically."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.write("".join(f"{line}\n" for line in lines))
+    os.replace(tmp, path)
+    return path
 
-    Adam with a cosine-decayed learning rate (``learning_rate`` down to 0 over the
-    run) and, with ``augment``, random shifts/rotations/zooms of the training images
-    (Keras preprocessing layers in the tf.data pipeline; the model itself has none).
 
-    The model is saved as ``<out_dir>/<model_name>.keras`` and, with ``export``,
-    as a TensorFlow Serving SavedModel in ``<out_dir>/<next version>/``.
-    ``out_dir`` defaults to ``saved_models/<model_name>``; ``None`` and
-    ``out_dir=False`` saves nothing.
-    """
-    info = registry.get_info(model_name)
-    if not isinstance(epochs, int) or epochs < 1:
+def _check_arguments(epochs, batch_size, steps_per_epoch):
+    if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
         raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}.")
-    if not isinstance(batch_size, int) or batch_size < 1:
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}.")
-    size = image_size or max(info.min_size, 32)
-    (x_train, y_train), (x_test, y_test), class_names = load_dataset(
-        data, image_size=size, channels=info.input_channels, seed=seed)
-    keras.utils.set_random_seed(seed)
-    model = registry.create(model_name, input_shape=x_train.shape[1:],
-                            classes=len(class_names))
-    steps = epochs * -(-len(x_train) // batch_size)
-    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, steps)
-    model.compile(optimizer=keras.optimizers.Adam(schedule),
-                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    augmentation = augment_lib.geometric_augmentation(seed=seed) if augment else None
-    train_ds = augment_lib.training_dataset(x_train, y_train, batch_size, augmentation,
-                                            seed=seed)
-    start = time.perf_counter()
-    history = model.fit(train_ds, epochs=epochs, validation_data=(x_test, y_test), shuffle=False,
-                        verbose=verbose)
-    seconds = time.perf_counter() - start
-    test_loss, test_accuracy = model.evaluate(x_test, y_test, verbose=0)
-    keras_path = export_path = None
-    if out_dir is None:
-        out_dir = os.path.join("saved_models", model_name)
-    if out_dir:
-        keras_path = _save_atomically(model, os.path.join(out_dir, f"{model_name}.keras"))
-        if export:
-            from kvision.export import saved_model
+    if steps_per_epoch is not None and (not isinstance(steps_per_epoch, int)
+                                        or steps_per_epoch < 1):
+        raise ValueError(f"steps_per_epoch must be an integer >= 1 or None, got "
+                         f"{steps_per_epoch!r}.")
 
-            export_path = saved_model(model, out_dir, check_inputs=x_test[:8])
-    return TrainResult(model=model, test_accuracy=float(test_accuracy),
-                       test_loss=float(test_loss), seconds=seconds, keras_path=keras_path,
-                       export_path=export_path,
-                       history={k: [float(v) for v in vals]
-                                for k, vals in history.history.items()})
+
+def train_classifier(model_name="lenet5", data="digits", *, epochs=30, batch_size=32,
+                     learning_rate=None, augment=True, image_size=None, out_dir=None,
+                     export=True, seed=0, verbose=1, backbone_weights=None, regime=None,
+                     strategy=None, mixed_precision=False, jit_compile=False,
+                     steps_per_epoch=None, callbacks=()):
+    """Train a classifier on ``data`` and report its held-out top-1 accuracy.
+
+    Args:
+        model_name: a registry name (from scratch), a keras.applications name or a
+            ``.keras`` file (transfer learning; see the module docstring).
+        data: ``"digits"``, an image folder or ``"tfds:NAME"`` (:func:`kvision.data.load`).
+        learning_rate: Adam's initial rate, cosine-decayed to 0 over the run;
+            default 3e-3 from scratch, 1e-3 for transfer learning.
+        augment: random geometric changes of the training images (Keras
+            preprocessing layers in the tf.data pipeline; flips only for photos).
+        out_dir: where the run writes (module docstring); default
+            ``saved_models/<name>``; ``False`` writes nothing (and cannot resume).
+        backbone_weights, regime: transfer learning (``kvision.transfer``).
+        strategy: None, ``"mirrored"`` or ``"multiworker"`` (``kvision.distribute``).
+        mixed_precision: build and train under the ``mixed_float16`` policy
+            (float32 outputs); the export is float32.
+        jit_compile: XLA-compile the train step.
+    Returns:
+        A :class:`TrainResult`.
+    """
+    from kvision.data import load as load_data
+
+    _check_arguments(epochs, batch_size, steps_per_epoch)
+    # First: a multi-worker strategy must exist before TensorFlow runs any op.
+    strategy = distribute.get_strategy(strategy)
+    plan, backbone = plan_model(model_name, data, backbone_weights=backbone_weights,
+                                regime=regime, image_size=image_size)
+    bundle = load_data(data, image_size=plan.input_size, channels=plan.channels, seed=seed)
+    learning_rate = learning_rate or (SCRATCH_LEARNING_RATE if plan.kind == "scratch"
+                                      else TRANSFER_LEARNING_RATE)
+    keras.utils.set_random_seed(seed)  # the shuffle order depends on the global seed too
+    train_ds, test_ds = _pipelines(bundle, batch_size, augment, seed, data)
+    steps = epochs * (steps_per_epoch or -(-bundle.num_train // batch_size))
+    keras.utils.set_random_seed(seed)
+    previous_policy = keras.config.dtype_policy()
+    try:
+        if mixed_precision:
+            keras.config.set_dtype_policy("mixed_float16")
+        with strategy.scope() if strategy else contextlib.nullcontext():
+            model = _float32_outputs(_build(plan, backbone, len(bundle.class_names),
+                                            backbone_weights, regime))
+            schedule = keras.optimizers.schedules.CosineDecay(learning_rate, steps)
+            model.compile(optimizer=keras.optimizers.Adam(schedule),
+                          loss="sparse_categorical_crossentropy",
+                          metrics=["accuracy"], jit_compile=bool(jit_compile))
+    finally:
+        keras.config.set_dtype_policy(previous_policy)
+    distribute.prepare_model(model, strategy, next(iter(train_ds)))
+    if out_dir is None:
+        out_dir = os.path.join("saved_models", plan.name)
+    run_dir = distribute.worker_dir(out_dir, strategy) if out_dir else None
+    timer = _EpochTimer()
+    start = time.perf_counter()
+    history = model.fit(train_ds, epochs=epochs, validation_data=test_ds, shuffle=False,
+                        steps_per_epoch=steps_per_epoch, verbose=verbose,
+                        callbacks=_callbacks(run_dir, [timer, *callbacks]))
+    seconds = time.perf_counter() - start
+    test_loss, test_accuracy = model.evaluate(test_ds, verbose=0)
+    keras_path = export_path = None
+    if run_dir:
+        keras_path, export_path = _save_run(model, plan.name, bundle, run_dir,
+                                            export and distribute.is_chief(strategy))
+    return TrainResult(
+        model=model, test_accuracy=float(test_accuracy), test_loss=float(test_loss),
+        seconds=seconds, keras_path=keras_path, export_path=export_path,
+        history={k: [float(v) for v in vals] for k, vals in history.history.items()},
+        class_names=tuple(bundle.class_names), out_dir=run_dir or None,
+        initial_epoch=timer.first_epoch or 0, trainable_params=_trainable(model),
+        seconds_per_epoch=timer.mean())
+
+
+def _save_run(model, name, bundle, run_dir, export):
+    from kvision.visualization import plot_training_curves
+
+    keras_path = save_atomically(model, os.path.join(run_dir, f"{name}.keras"))
+    write_lines(os.path.join(run_dir, "class_names.txt"), bundle.class_names)
+    log = os.path.join(run_dir, "training_log.csv")
+    if os.path.isfile(log):
+        plot_training_curves(log, os.path.join(run_dir, "training_curves.png"))
+    export_path = None
+    if export:
+        from kvision.export import saved_model
+
+        check = next(iter(bundle.test.batch(8)))[0].numpy()
+        export_path = os.fspath(saved_model(model, run_dir, class_names=bundle.class_names,
+                                            check_inputs=check))
+    return keras_path, export_path
+
+
+def _trainable(model) -> int:
+    return int(sum(np.prod(v.shape) for v in model.trainable_weights))
+
+
+class _EpochTimer(keras.callbacks.Callback):
+    """Seconds per epoch, and the first epoch this run trained (> 0 when resumed)."""
+
+    def __init__(self):
+        super().__init__()
+        self.times, self.first_epoch, self._start = [], None, None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.first_epoch is None:
+            self.first_epoch = epoch
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.times.append(time.perf_counter() - self._start)
+
+    def mean(self) -> float:
+        return float(np.mean(self.times)) if self.times else 0.0
 
 
 def top1_accuracy(model, x, y, batch_size=256) -> float:

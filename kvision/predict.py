@@ -1,0 +1,178 @@
+"""Using a trained classifier: load it, label images, sort a folder of photos.
+
+The library behind ``kvision predict`` and ``kvision sort``. A trained model is found
+the way ``kvision train`` writes it: a ``.keras`` file, a run directory
+``saved_models/NAME`` holding ``NAME.keras`` and ``class_names.txt``, or just ``NAME``
+meaning that directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import os
+import shutil
+
+import numpy as np
+
+UNSURE = "_unsure"
+
+
+@dataclasses.dataclass
+class Trained:
+    """A trained classifier with what it needs to be used."""
+
+    model: object
+    class_names: tuple
+    path: str
+
+    @property
+    def image_size(self):
+        return tuple(self.model.input_shape[1:3])
+
+    @property
+    def channels(self):
+        return int(self.model.input_shape[-1])
+
+
+def find_model_file(ref) -> str:
+    """The ``.keras`` file that ``ref`` (file, run directory or name) points to."""
+    ref = os.fspath(ref)
+    if os.path.isfile(ref):
+        if not ref.endswith(".keras"):
+            raise ValueError(f"Expected a .keras model file, got {ref!r}.")
+        return ref
+    directory = ref if os.path.isdir(ref) else os.path.join("saved_models", ref)
+    if os.path.isdir(directory):
+        name = os.path.basename(os.path.normpath(directory))
+        candidates = [os.path.join(directory, f"{name}.keras")]
+        candidates += sorted(glob.glob(os.path.join(directory, "*.keras")))
+        for path in candidates:
+            if os.path.isfile(path):
+                return path
+    raise FileNotFoundError(f"No trained model at {ref!r}: expected a .keras file, a run "
+                            f"directory holding NAME.keras, or a name under saved_models/.")
+
+
+def read_class_names(model_path, classes):
+    """Class names from ``class_names.txt`` beside the model, else ``0..classes-1``."""
+    path = os.path.join(os.path.dirname(os.path.abspath(model_path)), "class_names.txt")
+    if os.path.isfile(path):
+        with open(path) as f:
+            names = tuple(line.rstrip("\n") for line in f if line.strip())
+        if len(names) != classes:
+            raise ValueError(f"{path} lists {len(names)} class names but the model has "
+                             f"{classes} outputs.")
+        return names
+    return tuple(str(i) for i in range(classes))
+
+
+def load_trained(ref) -> Trained:
+    """Load a trained classifier (``safe_mode=True``) with its class names."""
+    import keras
+
+    import kvision.layers  # noqa: F401  (registers kvision's layers for safe loading)
+
+    path = find_model_file(ref)
+    model = keras.saving.load_model(path, safe_mode=True, compile=False)
+    return Trained(model, read_class_names(path, int(model.output_shape[-1])), path)
+
+
+def load_images(paths, trained, on_error="raise"):
+    """Images at the model's size, ``(N, H, W, C)`` float32 0..255, and the paths kept.
+
+    Decoding and resizing are :func:`kvision.data.load_image`'s, the same as the
+    training pipeline's. ``on_error="skip"`` leaves out (and returns) files that do
+    not decode instead of raising.
+    """
+    from kvision.data import load_image
+
+    images, kept, failed = [], [], []
+    for path in paths:
+        try:
+            images.append(load_image(path, trained.image_size, trained.channels))
+            kept.append(path)
+        except (ValueError, FileNotFoundError):
+            if on_error != "skip":
+                raise
+            failed.append(path)
+    shape = (0, *trained.image_size, trained.channels)
+    array = np.stack(images) if images else np.zeros(shape, "float32")
+    return array, kept, failed
+
+
+def top_k(probabilities, class_names, k=5):
+    """Per row: ``[(label, probability), ...]`` best first, ``k`` at most."""
+    k = min(k, probabilities.shape[-1])
+    order = np.argsort(-probabilities, axis=-1, kind="stable")[:, :k]
+    return [[(class_names[j], float(row[j])) for j in idx]
+            for row, idx in zip(probabilities, order)]
+
+
+def predict_images(trained, paths, k=5, batch_size=32):
+    """``[{"path", "predictions": [{"label", "probability"}...]}]`` for image files."""
+    images, kept, _ = load_images(paths, trained)
+    probabilities = trained.model.predict(images, batch_size=batch_size, verbose=0)
+    return [{"path": path,
+             "predictions": [{"label": label, "probability": p} for label, p in best]}
+            for path, best in zip(kept, top_k(probabilities, trained.class_names, k))]
+
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
+
+
+def _free_name(directory, name):
+    """``name`` in ``directory``, or ``stem-1.ext``, ``stem-2.ext``… if it is taken."""
+    stem, ext = os.path.splitext(name)
+    candidate, i = name, 0
+    while os.path.exists(os.path.join(directory, candidate)):
+        i += 1
+        candidate = f"{stem}-{i}{ext}"
+    return os.path.join(directory, candidate)
+
+
+def sort_images(trained, input_dir, output_dir, threshold=0.5, batch_size=32,
+                progress=True):
+    """Copy every photo of ``input_dir`` into ``output_dir/<predicted class>/``.
+
+    Originals are copied (``shutil.copy2``), never moved, changed or deleted; a name
+    already taken in the output gets a ``-1``, ``-2``… suffix, so nothing there is
+    overwritten. Photos whose top probability is below ``threshold`` go to
+    ``output_dir/_unsure/``; files that are not images, or do not decode, are
+    reported and left alone.
+
+    Returns ``{"copied": {folder: count}, "skipped": [paths], "assignments": {path:
+    (folder, probability)}}``.
+    """
+    from tqdm import tqdm
+
+    if not os.path.isdir(input_dir):
+        raise FileNotFoundError(f"No input folder {input_dir!r}.")
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must be a probability in [0, 1], got {threshold}.")
+    input_abs, output_abs = os.path.abspath(input_dir), os.path.abspath(output_dir)
+    if output_abs == input_abs or output_abs.startswith(input_abs + os.sep):
+        raise ValueError(f"The output folder {output_dir!r} must not be inside the input "
+                         f"folder {input_dir!r}.")
+    files = sorted(os.path.join(root, f) for root, _, names in os.walk(input_dir)
+                   for f in names)
+    skipped = [f for f in files if not f.lower().endswith(IMAGE_EXTENSIONS)]
+    files = [f for f in files if f.lower().endswith(IMAGE_EXTENSIONS)]
+    copied, assignments = {}, {}
+    for start in tqdm(range(0, len(files), batch_size), desc="sorting",
+                      disable=not progress):
+        images, kept, failed = load_images(files[start:start + batch_size], trained,
+                                           on_error="skip")
+        skipped.extend(failed)
+        if not kept:
+            continue
+        probabilities = trained.model.predict(images, verbose=0)
+        for path, row in zip(kept, probabilities):
+            best = int(np.argmax(row))
+            folder = trained.class_names[best] if row[best] >= threshold else UNSURE
+            target_dir = os.path.join(output_dir, folder)
+            os.makedirs(target_dir, exist_ok=True)
+            shutil.copy2(path, _free_name(target_dir, os.path.basename(path)))
+            copied[folder] = copied.get(folder, 0) + 1
+            assignments[path] = (folder, float(row[best]))
+    return {"copied": copied, "skipped": sorted(skipped), "assignments": assignments}
