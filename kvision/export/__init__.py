@@ -5,24 +5,16 @@
 - :func:`serving_config`: a ``models.config`` for every model under a base path.
 - :func:`tflite`: a ``.tflite`` file (float32, float16, dynamic or full int8).
 - :class:`TFLiteModel`: runs a ``.tflite`` file with the ``predict`` of a Keras model.
+
+These modules import TensorFlow only when they run, so importing them is cheap. The
+function ``tflite`` is imported last on purpose: it takes the package attribute over
+from its module of the same name.
 """
 
-import importlib
+from kvision.export.litert import TFLiteModel
+from kvision.export.parity import ExportResult, as_float32
+from kvision.export.savedmodel import next_version, saved_model, serving_config
+from kvision.export.tflite import tflite  # noqa: E402  (after its module's import)
 
-_EXPORTS = {
-    "saved_model": "kvision.export.savedmodel",
-    "next_version": "kvision.export.savedmodel",
-    "serving_config": "kvision.export.savedmodel",
-    "tflite": "kvision.export.tflite",
-    "TFLiteModel": "kvision.export.litert",
-    "ExportResult": "kvision.export.parity",
-    "as_float32": "kvision.export.parity",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'kvision.export' has no attribute {name!r}")
+__all__ = ["ExportResult", "TFLiteModel", "as_float32", "next_version", "saved_model",
+           "serving_config", "tflite"]
