@@ -277,7 +277,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, ConnectionError) as error:
+    except (ValueError, FileNotFoundError, ConnectionError, ModuleNotFoundError) as error:
         print(f"kvision {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

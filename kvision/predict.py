@@ -67,13 +67,37 @@ def read_class_names(model_path, classes):
     return tuple(str(i) for i in range(classes))
 
 
+def pretrained(ref):
+    """A registry network with ImageNet weights and the ImageNet class names, when
+    ``ref`` names one (``kvision predict efficientnet_lite0 photo.jpg``); else None."""
+    from kvision.models import create, get_info, list_models
+
+    if not isinstance(ref, str) or ref not in list_models() \
+            or not get_info(ref).has_imagenet_weights:
+        return None
+    from kvision.data import imagenet_class_names
+
+    return Trained(create(ref, weights="imagenet"), imagenet_class_names(),
+                   f"{ref} (ImageNet weights)")
+
+
 def load_trained(ref) -> Trained:
-    """Load a trained classifier (``safe_mode=True``) with its class names."""
+    """Load a trained classifier (``safe_mode=True``) with its class names.
+
+    ``ref`` is a ``.keras`` file, a run directory, a run name under ``saved_models/``,
+    or, when no such run exists, a registry network with ImageNet weights.
+    """
     import keras
 
     import kvision.layers  # noqa: F401  (registers kvision's layers for safe loading)
 
-    path = find_model_file(ref)
+    try:
+        path = find_model_file(ref)
+    except FileNotFoundError:
+        model = pretrained(ref)
+        if model is None:
+            raise
+        return model
     model = keras.saving.load_model(path, safe_mode=True, compile=False)
     return Trained(model, read_class_names(path, int(model.output_shape[-1])), path)
 

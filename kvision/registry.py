@@ -46,6 +46,8 @@ class ModelInfo:
         keras_application: the ``keras.applications`` builder with the same layout,
             whose ImageNet weights ``weights="imagenet"`` loads; None if none.
         default_classes: classes of the default top (1000, or 10 for LeNet-5).
+        imagenet_loader: for networks whose ImageNet weights come from elsewhere than
+            keras.applications, ``loader(model, info, include_top)`` that loads them.
         preprocessing: the input preprocessing its ImageNet weights expect, as a
             ``kvision.layers.ImagePreprocessing`` mode: ``"caffe"``, ``"tf"``,
             ``"torch"`` (keras.applications' ``preprocess_input`` of the
@@ -70,10 +72,11 @@ class ModelInfo:
     keras_application: str | None = None
     default_classes: int = 1000
     preprocessing: str = "none"
+    imagenet_loader: Callable | None = None
 
     @property
     def has_imagenet_weights(self) -> bool:
-        return self.keras_application is not None
+        return self.keras_application is not None or self.imagenet_loader is not None
 
 
 def register(name: str, **metadata):

