@@ -123,14 +123,12 @@ def cmd_info(args):
 def cmd_train(args):
     from kvision.train import train_classifier
 
-    weights = args.backbone_weights
-    if weights is not None and weights.lower() == "none":
-        weights = None
     result = train_classifier(args.model, data=args.data, epochs=args.epochs,
                               batch_size=args.batch_size, learning_rate=args.lr,
                               image_size=args.image_size, out_dir=args.out,
                               export=not args.no_export, seed=args.seed,
-                              augment=not args.no_augment, backbone_weights=weights,
+                              augment=not args.no_augment,
+                              backbone_weights=args.backbone_weights,
                               regime=args.regime, strategy=args.strategy,
                               mixed_precision=args.mixed_precision, jit_compile=args.jit,
                               steps_per_epoch=args.steps_per_epoch)

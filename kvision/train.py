@@ -96,8 +96,13 @@ def _build(plan, backbone, classes, backbone_weights, regime):
     from kvision import transfer
 
     weights = backbone_weights
-    if weights is None and isinstance(backbone, str):
-        weights = "imagenet"
+    if not isinstance(backbone, str):
+        weights = None  # a trained network brings its own weights
+    elif weights is None:
+        weights = "imagenet"  # transfer learning's default
+    elif str(weights).lower() == "none":
+        weights = None  # a random backbone, asked for
+
     return transfer.build_classifier(
         backbone, classes, weights=weights,
         input_shape=(plan.input_size, plan.input_size, plan.channels), regime=regime)
@@ -191,7 +196,9 @@ def train_classifier(model_name="lenet5", data="digits", *, epochs=30, batch_siz
             preprocessing layers in the tf.data pipeline; flips only for photos).
         out_dir: where the run writes (module docstring); default
             ``saved_models/<name>``; ``False`` writes nothing (and cannot resume).
-        backbone_weights, regime: transfer learning (``kvision.transfer``).
+        backbone_weights, regime: transfer learning (``kvision.transfer``):
+            ``backbone_weights`` "imagenet" (the default once transfer learning is
+            asked for), "none" (a random backbone) or a weights file.
         strategy: None, ``"mirrored"`` or ``"multiworker"`` (``kvision.distribute``).
         mixed_precision: build and train under the ``mixed_float16`` policy
             (float32 outputs); the export is float32.

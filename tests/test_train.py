@@ -97,3 +97,16 @@ def test_xla_compiled_training_matches_the_plain_step(tmp_path):
     assert runs[1].history["loss"][0] == pytest.approx(runs[0].history["loss"][0], rel=1e-3)
     for a, b in zip(runs[0].model.get_weights(), runs[1].model.get_weights()):
         np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+def test_backbone_weights_none_is_transfer_on_a_random_backbone():
+    """--backbone-weights none: transfer learning's layout (frozen backbone, new head)
+    on a randomly initialized backbone, never a download."""
+    result = train_classifier("lenet5", epochs=1, steps_per_epoch=2, out_dir=False,
+                              backbone_weights="none", verbose=0)
+    model = result.model
+    backbone = model.get_layer("backbone")
+    assert not any(w.trainable for w in backbone.weights)
+    # Only the new output trains: on the average-pooled 16 maps of the backbone
+    # (include_top=False ends LeNet-5 at S4).
+    assert result.trainable_params == 16 * 10 + 10
