@@ -9,7 +9,6 @@ meaning that directory.
 from __future__ import annotations
 
 import dataclasses
-import glob
 import os
 import shutil
 
@@ -36,35 +35,45 @@ class Trained:
 
 
 def find_model_file(ref) -> str:
-    """The ``.keras`` file that ``ref`` (file, run directory or name) points to."""
+    """The ``.keras`` file that ``ref`` (file, run directory or name) points to.
+
+    A directory must hold ``NAME.keras`` (NAME its own name) or exactly one
+    ``.keras`` file; a bare name means ``saved_models/NAME/NAME.keras``.
+    """
     ref = os.fspath(ref)
     if os.path.isfile(ref):
         if not ref.endswith(".keras"):
             raise ValueError(f"Expected a .keras model file, got {ref!r}.")
         return ref
-    directory = ref if os.path.isdir(ref) else os.path.join("saved_models", ref)
-    if os.path.isdir(directory):
-        name = os.path.basename(os.path.normpath(directory))
-        candidates = [os.path.join(directory, f"{name}.keras")]
-        candidates += sorted(glob.glob(os.path.join(directory, "*.keras")))
-        for path in candidates:
-            if os.path.isfile(path):
-                return path
-    raise FileNotFoundError(f"No trained model at {ref!r}: expected a .keras file, a run "
-                            f"directory holding NAME.keras, or a name under saved_models/.")
+    if os.path.isdir(ref):
+        name = os.path.basename(os.path.normpath(ref))
+        candidate = os.path.join(ref, f"{name}.keras")
+        if os.path.isfile(candidate):
+            return candidate
+        found = sorted(f for f in os.listdir(ref) if f.endswith(".keras"))
+        if len(found) == 1:
+            return os.path.join(ref, found[0])
+        raise FileNotFoundError(f"No {name}.keras in {ref!r} (found "
+                                f"{', '.join(found) or 'no .keras file'}).")
+    candidate = os.path.join("saved_models", ref, f"{ref}.keras")
+    if os.path.isfile(candidate):
+        return candidate
+    raise FileNotFoundError(
+        f"No trained model {ref!r}: expected a .keras file, a directory holding "
+        f"NAME.keras, or a name with {candidate} (train one with `kvision train {ref}`).")
 
 
 def read_class_names(model_path, classes):
-    """Class names from ``class_names.txt`` beside the model, else ``0..classes-1``."""
+    """Class names from ``class_names.txt`` beside the model; None if it has none."""
     path = os.path.join(os.path.dirname(os.path.abspath(model_path)), "class_names.txt")
-    if os.path.isfile(path):
-        with open(path) as f:
-            names = tuple(line.rstrip("\n") for line in f if line.strip())
-        if len(names) != classes:
-            raise ValueError(f"{path} lists {len(names)} class names but the model has "
-                             f"{classes} outputs.")
-        return names
-    return tuple(str(i) for i in range(classes))
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        names = tuple(line.rstrip("\n") for line in f if line.strip())
+    if len(names) != classes:
+        raise ValueError(f"{path} lists {len(names)} class names but the model has "
+                         f"{classes} outputs.")
+    return names
 
 
 def pretrained(ref):
@@ -99,7 +108,9 @@ def load_trained(ref) -> Trained:
             raise
         return model
     model = keras.saving.load_model(path, safe_mode=True, compile=False)
-    return Trained(model, read_class_names(path, int(model.output_shape[-1])), path)
+    classes = int(model.output_shape[-1])
+    names = read_class_names(path, classes) or tuple(str(i) for i in range(classes))
+    return Trained(model, names, path)
 
 
 def load_images(paths, trained, on_error="raise"):

@@ -20,8 +20,6 @@ import os
 FORMATS = ("savedmodel", "tflite")
 QUANTIZE = {"none": None, "float32": None, "float16": "float16", "dynamic": "dynamic",
             "int8": "int8"}
-CLASS_NAMES_FILE = "class_names.txt"
-SAVED_MODELS = "saved_models"
 # SavedModel checks run whole batches through TF's session loader: a few suffice.
 SAVEDMODEL_CHECK_IMAGES = 32
 NUM_CALIBRATION = 200      # int8 calibration images
@@ -98,10 +96,10 @@ def export(model_spec, *, formats=FORMATS, quantize=(None,), data=None, out=None
     import kvision.layers  # noqa: F401  (registers kvision's layers for loading)
     import kvision.models  # noqa: F401
     from kvision.export import saved_model, tflite
-    from kvision.export.parity import ExportResult, size_mb
     from kvision.export.tflite import input_shape
+    from kvision.predict import find_model_file, read_class_names
 
-    keras_path = resolve_model(model_spec)
+    keras_path = find_model_file(model_spec)
     name = os.path.splitext(os.path.basename(keras_path))[0]
     out = os.path.dirname(os.path.abspath(keras_path)) if out is None else os.fspath(out)
     if int8_io and "int8" not in quantize:
@@ -110,7 +108,7 @@ def export(model_spec, *, formats=FORMATS, quantize=(None,), data=None, out=None
         raise ValueError("--quantize int8 needs --data (images to calibrate on).")
     model = keras.saving.load_model(keras_path)
     shape = input_shape(model)
-    class_names = read_class_names(keras_path, model)
+    class_names = read_class_names(keras_path, int(model.outputs[0].shape[-1]))
     calibration = check_x = check_y = None
     if data is not None:
         calibration, (check_x, check_y), data_names = load_data(data, shape)
@@ -120,12 +118,8 @@ def export(model_spec, *, formats=FORMATS, quantize=(None,), data=None, out=None
     results = []
     if "savedmodel" in formats:
         check = None if check_x is None else check_x[:SAVEDMODEL_CHECK_IMAGES]
-        result = saved_model(model, out, version, class_names=class_names,
-                             check_inputs=check)
-        if not isinstance(result, ExportResult):  # an older saved_model gave the path
-            result = ExportResult(path=os.fspath(result), format="savedmodel",
-                                  size_mb=size_mb(result))
-        results.append(result)
+        results.append(saved_model(model, out, version, class_names=class_names,
+                                   check_inputs=check))
     if "tflite" in formats:
         for variant in quantize:
             suffix = "" if variant is None else f".{variant}"
@@ -134,46 +128,6 @@ def export(model_spec, *, formats=FORMATS, quantize=(None,), data=None, out=None
                                   allow_flex=allow_flex, class_names=class_names,
                                   check_data=check_x, check_labels=check_y))
     return results
-
-
-def resolve_model(spec) -> str:
-    """The ``.keras`` file a MODEL argument names (see the module docstring)."""
-    spec = os.fspath(spec)
-    if os.path.isfile(spec):
-        if not spec.endswith(".keras"):
-            raise ValueError(f"MODEL {spec!r} is a file but not a .keras model.")
-        return spec
-    if os.path.isdir(spec):
-        name = os.path.basename(os.path.normpath(spec))
-        candidate = os.path.join(spec, f"{name}.keras")
-        if os.path.isfile(candidate):
-            return candidate
-        found = sorted(f for f in os.listdir(spec) if f.endswith(".keras"))
-        if len(found) == 1:
-            return os.path.join(spec, found[0])
-        raise FileNotFoundError(f"No {name}.keras in {spec!r} (found "
-                                f"{', '.join(found) or 'no .keras file'}).")
-    candidate = os.path.join(SAVED_MODELS, spec, f"{spec}.keras")
-    if os.path.isfile(candidate):
-        return candidate
-    raise FileNotFoundError(
-        f"No model {spec!r}: expected a .keras file, a directory holding NAME.keras, or "
-        f"a name with {candidate} (train one with `kvision train {spec}`).")
-
-
-def read_class_names(keras_path, model):
-    """Names from ``class_names.txt`` beside the model, if it has one per output."""
-    path = os.path.join(os.path.dirname(os.path.abspath(keras_path)), CLASS_NAMES_FILE)
-    if not os.path.isfile(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        names = [line.rstrip("\n") for line in f if line.strip()]
-    classes = model.outputs[0].shape[-1]
-    if len(names) != classes:
-        raise ValueError(f"{path} names {len(names)} classes; the model has {classes} "
-                         f"outputs.")
-    return names
-
 
 def load_data(data, shape):
     """``(calibration, (check_images, check_labels), class_names)`` at ``(H, W, C)``.
