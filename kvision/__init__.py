@@ -12,8 +12,8 @@ __version__ = "0.1.0"
 _SHORTCUTS = {"create": "kvision.models", "list_models": "kvision.models",
               "profile": "kvision.models", "get_info": "kvision.models"}
 _SUBMODULES = ("blocks", "data", "distribute", "evaluate", "export", "features", "layers",
-               "models", "predict", "registry", "retrieval", "testing", "train", "transfer",
-               "visualization", "weights")
+               "losses", "metrics", "models", "ops", "predict", "registry", "retrieval",
+               "testing", "train", "transfer", "visualization", "weights")
 
 
 def __getattr__(name):

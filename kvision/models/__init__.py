@@ -5,7 +5,7 @@ Every registered network is also a public CapWords builder here
 """
 
 from kvision import registry as _registry
-from kvision.models import classification  # noqa: F401  (registers the families)
+from kvision.models import classification, detection, segmentation  # noqa: F401  (registers)
 from kvision.models.profile import profile
 from kvision.registry import ModelInfo, create, get_info, list_models
 

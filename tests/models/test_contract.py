@@ -8,7 +8,7 @@ import kvision
 from kvision import testing
 from kvision.models import get_info, list_models
 
-NAMES = list_models()
+NAMES = list_models(task="classification")
 
 
 def _small_size(info):

@@ -1,0 +1,1 @@
+"""Evaluation metrics, one file per task: ``detection``, ``segmentation``."""
