@@ -19,8 +19,10 @@ def test_inception_v3_loads_keras_weights():
 
 @pytest.mark.slow
 def test_inception_resnet_v2_loads_keras_weights():
+    # The full network only: the top-less file is the same loader InceptionV3 checks.
     diff = assert_keras_parity("inception_resnet_v2",
-                               keras.applications.InceptionResNetV2, (75, 75, 3))
+                               keras.applications.InceptionResNetV2, (75, 75, 3),
+                               include_tops=(True,))
     assert diff <= 1e-5
 
 
