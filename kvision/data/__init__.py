@@ -1,14 +1,21 @@
-"""Datasets: image folders, TensorFlow Datasets by name, and the embedded digits.
+"""Datasets: image folders, TensorFlow Datasets by name, the embedded digits, and
+detection/segmentation data (digit scenes, YOLO-txt and COCO-JSON folders, TFDS).
 
 ``load(data, image_size=...)`` gives a :class:`Dataset` of unbatched ``(image,
 label)`` examples from any of the three; ``list_images`` and ``load_image`` work on
-folders and single files directly. TensorFlow loads only when one of them is called.
+folders and single files directly. ``digit_scenes`` draws a seeded detection and
+segmentation set of real handwritten digits with exact boxes and masks;
+``load_detection`` reads YOLO, COCO and TFDS detection data into Keras' bounding-box
+dicts. TensorFlow loads only when one of them is called.
 """
 
+from kvision.data.detection import DetectionData, load_detection
 from kvision.data.digits import load_digits
 from kvision.data.folders import CorruptImageWarning, list_images, load_image
 from kvision.data.imagenet import imagenet_class_names
 from kvision.data.sources import Dataset, load
+from kvision.data.synthetic import Scenes, digit_scenes
 
-__all__ = ["CorruptImageWarning", "Dataset", "imagenet_class_names", "list_images", "load",
-           "load_digits", "load_image"]
+__all__ = ["CorruptImageWarning", "Dataset", "DetectionData", "Scenes", "digit_scenes",
+           "imagenet_class_names", "list_images", "load", "load_detection", "load_digits",
+           "load_image"]
