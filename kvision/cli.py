@@ -173,6 +173,11 @@ def cmd_predict(args):
     from kvision.predict import load_trained, predict_images
 
     trained = load_trained(args.model)
+    if trained.detector:
+        return _predict_detections(trained, args)
+    if args.out is not None:
+        raise ValueError(f"--out draws detections, but {trained.path} is a classifier "
+                         f"(a detector answers boxes, scores, classes, num_detections).")
     results = predict_images(trained, args.images, k=args.top_k)
     if args.json:
         print(json.dumps(results, indent=1))
@@ -180,6 +185,38 @@ def cmd_predict(args):
     for result in results:
         best = ", ".join(f"{p['label']} {p['probability']:.3f}" for p in result["predictions"])
         print(f"{result['path']}: {best}")
+    return 0
+
+
+def _drawing_paths(images, out):
+    """Where each drawn image goes: ``out`` itself for one image (a ``.png`` file),
+    ``out/<name>.png`` for several."""
+    if len(images) == 1 and out.lower().endswith(".png"):
+        return [out]
+    if os.path.isfile(out):
+        raise ValueError(f"--out {out!r} is a file; with {len(images)} images it must "
+                         f"be a directory (or a .png path for one image).")
+    stems = [os.path.splitext(os.path.basename(path))[0] for path in images]
+    return [os.path.join(out, f"{stem}.png") for stem in stems]
+
+
+def _predict_detections(trained, args):
+    from kvision.predict import detect_images, draw_detections
+
+    results = detect_images(trained, args.images, score_threshold=args.score_threshold)
+    if args.out is not None:
+        for result, target in zip(results, _drawing_paths(args.images, args.out)):
+            result["drawn"] = draw_detections(result["path"], result, target)
+    if args.json:
+        print(json.dumps(results, indent=1))
+        return 0
+    for result in results:
+        found = ", ".join(f"{d['label']} {d['score']:.3f} "
+                          f"[{', '.join(f'{v:.1f}' for v in d['box'])}]"
+                          for d in result["detections"])
+        drawn = f" -> {result['drawn']}" if "drawn" in result else ""
+        print(f"{result['path']}: {len(result['detections'])} detections"
+              f"{': ' + found if found else ''}{drawn}")
     return 0
 
 
@@ -247,11 +284,17 @@ def build_parser():
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("predict", help="top-k labels of image files")
+    p = sub.add_parser("predict", help="top-k labels of image files, or a detector's "
+                                        "boxes (drawn with --out)")
     p.add_argument("model")
     p.add_argument("images", nargs="+")
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--out", default=None,
+                   help="detectors: a PNG with the boxes and labels drawn (one image), "
+                        "or a directory of them")
+    p.add_argument("--score-threshold", type=float, default=0.0,
+                   help="detectors: leave out detections scoring below this")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("sort", help="copy a folder of photos into one folder per class")

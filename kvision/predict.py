@@ -1,9 +1,15 @@
-"""Using a trained classifier: load it, label images, sort a folder of photos.
+"""Using a trained model: load it, label images, sort a folder of photos, draw
+detections.
 
 The library behind ``kvision predict`` and ``kvision sort``. A trained model is found
 the way ``kvision train`` writes it: a ``.keras`` file, a run directory
 ``saved_models/NAME`` holding ``NAME.keras`` and ``class_names.txt``, or just ``NAME``
 meaning that directory.
+
+A detector is a model whose outputs are ``boxes`` (xyxy pixels of its input),
+``scores``, ``classes`` and ``num_detections`` (the ``inference_model`` of a
+detection family): :func:`detect_images` gives its detections in each file's own
+pixels, :func:`draw_detections` draws them with ``keras.visualization``.
 """
 
 from __future__ import annotations
@@ -32,6 +38,18 @@ class Trained:
     @property
     def channels(self):
         return int(self.model.input_shape[-1])
+
+    @property
+    def detector(self):
+        from kvision.export.parity import is_detector
+
+        return is_detector(self.model)
+
+    def label(self, class_id):
+        """The name of class ``class_id`` (its number where no name is known)."""
+        class_id = int(class_id)
+        return self.class_names[class_id] if 0 <= class_id < len(self.class_names) \
+            else str(class_id)
 
 
 def find_model_file(ref) -> str:
@@ -64,13 +82,14 @@ def find_model_file(ref) -> str:
 
 
 def read_class_names(model_path, classes):
-    """Class names from ``class_names.txt`` beside the model; None if it has none."""
+    """Class names from ``class_names.txt`` beside the model; None if it has none.
+    ``classes``: the count the model needs (None: any, as for a detector)."""
     path = os.path.join(os.path.dirname(os.path.abspath(model_path)), "class_names.txt")
     if not os.path.isfile(path):
         return None
     with open(path, encoding="utf-8") as f:
         names = tuple(line.rstrip("\n") for line in f if line.strip())
-    if len(names) != classes:
+    if classes is not None and len(names) != classes:
         raise ValueError(f"{path} lists {len(names)} class names but the model has "
                          f"{classes} outputs.")
     return names
@@ -91,7 +110,7 @@ def pretrained(ref):
 
 
 def load_trained(ref) -> Trained:
-    """Load a trained classifier (``safe_mode=True``) with its class names.
+    """Load a trained classifier or detector (``safe_mode=True``) with its class names.
 
     ``ref`` is a ``.keras`` file, a run directory, a run name under ``saved_models/``,
     or, when no such run exists, a registry network with ImageNet weights.
@@ -99,6 +118,8 @@ def load_trained(ref) -> Trained:
     import keras
 
     import kvision.layers  # noqa: F401  (registers kvision's layers for safe loading)
+    import kvision.models  # noqa: F401  (and those of the task families)
+    from kvision.export.parity import is_detector
 
     try:
         path = find_model_file(ref)
@@ -108,6 +129,8 @@ def load_trained(ref) -> Trained:
             raise
         return model
     model = keras.saving.load_model(path, safe_mode=True, compile=False)
+    if is_detector(model):
+        return Trained(model, read_class_names(path, None) or (), path)
     classes = int(model.output_shape[-1])
     names = read_class_names(path, classes) or tuple(str(i) for i in range(classes))
     return Trained(model, names, path)
@@ -151,6 +174,78 @@ def predict_images(trained, paths, k=5, batch_size=32):
     return [{"path": path,
              "predictions": [{"label": label, "probability": p} for label, p in best]}
             for path, best in zip(kept, top_k(probabilities, trained.class_names, k))]
+
+
+def _original_size(path):
+    """``(height, width)`` of an image file as it decodes."""
+    import tensorflow as tf
+
+    image = tf.io.decode_image(tf.io.read_file(path), expand_animations=False)
+    return tuple(int(d) for d in image.shape[:2])
+
+
+def detect_images(trained, paths, score_threshold=0.0, batch_size=8):
+    """A detector's detections in image files, boxes in each file's own pixels.
+
+    The files are resized to the model's input as for classifiers
+    (:func:`load_images`); its boxes are scaled back by the file's size over the
+    input's. Returns ``[{"path", "image_size": [height, width], "detections":
+    [{"label", "class", "score", "box": [x0, y0, x1, y1]}, ...]}]``, detections best
+    first, those scoring under ``score_threshold`` left out.
+    """
+    if not trained.detector:
+        raise ValueError(f"{trained.path} is not a detector: its outputs are not boxes, "
+                         f"scores, classes and num_detections.")
+    images, kept, _ = load_images(paths, trained)
+    outputs = trained.model.predict(images, batch_size=batch_size, verbose=0)
+    height, width = trained.image_size
+    results = []
+    for i, path in enumerate(kept):
+        size = _original_size(path)
+        scale = np.array([size[1] / width, size[0] / height] * 2)
+        count = int(outputs["num_detections"][i])
+        detections = [
+            {"label": trained.label(c), "class": int(c), "score": float(s),
+             "box": [float(v) for v in np.asarray(b, "float64") * scale]}
+            for b, s, c in zip(outputs["boxes"][i][:count], outputs["scores"][i][:count],
+                               outputs["classes"][i][:count])
+            if s >= score_threshold]
+        results.append({"path": path, "image_size": list(size), "detections": detections})
+    return results
+
+
+def draw_detections(path, result, out_path, color=(255, 64, 64)):
+    """Draw one :func:`detect_images` result (boxes, labels, scores) on the image
+    file at ``path`` with ``keras.visualization.draw_bounding_boxes``; write a PNG.
+
+    Grey images are drawn in RGB, so the boxes keep their colour. Returns
+    ``out_path``.
+    """
+    import keras
+    import tensorflow as tf
+
+    try:
+        import cv2  # noqa: F401  (keras.visualization draws with OpenCV)
+    except ImportError:
+        raise ModuleNotFoundError("Drawing detections needs OpenCV, which "
+                                  "keras.visualization draws with: pip install "
+                                  "opencv-python-headless.") from None
+    image = tf.io.decode_image(tf.io.read_file(path), channels=3,
+                               expand_animations=False).numpy()
+    detections = result["detections"]
+    names = {d["class"]: d["label"] for d in detections}
+    boxes = np.array([d["box"] for d in detections], "float32").reshape(1, -1, 4)
+    drawn = keras.visualization.draw_bounding_boxes(
+        image[None], {"boxes": boxes,
+                      "labels": np.array([[d["class"] for d in detections]], "int32"),
+                      "confidences": np.array([[d["score"] for d in detections]])},
+        "xyxy", class_mapping=names, color=color, line_thickness=1,
+        font_scale=max(0.3, min(image.shape[:2]) / 500))
+    directory = os.path.dirname(os.path.abspath(out_path))
+    os.makedirs(directory, exist_ok=True)
+    with open(out_path, "wb") as f:
+        f.write(tf.io.encode_png(np.asarray(drawn[0], "uint8")).numpy())
+    return out_path
 
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")

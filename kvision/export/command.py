@@ -9,8 +9,12 @@
 MODEL is a ``.keras`` file, a directory ``saved_models/NAME`` holding ``NAME.keras``
 (and optionally ``class_names.txt``), or a name meaning ``saved_models/NAME/NAME.keras``.
 ``--data`` gives the representative images (int8 calibration) and the held-out
-images with labels the exports are checked on. The table printed has one row per
-file: format, size in MB, parity figures against the Keras model, batch-1 latency.
+images with labels the exports are checked on. A detector (outputs ``boxes``,
+``scores``, ``classes``, ``num_detections``) is checked on the image files of a
+``--data`` folder (any layout, no labels), detection by detection. The table printed
+has one row per file: format, size in MB, parity figures against the Keras model
+(for a detector: the largest score difference and the share of detections matched),
+batch-1 latency.
 """
 
 from __future__ import annotations
@@ -96,6 +100,7 @@ def export(model_spec, *, formats=FORMATS, quantize=(None,), data=None, out=None
     import kvision.layers  # noqa: F401  (registers kvision's layers for loading)
     import kvision.models  # noqa: F401
     from kvision.export import saved_model, tflite
+    from kvision.export.parity import is_detector
     from kvision.export.tflite import input_shape
     from kvision.predict import find_model_file, read_class_names
 
@@ -108,9 +113,17 @@ def export(model_spec, *, formats=FORMATS, quantize=(None,), data=None, out=None
         raise ValueError("--quantize int8 needs --data (images to calibrate on).")
     model = keras.saving.load_model(keras_path)
     shape = input_shape(model)
-    class_names = read_class_names(keras_path, int(model.outputs[0].shape[-1]))
+    detector = is_detector(model)
+    class_names = read_class_names(keras_path, None if detector
+                                   else int(model.outputs[0].shape[-1]))
     calibration = check_x = check_y = None
-    if data is not None:
+    if detector:
+        if "tflite" in formats and "int8" in quantize:
+            raise ValueError("--quantize int8 is for classifiers; export a detector as "
+                             "none, float16 or dynamic.")
+        if data is not None:
+            check_x = detector_images(data, shape)
+    elif data is not None:
         calibration, (check_x, check_y), data_names = load_data(data, shape)
         if class_names is None and len(data_names) == model.outputs[0].shape[-1]:
             class_names = list(data_names)
@@ -128,6 +141,27 @@ def export(model_spec, *, formats=FORMATS, quantize=(None,), data=None, out=None
                                   allow_flex=allow_flex, class_names=class_names,
                                   check_data=check_x, check_labels=check_y))
     return results
+
+
+def detector_images(folder, shape, limit=SAVEDMODEL_CHECK_IMAGES):
+    """Up to ``limit`` image files under ``folder`` (sorted, any depth) as float32
+    ``(n, H, W, C)`` pixels at the model's size: a detector's check images."""
+    import numpy as np
+
+    from kvision.data import load_image
+    from kvision.predict import IMAGE_EXTENSIONS
+
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"--data {folder!r}: a detector is checked on the images "
+                                f"of a folder; no such folder.")
+    files = sorted(os.path.join(root, f) for root, _, names in os.walk(folder)
+                   for f in names if f.lower().endswith(IMAGE_EXTENSIONS))[:limit]
+    if not files:
+        raise ValueError(f"--data {folder!r} holds no image files "
+                         f"({', '.join(IMAGE_EXTENSIONS)}).")
+    height, width, channels = shape
+    return np.stack([load_image(f, (height, width), channels=channels) for f in files])
+
 
 def load_data(data, shape):
     """``(calibration, (check_images, check_labels), class_names)`` at ``(H, W, C)``.

@@ -82,6 +82,102 @@ def compare(reference, candidate, labels=None) -> dict:
     return figures
 
 
+DETECTION_OUTPUTS = ("boxes", "scores", "classes", "num_detections")
+# An export of a detector is the same detector when every detection finds its twin:
+# same class, boxes at IoU >= 0.99, scores within 1e-3 (float32).
+MIN_MATCHED_IOU = 0.99
+MAX_SCORE_DIFF = 1e-3
+
+
+def output_names(model) -> list:
+    """A Keras model's output names (dict keys for dict outputs)."""
+    output = getattr(model, "output", None)
+    if isinstance(output, dict):
+        return list(output)
+    return list(getattr(model, "output_names", None) or [])
+
+
+def is_detector(model) -> bool:
+    """Whether ``model`` answers the detector protocol's four outputs (``boxes``,
+    ``scores``, ``classes``, ``num_detections``)."""
+    try:
+        names = output_names(model)
+    except (AttributeError, ValueError):
+        return False
+    return set(DETECTION_OUTPUTS) <= set(names)
+
+
+def _iou_matrix(a, b):
+    """Pairwise IoU of xyxy boxes ``(n, 4)`` and ``(m, 4)`` (numpy)."""
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(rb - lt, 0, None), axis=-1)
+    area_a = np.prod(np.clip(a[:, 2:] - a[:, :2], 0, None), axis=-1)
+    area_b = np.prod(np.clip(b[:, 2:] - b[:, :2], 0, None), axis=-1)
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 1.0 * (inter == 0))
+
+
+def compare_detections(reference, candidate) -> dict:
+    """Figures of an exported detector's outputs against the Keras model's.
+
+    Both are dicts of the four detection outputs for the same images. Each
+    reference detection is matched to the candidate detection of the same class with
+    the highest IoU, greedily by score (ties in NMS may order equal scores either
+    way). Returns ``{"num_detections", "matched", "top1_agreement"}`` (the share of
+    detections matched at IoU >= 0.99, 1.0 when there are none), ``"min_iou"`` and
+    ``"max_abs_diff"`` (the largest score difference of a matched pair), and
+    ``"count_mismatch"`` (images whose ``num_detections`` differ).
+    """
+    total = matched = mismatched = 0
+    min_iou, max_diff = 1.0, 0.0
+    for i in range(len(reference["num_detections"])):
+        n, m = int(reference["num_detections"][i]), int(candidate["num_detections"][i])
+        mismatched += n != m
+        total += max(n, m)
+        ref_boxes = np.asarray(reference["boxes"][i][:n], "float64")
+        cand_boxes = np.asarray(candidate["boxes"][i][:m], "float64")
+        ious = _iou_matrix(ref_boxes, cand_boxes)
+        same_class = (np.asarray(reference["classes"][i][:n])[:, None]
+                      == np.asarray(candidate["classes"][i][:m])[None, :])
+        ious = np.where(same_class, ious, -1.0)
+        free = np.ones(m, bool)
+        for r in np.argsort(-np.asarray(reference["scores"][i][:n]), kind="stable"):
+            options = np.where(free, ious[r], -1.0)
+            c = int(np.argmax(options)) if m else -1
+            if c < 0 or options[c] < MIN_MATCHED_IOU:
+                min_iou = min(min_iou, float(max(options[c], 0.0)) if c >= 0 else 0.0)
+                continue
+            free[c] = False
+            matched += 1
+            min_iou = min(min_iou, float(options[c]))
+            max_diff = max(max_diff, abs(float(reference["scores"][i][r])
+                                         - float(candidate["scores"][i][c])))
+    return {"num_detections": total, "matched": matched,
+            "top1_agreement": matched / total if total else 1.0, "min_iou": min_iou,
+            "max_abs_diff": max_diff, "count_mismatch": mismatched}
+
+
+def check_detections(figures, *, what="The export", max_score_diff=MAX_SCORE_DIFF):
+    """Raise ``ValueError`` unless every detection has its twin (see
+    :func:`compare_detections`) with scores within ``max_score_diff``."""
+    failures = []
+    if figures["count_mismatch"]:
+        failures.append(f"{figures['count_mismatch']} images with another number of "
+                        f"detections")
+    if figures["matched"] < figures["num_detections"]:
+        failures.append(f"{figures['num_detections'] - figures['matched']} of "
+                        f"{figures['num_detections']} detections without a twin of the "
+                        f"same class at IoU >= {MIN_MATCHED_IOU} (lowest IoU "
+                        f"{figures['min_iou']:.4f})")
+    if max_score_diff is not None and figures["max_abs_diff"] > max_score_diff:
+        failures.append(f"score diff {figures['max_abs_diff']:.3g} > {max_score_diff:g}")
+    if failures:
+        raise ValueError(f"{what} does not detect what the Keras model detects: "
+                         f"{'; '.join(failures)}. Nothing was written.")
+    return figures
+
+
 def check(figures, *, what="The export", max_abs_diff=None, min_top1_agreement=None,
           max_accuracy_drop=None):
     """Raise ``ValueError`` naming every figure outside its threshold.

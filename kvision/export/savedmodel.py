@@ -21,7 +21,12 @@ Signatures of an export (``H, W, C`` the model's input shape):
   0..255 (the model's preprocessing is inside the Keras model). A classifier
   (one 2-D output) answers ``probabilities`` ``[None, classes]``, ``top_k_scores``
   ``[None, k]`` float32, ``top_k_classes`` ``[None, k]`` int32 and, with class names,
-  ``top_k_labels`` ``[None, k]`` string; any other model answers its own named outputs.
+  ``top_k_labels`` ``[None, k]`` string. A detector (outputs ``boxes``, ``scores``,
+  ``classes``, ``num_detections``: decoding and NMS in its graph) answers those four
+  (``boxes`` ``[None, K, 4]`` float32 xyxy pixels, ``scores`` ``[None, K]``,
+  ``classes`` ``[None, K]`` int32, -1 padded, ``num_detections`` ``[None]`` int32)
+  and, with class names, ``labels`` ``[None, K]`` string ("" for padding); any other
+  model answers its own named outputs.
 - ``serve_image_bytes``: ``image_bytes`` ``[None]`` string of encoded JPEG/PNG (what a
   REST client sends as ``{"b64": ...}``), decoded to C channels and resized bilinear
   to ``H, W`` as ``kvision.data.load_image`` does, then the same outputs.
@@ -38,7 +43,9 @@ import time
 
 import numpy as np
 
-from kvision.export.parity import ExportResult, as_float32, check, compare, size_mb
+from kvision.export.parity import (DETECTION_OUTPUTS, ExportResult, as_float32, check,
+                                   check_detections, compare, compare_detections,
+                                   is_detector, size_mb)
 
 IMAGES = "images"
 IMAGE_BYTES = "image_bytes"
@@ -69,8 +76,9 @@ def saved_model(model, model_dir, version=None, *, class_names=None, top_k=5,
             (``saved_models/<name>``); created if missing.
         version: integer version; default the next free one. An existing version
             is a ``ValueError``: versions are never overwritten.
-        class_names: one name per class (classifiers): adds ``top_k_labels`` and
-            the asset ``assets/labels.txt``.
+        class_names: one name per class (classifiers, detectors): adds
+            ``top_k_labels`` (``labels`` for detectors) and the asset
+            ``assets/labels.txt``.
         top_k: how many best classes the ``top_k_*`` outputs give
             (``min(top_k, classes)``).
         input_dtype: dtype of ``serving_default``'s ``images``: ``"float32"`` or
@@ -89,7 +97,9 @@ def saved_model(model, model_dir, version=None, *, class_names=None, top_k=5,
         scores of a classifier, or over every output), ``top1_agreement`` and
         ``top_k_max_abs_diff`` (classifiers), ``image_bytes_max_abs_diff`` (the
         check images sent as PNG to ``serve_image_bytes``). The reference of a
-        mixed-precision model is its float32 twin, which is what is exported.
+        mixed-precision model is its float32 twin, which is what is exported. A
+        detector's figures are :func:`~kvision.export.parity.compare_detections`':
+        every detection matched (same class, IoU >= 0.99), scores within 1e-3.
     Raises:
         ValueError: bad arguments, an existing version, or an export that does not
             answer as the Keras model does (with the figures).
@@ -193,7 +203,8 @@ class _ExportSpec:
     """What the signatures look like: image shape, dtypes, outputs, labels."""
 
     def __init__(self, image_shape, input_dtype, classes, top_k, class_names,
-                 image_bytes):
+                 image_bytes, detector=False):
+        self.detector = detector            # the four detection outputs
         self.image_shape = image_shape      # (H, W, C)
         self.input_dtype = input_dtype      # "float32" | "uint8"
         self.classes = classes              # None: not a classifier
@@ -206,15 +217,16 @@ class _ExportSpec:
         """The spec of ``model`` with the arguments checked (``ValueError``)."""
         image_shape = _image_shape(model)
         input_dtype = _input_dtype(input_dtype)
-        classes = _classes(model)
+        detector = is_detector(model)
+        classes = None if detector else _classes(model)
         if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) \
                 or top_k < 1:
             raise ValueError(f"top_k must be an integer >= 1, got {top_k!r}.")
         if class_names is not None:
-            class_names = _class_names(class_names, classes)
+            class_names = _class_names(class_names, classes, detector)
         return cls(image_shape, input_dtype, classes,
                    None if classes is None else min(int(top_k), classes),
-                   class_names, bool(image_bytes))
+                   class_names, bool(image_bytes), detector)
 
 
 def _image_shape(model):
@@ -254,16 +266,18 @@ def _classes(model):
     return None
 
 
-def _class_names(class_names, classes):
-    """``class_names`` as a list of one-line strings, one per class."""
-    if classes is None:
+def _class_names(class_names, classes, detector=False):
+    """``class_names`` as a list of one-line strings, one per class (a detector's
+    class count is not in its outputs: any number)."""
+    if classes is None and not detector:
         raise ValueError("class_names were given but the model is not a classifier "
-                         "(expected one output of shape (None, classes)).")
+                         "(expected one output of shape (None, classes)) nor a "
+                         "detector (outputs boxes, scores, classes, num_detections).")
     if isinstance(class_names, str):
         raise ValueError(f"class_names must be a list of names, got the string "
                          f"{class_names!r}.")
     names = [str(n) for n in class_names]
-    if len(names) != classes:
+    if not detector and len(names) != classes:
         raise ValueError(f"Expected {classes} class_names (one per model output), got "
                          f"{len(names)}.")
     bad = [n for n in names if not n or "\n" in n or "\r" in n]
@@ -371,6 +385,12 @@ def _serving_outputs(model, images, spec, table):
     import tensorflow as tf
 
     y = model(images, training=False)
+    if spec.detector:
+        result = {k: v for k, v in _named_outputs(model, y).items()
+                  if k in DETECTION_OUTPUTS}
+        if table is not None:  # class -1 (padding) is no line: ""
+            result["labels"] = table.lookup(tf.cast(result["classes"], tf.int64))
+        return result
     if spec.classes is None:
         return _named_outputs(model, y)
     probabilities = tf.cast(y, tf.float32)
@@ -445,21 +465,33 @@ def _verify(model, spec, export_path, check_inputs, atol):
                          f"{error.message.splitlines()[0] if error.message else ''}). "
                          f"Nothing was written.") from None
     figures = _figures(reference, got, spec)
-    check(figures, what="The SavedModel's serving_default", max_abs_diff=atol)
+    _check(figures, spec, "The SavedModel's serving_default", atol)
     if got_bytes is not None:
         reference_bytes = _keras_outputs(model, pixels.astype("float32"), spec)
         bytes_figures = _figures(reference_bytes, got_bytes, spec)
-        check(bytes_figures, what="The SavedModel's serve_image_bytes", max_abs_diff=atol)
+        _check(bytes_figures, spec, "The SavedModel's serve_image_bytes", atol)
         figures["image_bytes_max_abs_diff"] = bytes_figures["max_abs_diff"]
     return figures, latency_ms
 
 
+def _check(figures, spec, what, atol):
+    if spec.detector:
+        check_detections(figures, what=what)
+    else:
+        check(figures, what=what, max_abs_diff=atol)
+
+
 def _figures(reference, got, spec):
-    """:func:`compare` figures over every output the Keras model also gives."""
+    """:func:`compare` figures over every output the Keras model also gives
+    (:func:`compare_detections` for a detector)."""
     missing = sorted(set(reference) - set(got))
     if missing:
         raise ValueError(f"The SavedModel lacks the outputs {missing}; it gives "
                          f"{sorted(got)}. Nothing was written.")
+    if spec.detector:
+        if spec.class_names is not None:
+            _check_detection_labels(got, spec.class_names)
+        return compare_detections(reference, got)
     if spec.classes is not None:
         figures = compare(reference["probabilities"], got["probabilities"])
         # The top-k outputs must be the reference's k largest scores, and each class
@@ -488,6 +520,17 @@ def _check_labels(got, class_names):
                          f"(expected {expected[0].tolist()}). Nothing was written.")
 
 
+def _check_detection_labels(got, class_names):
+    """``labels`` must name ``classes`` ("" for padding), read back from the asset."""
+    names = np.array([*class_names, ""], dtype=object)  # index -1: ""
+    classes = got["classes"].astype("int64")
+    expected = names[np.where((classes >= 0) & (classes < len(class_names)), classes, -1)]
+    labels = np.vectorize(lambda b: b.decode("utf-8"), otypes=[object])(got["labels"])
+    if not np.array_equal(labels, expected):
+        raise ValueError(f"The SavedModel's labels {labels[0].tolist()} do not name its "
+                         f"classes {got['classes'][0].tolist()}. Nothing was written.")
+
+
 def _keras_outputs(model, x, spec, batch_size=32):
     """The Keras model's outputs on ``x`` as ``{name: array}`` (probabilities only
     for classifiers: the top-k outputs are derived from them)."""
@@ -498,7 +541,10 @@ def _keras_outputs(model, x, spec, batch_size=32):
             y = {"probabilities": y}
         else:
             y = _named_outputs(model, y)
-        chunks.append({k: np.asarray(v, dtype="float32") for k, v in y.items()})
+            if spec.detector:
+                y = {k: v for k, v in y.items() if k in DETECTION_OUTPUTS}
+        chunks.append({k: np.asarray(v, dtype="float32") if not spec.detector
+                       else np.asarray(v) for k, v in y.items()})
     return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
 
 

@@ -9,6 +9,13 @@ default, and it writes straight to the target. Operators: TFLite builtins only
 (``TFLITE_BUILTINS``, and ``TFLITE_BUILTINS_INT8`` first for int8); ``SELECT_TF_OPS``
 only with ``allow_flex``.
 
+A detector (outputs ``boxes``, ``scores``, ``classes``, ``num_detections``, its
+decoding and NMS in the graph) converts the same way, NMS included as the builtin
+``NON_MAX_SUPPRESSION_V4``; the file's signature keeps the four output names
+(:func:`run_detector` reads them), and its check is
+:func:`~kvision.export.parity.compare_detections` (every detection matched at IoU >=
+0.99 with its class, scores within 1e-3 for float32). Full int8 is for classifiers.
+
 Every export is written to a temporary file beside the target, run with
 :class:`~kvision.export.litert.TFLiteModel` and compared with the Keras model
 (:mod:`kvision.export.parity`); only then is it renamed into place, with its labels
@@ -29,7 +36,8 @@ import warnings
 import numpy as np
 
 from kvision.export.litert import TFLiteModel, custom_ops, labels_path
-from kvision.export.parity import ExportResult, as_float32, check, compare, size_mb
+from kvision.export.parity import (ExportResult, as_float32, check, check_detections,
+                                   compare, compare_detections, is_detector, size_mb)
 
 QUANTIZE = (None, "float16", "dynamic", "int8")
 FORMATS = {None: "tflite", "float16": "tflite-float16", "dynamic": "tflite-dynamic",
@@ -92,6 +100,9 @@ def tflite(model, path, quantize=None, representative_data=None, *, int8_io=Fals
     model = as_float32(model)
     shape = input_shape(model)
     class_names = _check_class_names(class_names, model)
+    if quantize == "int8" and is_detector(model):
+        raise ValueError("quantize='int8' is for classifiers; export a detector as "
+                         "float32, float16 or dynamic.")
 
     representative = None
     if representative_data is not None:
@@ -153,10 +164,11 @@ def input_shape(model) -> tuple:
     if not inputs:
         raise ValueError(f"Model {getattr(model, 'name', model)!r} has no input shape: "
                          f"build it with input_shape=(H, W, C) (or call it once) first.")
-    if len(inputs) != 1 or len(model.outputs) != 1:
+    if len(inputs) != 1 or (len(model.outputs) != 1 and not is_detector(model)):
         raise ValueError(f"TFLite export takes a model with one image input and one "
-                         f"output; {model.name!r} has {len(inputs)} inputs and "
-                         f"{len(model.outputs)} outputs.")
+                         f"output (or a detector's boxes, scores, classes, "
+                         f"num_detections); {model.name!r} has {len(inputs)} inputs "
+                         f"and {len(model.outputs)} outputs.")
     shape = tuple(inputs[0].shape[1:])
     if len(shape) != 3 or any(d is None for d in shape):
         raise ValueError(f"TFLite export needs a fixed image input (H, W, C); "
@@ -168,7 +180,7 @@ def _check_class_names(class_names, model):
     if class_names is None:
         return None
     class_names = [str(name) for name in class_names]
-    classes = model.outputs[0].shape[-1]
+    classes = len(class_names) if is_detector(model) else model.outputs[0].shape[-1]
     if len(class_names) != classes or any("\n" in name for name in class_names):
         raise ValueError(f"class_names must be {classes} names (one per output of "
                          f"{model.name!r}, no newlines), got {len(class_names)}.")
@@ -387,9 +399,49 @@ def _conversion_error(error, model):
 
 # --- proof and commit -----------------------------------------------------------------
 
+def run_detector(path, images, num_threads=2):
+    """A detector's ``.tflite`` file on ``images`` -> ``{name: array}`` of its four
+    outputs (read by name from the file's signature), and the median batch-1
+    latency in ms."""
+    import time
+
+    from kvision.export.litert import _interpreter_class
+
+    interpreter = _interpreter_class()(model_path=os.fspath(path), num_threads=num_threads)
+    runner = interpreter.get_signature_runner()
+    (name,) = runner.get_input_details()
+    images = np.asarray(images, "float32")
+    parts = [runner(**{name: images[i:i + 1]}) for i in range(len(images))]
+    outputs = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    times = []
+    for _ in range(10):
+        start = time.perf_counter()
+        runner(**{name: images[:1]})
+        times.append(time.perf_counter() - start)
+    return outputs, 1000.0 * float(np.median(times))
+
+
+def _prove_detector(model, staged, quantize, images, min_top1_agreement):
+    """The detection check of a staged file (see the module docstring)."""
+    candidate, latency = run_detector(staged, images)
+    reference = model.predict(images, batch_size=32, verbose=0)
+    figures = compare_detections(reference, candidate)
+    what = f"The {FORMATS[quantize]} export"
+    if quantize is None:
+        check_detections(figures, what=what)
+    else:  # reduced precision: most detections must keep their twin
+        agreement = MIN_TOP1_AGREEMENT[quantize] if min_top1_agreement is None \
+            else min_top1_agreement
+        check(figures, what=what, min_top1_agreement=agreement)
+    figures["num_checked"] = len(images)
+    return figures, latency
+
+
 def _prove(model, staged, quantize, images, labels, *, atol, min_top1_agreement,
            max_accuracy_drop):
     """Run the staged file and the Keras model on ``images``; ``(figures, latency_ms)``."""
+    if is_detector(model):
+        return _prove_detector(model, staged, quantize, images, min_top1_agreement)
     with open(staged, "rb") as f:
         flex = [op for op in custom_ops(f.read()) if op.startswith("Flex")]
     try:
