@@ -3,9 +3,16 @@
 from kvision.layers.backbone import InferenceBackbone
 from kvision.layers.detection import NonMaxSuppression
 from kvision.layers.normalization import LocalResponseNormalization
+from kvision.layers.overfeat import LocalizerDecode, WindowDecode
 from kvision.layers.preprocessing import ImagePreprocessing
 from kvision.layers.residual import ScaledResidual
 from kvision.layers.shuffle import ChannelShuffle, ChannelSplit
+from kvision.layers.upsampling import (BilinearKernel, MaxPoolingWithArgmax2D,
+                                       MaxUnpooling2D, ResizeLike)
+from kvision.layers.yolo import YOLOv1Decode, YOLOv1Output, YOLOv3Decode, YOLOv3Output
 
 __all__ = ["ChannelShuffle", "ChannelSplit", "ImagePreprocessing", "InferenceBackbone",
            "LocalResponseNormalization", "NonMaxSuppression", "ScaledResidual"]
+__all__ += ["BilinearKernel", "LocalizerDecode", "MaxPoolingWithArgmax2D", "MaxUnpooling2D",
+            "ResizeLike", "WindowDecode", "YOLOv1Decode", "YOLOv1Output", "YOLOv3Decode",
+            "YOLOv3Output"]

@@ -1,0 +1,146 @@
+"""DeepLab v1 and v3+.
+
+- v1 (Chen et al., 2015, "Semantic Image Segmentation with Deep Convolutional Nets and
+  Fully Connected CRFs"), the LargeFOV variant: VGG16 whose pool4/pool5 keep stride 1
+  and whose conv5 layers are atrous (rate 2), so features stay at stride 8; fc6 a 3x3
+  convolution at rate 12 with 1024 filters, fc7 1x1 1024, fc8 the classes; logits
+  upsampled 8x bilinearly. (The CRF is post-processing, not part of the network.)
+- v3+ (Chen et al., 2018, "Encoder-Decoder with Atrous Separable Convolution for
+  Semantic Image Segmentation"): an atrous backbone at output stride 16 (8), ASPP
+  (a 1x1 conv, three 3x3 atrous convs at rates 6/12/18 — doubled at stride 8 — and
+  image pooling), then a decoder that upsamples 4x, concatenates the backbone's
+  stride-4 features reduced to 48 channels, refines with two 3x3 convs and upsamples
+  4x to the input.
+
+Atrous backbones come from :func:`kvision.models.segmentation._common.dilate`: any
+functional network (kvision zoo, keras.applications, a keras.Model) with its strides
+past the output stride removed and later kernels dilated, weights unchanged.
+"""
+
+from __future__ import annotations
+
+import keras
+
+from kvision import features
+from kvision.blocks.conv import conv_bn_act
+from kvision.layers.upsampling import ResizeLike
+from kvision.models.segmentation import _common
+from kvision.registry import register
+
+PAPER_V1 = ("Semantic Image Segmentation with Deep Convolutional Nets and Fully "
+            "Connected CRFs")
+PAPER_V3_PLUS = ("Encoder-Decoder with Atrous Separable Convolution for Semantic Image "
+                 "Segmentation")
+
+
+def _atrous_backbone(backbone, inputs, output_stride, taps, *, backbone_weights,
+                     trainable_backbone, backbone_kwargs):
+    """``(nested backbone model, preprocessing mode)``: ``backbone`` made atrous at
+    ``output_stride``, outputting its last layer and the stage outputs ``taps``."""
+    net, mode = _common.build_backbone(backbone, inputs.shape[1:],
+                                       backbone_weights=backbone_weights,
+                                       backbone_kwargs=backbone_kwargs)
+    net = _common.dilate(net, output_stride)
+    layers = [features.feature_layer(net)]
+    if taps:
+        stages = features.stage_outputs(net)
+        missing = [s for s in taps if s not in stages]
+        if missing:
+            raise ValueError(f"DeepLab needs backbone outputs at strides {list(taps)}; "
+                             f"{net.name!r} has {sorted(stages)}.")
+        layers += [stages[s] for s in taps]
+    net = _common.tap_backbone(net, layers, pretrained=backbone_weights is not None,
+                               trainable=trainable_backbone)
+    return net, mode
+
+
+@register("deeplabv1", task="segmentation", family="deeplab", year=2015, paper=PAPER_V1,
+          key_idea="atrous convolution keeps VGG16 at stride 8; bilinear upsampling",
+          default_size=320, min_size=32, default_classes=21, num_params=20_505_429,
+          params_convention="trainable",
+          params_source="the paper's Table 2 (DeepLab-LargeFOV, 20.5M), by hand: VGG16 "
+                        "convs + fc6 3x3x512x1024 + fc7 1x1 1024 + fc8 21 classes",
+          preprocessing="none")
+def DeepLabV1(classes=21, input_shape=None, classifier_activation="softmax", weights=None,
+              backbone="vgg16", backbone_weights=None, trainable_backbone=True,
+              fc_units=1024, atrous_rate=12, dropout=0.5, backbone_kwargs=None, name=None):
+    """DeepLab v1 (LargeFOV) on an atrous VGG16 (output stride 8).
+
+    Input ``(H, W, C)`` raw pixels, default ``(320, 320, 3)``; output ``(N, H, W,
+    classes)`` per-pixel softmax (sigmoid for ``classes=1``). ``fc_units`` /
+    ``atrous_rate``: fc6/fc7 width (1024) and fc6 rate (12). ``backbone`` any zoo /
+    keras.applications name or keras.Model (made atrous at stride 8).
+    """
+    activation = _common.check_classes(classes, classifier_activation)
+    inputs = _common.make_input("deeplabv1", input_shape)
+    net, mode = _atrous_backbone(backbone, inputs, 8, (), backbone_weights=backbone_weights,
+                                 trainable_backbone=trainable_backbone,
+                                 backbone_kwargs=backbone_kwargs)
+    x = keras.tree.flatten(net(_common.preprocess(inputs, mode)))[0]
+    x = keras.layers.Conv2D(fc_units, 3, padding="same", dilation_rate=atrous_rate,
+                            activation="relu", name="fc6")(x)
+    x = keras.layers.Dropout(dropout, name="drop6")(x)
+    x = keras.layers.Conv2D(fc_units, 1, activation="relu", name="fc7")(x)
+    x = keras.layers.Dropout(dropout, name="drop7")(x)
+    outputs = _common.classifier(x, classes, activation, reference=inputs)
+    return _common.finish(inputs, outputs, name or "deeplabv1", weights)
+
+
+def aspp(x, filters, rates, name="aspp"):
+    """Atrous spatial pyramid pooling: 1x1, 3x3 at each rate, image pooling; concat,
+    1x1. Each conv + BatchNorm + ReLU."""
+    branches = [conv_bn_act(x, filters, 1, name=f"{name}_1x1")]
+    for rate in rates:
+        branches.append(conv_bn_act(x, filters, 3, dilation_rate=rate,
+                                    name=f"{name}_rate{rate}"))
+    pooled = keras.layers.GlobalAveragePooling2D(keepdims=True, name=f"{name}_pool")(x)
+    pooled = conv_bn_act(pooled, filters, 1, name=f"{name}_pool_1x1")
+    branches.append(ResizeLike(name=f"{name}_pool_resize")([pooled, x]))
+    x = keras.layers.Concatenate(name=f"{name}_concat")(branches)
+    x = conv_bn_act(x, filters, 1, name=f"{name}_project")
+    return keras.layers.Dropout(0.1, name=f"{name}_dropout")(x)
+
+
+def decoder(x, low, filters, low_level_filters):
+    """Upsample to the stride-4 features, concatenate their 1x1 reduction, two 3x3."""
+    low = conv_bn_act(low, low_level_filters, 1, name="decoder_low_level")
+    x = ResizeLike(name="decoder_upsample")([x, low])
+    x = keras.layers.Concatenate(name="decoder_concat")([x, low])
+    for i in (1, 2):
+        x = conv_bn_act(x, filters, 3, name=f"decoder_conv{i}")
+    return x
+
+
+@register("deeplabv3_plus", task="segmentation", family="deeplab", year=2018,
+          paper=PAPER_V3_PLUS,
+          key_idea="ASPP on an atrous backbone + decoder with a stride-4 skip",
+          default_size=512, min_size=32, default_classes=21, num_params=40_436_053,
+          params_convention="keras",
+          params_source="built here (ResNet50 backbone, 21 classes, count_params(); "
+                        "no reference with this exact head)",
+          preprocessing="none")
+def DeepLabV3Plus(classes=21, input_shape=None, classifier_activation="softmax",
+                  weights=None, backbone="resnet50", backbone_weights=None,
+                  trainable_backbone=True, output_stride=16, atrous_rates=(6, 12, 18),
+                  filters=256, low_level_filters=48, backbone_kwargs=None, name=None):
+    """DeepLab v3+ on an atrous backbone (ResNet50 by default; "xception",
+    "mobilenet_v2", any zoo / keras.applications name or a keras.Model).
+
+    Input ``(H, W, C)`` raw pixels, default ``(512, 512, 3)``; output ``(N, H, W,
+    classes)`` per-pixel softmax (sigmoid for ``classes=1``). ``output_stride`` 16
+    (rates 6/12/18) or 8 (rates doubled, as the paper); ``filters`` is the ASPP and
+    decoder width (256), ``low_level_filters`` the skip's (48).
+    """
+    activation = _common.check_classes(classes, classifier_activation)
+    if output_stride not in (8, 16):
+        raise ValueError(f"output_stride must be 8 or 16, got {output_stride!r}.")
+    rates = tuple(int(r) * (16 // output_stride) for r in atrous_rates)
+    inputs = _common.make_input("deeplabv3_plus", input_shape)
+    net, mode = _atrous_backbone(backbone, inputs, output_stride, (4,),
+                                 backbone_weights=backbone_weights,
+                                 trainable_backbone=trainable_backbone,
+                                 backbone_kwargs=backbone_kwargs)
+    high, low = keras.tree.flatten(net(_common.preprocess(inputs, mode)))
+    x = decoder(aspp(high, filters, rates), low, filters, low_level_filters)
+    outputs = _common.classifier(x, classes, activation, reference=inputs)
+    return _common.finish(inputs, outputs, name or "deeplabv3_plus", weights)
