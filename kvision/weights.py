@@ -5,6 +5,8 @@ the same layout as the kvision network, ``ModelInfo.keras_application``), then m
 its weights into the kvision model. A local file is a Keras 3 ``.weights.h5`` (or a
 legacy ``.h5``); before loading, its variables are compared with the model's, and a
 mismatch is a ``ValueError`` naming the first variables that differ.
+:func:`load_torch_checkpoint` reads a PyTorch ``.pth`` state dict as NumPy arrays
+without torch (see :mod:`kvision.torch_checkpoint`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import tempfile
 
 import keras
 import numpy as np
+
+from kvision.torch_checkpoint import load_torch_checkpoint  # noqa: F401  (public here)
 
 
 def check_weights_argument(info, weights, *, include_top, classes,

@@ -17,7 +17,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from kvision.torch_checkpoint import LEGACY_MAGIC, LEGACY_PROTOCOL, load_torch_checkpoint
+from kvision.torch_checkpoint import LEGACY_MAGIC, LEGACY_PROTOCOL
+from kvision.weights import load_torch_checkpoint
 
 NAMES = {np.dtype("float32"): "FloatStorage", np.dtype("float64"): "DoubleStorage",
          np.dtype("float16"): "HalfStorage", np.dtype("int64"): "LongStorage",
