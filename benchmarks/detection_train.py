@@ -145,7 +145,8 @@ def main(argv=None):
     model.compile(optimizer=keras.optimizers.Adam(args.learning_rate),
                   loss=yolo.losses(model), jit_compile=False)
     data = yolo.training_dataset(train, model, batch_size=args.batch_size)
-    detector = yolo.inference_model(model, score_threshold=args.score)
+    detector = yolo.inference_model(model, objectness_threshold=args.score,
+                                    score_threshold=args.score)
     curve = []
     model.fit(data, epochs=args.epochs,
               callbacks=[HeldOutMap(detector, test, args.minutes, args.stop_at, curve)],

@@ -110,13 +110,19 @@ class YOLOv3Decode(keras.layers.Layer):
     row) * stride_y)``, size ``(anchor_w * exp(tw), anchor_h * exp(th))``; boxes
     are xyxy input pixels clipped to the image. A box's score is
     ``sigmoid(objectness) * sigmoid(class logit)`` of its best class (the
-    "class-specific confidence" darknet thresholds), its class that argmax.
+    "class-specific confidence" darknet thresholds), its class that argmax; a box
+    whose ``sigmoid(objectness)`` is not above ``objectness_threshold`` scores 0
+    (darknet's ``objectness <= thresh`` skip; 0 keeps every box).
     """
 
-    def __init__(self, anchors, image_size, **kwargs):
+    def __init__(self, anchors, image_size, objectness_threshold=0.0, **kwargs):
         super().__init__(**kwargs)
         self.anchors = _anchor_list(anchors)
         self.image_size = [int(s) for s in image_size]
+        self.objectness_threshold = float(objectness_threshold)
+        if not 0.0 <= self.objectness_threshold < 1.0:
+            raise ValueError(f"objectness_threshold must be in [0, 1), got "
+                             f"{objectness_threshold!r}.")
 
     def call(self, raw):
         raw = ops.cast(raw, "float32")
@@ -132,7 +138,10 @@ class YOLOv3Decode(keras.layers.Layer):
         corner1, corner2 = center - size / 2, center + size / 2
         boxes = _clip_xyxy(corner1[..., 0], corner1[..., 1], corner2[..., 0],
                            corner2[..., 1], self.image_size)
-        scores = ops.sigmoid(raw[..., 4:5]) * ops.sigmoid(raw[..., 5:])
+        objectness = ops.sigmoid(raw[..., 4:5])
+        scores = objectness * ops.sigmoid(raw[..., 5:])
+        if self.objectness_threshold > 0:
+            scores = ops.where(objectness > self.objectness_threshold, scores, 0.0)
         count = rows * cols * len(self.anchors)
         boxes = ops.reshape(boxes, (shape[0], count, 4))
         best, classes = _best_class(ops.reshape(scores, (shape[0], count, shape[4] - 5)))
@@ -149,7 +158,8 @@ class YOLOv3Decode(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "anchors": self.anchors,
-                "image_size": self.image_size}
+                "image_size": self.image_size,
+                "objectness_threshold": self.objectness_threshold}
 
 
 @keras.saving.register_keras_serializable(package="kvision")

@@ -177,3 +177,40 @@ def test_bad_arguments_say_what_was_expected():
         L.inference_model(kvision.create("lenet5"))
     with pytest.raises(ValueError, match="no object"):
         L.encode_scenes([np.zeros((0, 4))], [np.zeros(0)], (8, 8))
+
+
+def test_bad_boxes_and_labels_are_clipped_dropped_or_refused():
+    import warnings
+
+    import tensorflow as tf
+
+    # Image 0: a box 8 px past the right edge and an inverted one; image 1: one box.
+    boxes = [np.array([[20, 4, 40, 20], [10, 10, 4, 4]], "float32"),
+             np.array([[2, 2, 12, 12]], "float32")]
+    classes = [np.array([3, 5]), np.array([7])]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        y = L.encode_scenes(boxes, classes, (SIZE, SIZE), num_classes=10)
+    assert [str(w.message) for w in caught if issubclass(w.category, box_ops.BoxWarning)
+            ] == ["encode_scenes dropped 1 boxes (zero-area, inverted or outside the "
+                  "image after clipping) in 1 images."]
+    np.testing.assert_array_equal(y["classes"], [3, 7])
+    # Clipped to (20, 4, 32, 20): a box inside the image, as the sigmoid head can give.
+    np.testing.assert_allclose(y["boxes"][0], [26 / 32, 12 / 32, 12 / 32, 16 / 32])
+    with pytest.raises(ValueError, match=r"image 0: class ids must be in \[0, 5\); "
+                                         r"got \[5\]"):
+        L.encode_scenes(boxes, classes, (SIZE, SIZE), num_classes=5)
+    with pytest.raises(ValueError, match="Image 0 has no object"), \
+            pytest.warns(box_ops.BoxWarning, match="dropped 1 boxes"):  # wholly outside
+        L.encode_scenes([np.array([[40, 0, 50, 9]])], [np.array([1])], (SIZE, SIZE))
+    # The same rules in a tf.data map: padding (-1) left out, bad ids stop the pipeline.
+    padded = tf.data.Dataset.from_tensors(
+        {"images": np.zeros((SIZE, SIZE, 1), "float32"),
+         "bounding_boxes": {"boxes": np.array([[20, 4, 40, 20], [0, 0, 0, 0]], "float32"),
+                            "labels": np.array([3, -1], "int32")}})
+    _, target = next(iter(L.to_dataset(padded, objects=2, num_classes=10, batch_size=1)))
+    np.testing.assert_array_equal(target["classes"], [[3, 10]])
+    np.testing.assert_allclose(target["boxes"][0, 0], [26 / 32, 12 / 32, 12 / 32, 16 / 32])
+    wrong = L.to_dataset(padded, objects=2, num_classes=3, batch_size=1)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"must be in \[0, 3\)"):
+        next(iter(wrong))

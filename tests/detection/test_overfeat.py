@@ -153,3 +153,32 @@ def test_bad_arguments_say_what_was_expected(classifier):
     flat = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(2, 3)])
     with pytest.raises(ValueError, match="already fully convolutional"):
         O.fully_convolutional(flat)
+
+
+def test_training_windows_from_bad_boxes_are_clipped_dropped_or_refused():
+    import warnings
+
+    scenes = digit_scenes(2, image_size=64, objects=1, digit_size=(14, 24), channels=1,
+                          seed=1)
+    box = scenes.boxes[0][0]
+    # Image 0: its digit reaching 10 px past the left edge, and a zero-area box;
+    # image 1: no objects at all.
+    boxes = [np.array([[box[0] - box[0] - 10, box[1], box[2], box[3]],
+                       [5, 5, 5, 20]], "float32"), np.zeros((0, 4), "float32")]
+    classes = [np.array([scenes.classes[0][0], 3]), np.zeros(0, "int32")]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        windows, targets = O.window_samples(scenes.images, boxes, classes, (WINDOW, WINDOW),
+                                            num_classes=10, positives=2, negatives=2)
+    assert [str(w.message) for w in caught if issubclass(w.category, box_ops.BoxWarning)
+            ] == ["window_samples dropped 1 boxes (zero-area, inverted or outside the "
+                  "image after clipping) in 1 images."]
+    positive = targets["classes"] < 10
+    assert positive.sum() == 2 and (~positive).sum() >= 2  # image 1: background only
+    assert np.all(np.isfinite(targets["boxes"])) and np.all(np.isfinite(windows))
+    with pytest.raises(ValueError, match=r"image 0: class ids must be in \[0, 10\)"):
+        O.window_samples(scenes.images, [boxes[0][:1], boxes[1]],
+                         [np.array([12]), classes[1]], (WINDOW, WINDOW), num_classes=10)
+    with pytest.raises(ValueError, match="2 images but 1 box lists"):
+        O.window_samples(scenes.images, boxes[:1], classes[:1], (WINDOW, WINDOW),
+                         num_classes=10)

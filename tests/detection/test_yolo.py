@@ -15,6 +15,9 @@ from kvision.metrics.detection import evaluate
 from kvision.models.detection import yolo
 from kvision.ops import boxes as box_ops
 
+# The module-scoped trained fixture is built once, on one worker.
+pytestmark = pytest.mark.xdist_group("yolo")
+
 SIZE = 96
 STEPS = 100  # Adam steps on the one batch
 
@@ -284,3 +287,51 @@ def test_keras_applications_backbone_frozen():
     backbone = model.get_layer("backbone")
     assert backbone.trainable_weights == [] and len(backbone.weights) > 200
     assert model.get_layer("preprocessing").mode == "tf"  # MobileNetV2's [-1, 1]
+
+
+def test_targets_clip_boxes_and_skip_padding_in_a_tf_data_pipeline():
+    """Keras' augmentation layers and dense batches mark padding with label -1 and a
+    zero box: left out, not an error; a box reaching outside the image is clipped
+    to it before it is assigned (v3 and v1 alike)."""
+    anchors = [np.array([[30, 30]], "float32")]
+    options = dict(anchors=anchors, grid_sizes=[(2, 2)], image_size=(64, 64), classes=3)
+    boxes = np.array([[-20, 10, 30, 40], [0, 0, 0, 0], [40, 40, 40, 60]], "float32")
+    labels = np.array([1, -1, 2], "int32")  # a real box, padding, a zero-width box
+    data = tf.data.Dataset.from_tensors((boxes, labels)).map(
+        lambda b, c: yolo.encode_targets(b, c, **options))
+    (grid,) = next(iter(data))
+    assert float(np.sum(grid[..., 4])) == 1.0
+    # Clipped to (0, 10, 30, 40): center (15, 25) in cell (row 0, column 0), 30x30.
+    np.testing.assert_allclose(grid[0, 0, 0], [15, 25, 30, 30, 1, 0, 1, 0])
+    from kvision.models.detection import yolo_v1
+    v1 = yolo_v1.encode_targets(boxes, labels, grid=2, image_size=(64, 64), classes=3)
+    np.testing.assert_allclose(v1[0, 0], [15 / 32, 25 / 32, 30 / 64, 30 / 64, 1, 0, 1, 0],
+                               rtol=1e-6)
+    assert float(np.sum(v1[..., 4])) == 1.0
+    with pytest.raises(ValueError, match=r"class ids must be in \[0, 3\).*\[-2\]"):
+        yolo.encode_targets(boxes[:1], [-2], **options)  # not padding: an error
+
+
+def test_objectness_threshold_defaults_to_one_half():
+    """darknet's rule: a box whose objectness is not above the threshold scores 0,
+    however sure its class; inference_model gates at 0.5 by default."""
+    raw = np.zeros((1, 1, 2, 1, 5 + 2), "float32")
+    raw[0, 0, :, 0, 5] = 10.0  # class 0 at sigmoid ~ 1 in both cells
+    raw[0, 0, 0, 0, 4] = np.log(0.49 / 0.51)  # objectness 0.49
+    raw[0, 0, 1, 0, 4] = np.log(0.51 / 0.49)  # objectness 0.51
+    _, scores, _ = YOLOv3Decode([[8, 8]], (32, 64), objectness_threshold=0.5)(raw)
+    np.testing.assert_allclose(np.asarray(scores)[0], [0.0, 0.51 * _sigmoid(10.0)],
+                               rtol=1e-5)
+    _, ungated, _ = YOLOv3Decode([[8, 8]], (32, 64))(raw)  # the layer's own default: 0
+    np.testing.assert_allclose(np.asarray(ungated)[0],
+                               np.array([0.49, 0.51]) * _sigmoid(10.0), rtol=1e-5)
+    with pytest.raises(ValueError, match=r"objectness_threshold must be in \[0, 1\)"):
+        YOLOv3Decode([[8, 8]], (32, 64), objectness_threshold=1.5)
+    model = kvision.create("yolov3_tiny", classes=2, input_shape=(64, 64, 3), width=0.125)
+    detector = yolo.inference_model(model)
+    decoders = [layer for layer in detector.layers if isinstance(layer, YOLOv3Decode)]
+    assert len(decoders) == 2
+    assert all(layer.objectness_threshold == 0.5 for layer in decoders)
+    assert detector.get_layer("nms").score_threshold == 0.5
+    again = YOLOv3Decode.from_config(decoders[0].get_config())
+    assert again.objectness_threshold == 0.5

@@ -203,7 +203,13 @@ def encode_targets(boxes, classes, image_shape, *, objects=1, num_classes=None):
         classes: ``(n,)`` class ids.
         image_shape: ``(height, width)`` of the image in pixels.
         objects: K of the model. With K = 1 the largest box is the target.
-        num_classes: with K > 1, the "no object" class id of empty slots.
+        num_classes: the model's classes: ids must lie in ``[0, num_classes)``; with
+            K > 1 (where it is required) also the "no object" id of empty slots.
+
+    Boxes are clipped to the image; padding (label -1) and boxes of zero area after
+    clipping are left out. Class ids out of range, or (K = 1) no box left, are a
+    ValueError for numpy inputs and a failed assertion (stopping the tf.data
+    pipeline with the same message) for tensors.
 
     Returns:
         ``{"classes": () or (K,) int32, "boxes": (4,) or (K, 4) float32}`` (numpy for
@@ -215,10 +221,15 @@ def encode_targets(boxes, classes, image_shape, *, objects=1, num_classes=None):
     if objects > 1 and num_classes is None:
         raise ValueError("encode_targets with objects > 1 needs num_classes (the id of "
                          "the 'no object' class of empty slots).")
-    xp = _array_ops(numpy=isinstance(boxes, (np.ndarray, list, tuple)))
+    numpy = isinstance(boxes, (np.ndarray, list, tuple))
+    xp = _array_ops(numpy=numpy)
     height, width = (float(s) for s in image_shape[:2])
     boxes = xp.reshape(xp.cast(boxes, "float32"), (-1, 4))
     classes = xp.reshape(xp.cast(classes, "int32"), (-1,))
+    boxes = xp.clip(boxes, np.array([width, height, width, height], "float32"))
+    keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1]) & (classes != -1)
+    boxes, classes = xp.mask(boxes, keep), xp.mask(classes, keep)
+    classes = _checked_classes(classes, num_classes, objects == 1, numpy)
     x0, y0, x1, y1 = (boxes[:, i] for i in range(4))
     yolo = xp.stack([(x0 + x1) / 2 / width, (y0 + y1) / 2 / height,
                      (x1 - x0) / width, (y1 - y0) / height])
@@ -234,6 +245,34 @@ def encode_targets(boxes, classes, image_shape, *, objects=1, num_classes=None):
                                (objects, 4))}
 
 
+def _checked_classes(classes, num_classes, need_one, numpy):
+    """Class ids in ``[0, num_classes)`` (``>= 0`` without it) and, with
+    ``need_one``, at least one: a ValueError for numpy, assertions for tensors."""
+    expected = f"[0, {num_classes})" if num_classes is not None else ">= 0"
+    range_message = (f"encode_targets: class ids must be in {expected} (the model's "
+                     f"classes); the data has a class the model does not know")
+    empty_message = ("encode_targets with objects=1 needs at least one box of positive "
+                     "area in the image (after clipping), got none")
+    if numpy:
+        limit = num_classes if num_classes is not None else np.inf
+        wrong = classes[(classes < 0) | (classes >= limit)]
+        if wrong.size:
+            raise ValueError(f"{range_message}: {sorted(set(wrong.tolist()))}.")
+        if need_one and not classes.size:
+            raise ValueError(f"{empty_message}.")
+        return classes
+    import tensorflow as tf
+
+    checks = [tf.debugging.assert_non_negative(classes, message=range_message)]
+    if num_classes is not None:
+        checks.append(tf.debugging.assert_less(classes, tf.constant(num_classes, tf.int32),
+                                               message=range_message))
+    if need_one:
+        checks.append(tf.debugging.assert_positive(tf.size(classes), message=empty_message))
+    with tf.control_dependencies(checks):
+        return tf.identity(classes)
+
+
 def _array_ops(numpy):
     """The array functions :func:`encode_targets` needs: numpy (fast on arrays) or
     TensorFlow (graph-safe in a tf.data map)."""
@@ -245,7 +284,8 @@ def _array_ops(numpy):
             stack=lambda xs: np.stack(xs, axis=-1), argmax=np.argmax,
             take=lambda x, i: np.take(x, i, axis=0),
             argsort=lambda x: np.argsort(x, kind="stable"), size=len,
-            full=np.full, concat=lambda xs, shape: np.concatenate(xs).reshape(shape))
+            full=np.full, concat=lambda xs, shape: np.concatenate(xs).reshape(shape),
+            clip=lambda x, high: np.clip(x, 0.0, high), mask=lambda x, m: x[m])
     import tensorflow as tf
 
     return types.SimpleNamespace(
@@ -253,15 +293,53 @@ def _array_ops(numpy):
         argmax=tf.argmax, take=tf.gather,
         argsort=lambda x: tf.argsort(x, stable=True), size=lambda x: tf.shape(x)[0],
         full=lambda shape, value, dtype: tf.fill(shape, tf.constant(value, dtype)),
-        concat=lambda xs, shape: tf.ensure_shape(tf.concat(xs, 0), shape))
+        concat=lambda xs, shape: tf.ensure_shape(tf.concat(xs, 0), shape),
+        clip=lambda x, high: tf.clip_by_value(x, 0.0, high), mask=tf.boolean_mask)
+
+
+def sanitize_scenes(boxes, classes, image_shape, *, num_classes=None,
+                    caller="sanitize_scenes"):
+    """Every image's xyxy boxes through :func:`kvision.ops.boxes.sanitize`: clipped to
+    the image, zero-area/inverted/outside ones dropped with one
+    :class:`~kvision.ops.boxes.BoxWarning` counting them all, class ids outside
+    ``[0, num_classes)`` (when given; negative ones always) a ValueError naming the
+    image. Returns the per-image ``(boxes, classes)`` lists."""
+    import warnings
+
+    if len(boxes) != len(classes):
+        raise ValueError(f"{len(boxes)} box lists but {len(classes)} class lists.")
+    cleaned_boxes, cleaned_classes, dropped, images = [], [], 0, 0
+    for i, (image_boxes, image_classes) in enumerate(zip(boxes, classes)):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", box_ops.BoxWarning)
+            try:
+                kept, kept_classes = box_ops.sanitize(image_boxes, image_classes,
+                                                      image_shape, num_classes=num_classes)
+            except ValueError as err:
+                raise ValueError(f"image {i}: {err}") from None
+        if any(issubclass(w.category, box_ops.BoxWarning) for w in caught):
+            dropped += len(np.reshape(np.asarray(image_boxes), (-1, 4))) - len(kept)
+            images += 1
+        cleaned_boxes.append(kept)
+        cleaned_classes.append(kept_classes)
+    if dropped:
+        warnings.warn(f"{caller} dropped {dropped} boxes (zero-area, inverted or outside "
+                      f"the image after clipping) in {images} images.",
+                      box_ops.BoxWarning, stacklevel=3)
+    return cleaned_boxes, cleaned_classes
 
 
 def encode_scenes(boxes, classes, image_shape, *, objects=1, num_classes=None):
     """:func:`encode_targets` of many images (lists of per-image ``(n_i, 4)`` xyxy
     boxes and ``(n_i,)`` classes, e.g. ``Scenes.boxes``/``Scenes.classes``) ->
-    numpy ``{"classes": (N,) or (N, K), "boxes": (N, 4) or (N, K, 4)}``."""
-    if len(boxes) != len(classes):
-        raise ValueError(f"{len(boxes)} box lists but {len(classes)} class lists.")
+    numpy ``{"classes": (N,) or (N, K), "boxes": (N, 4) or (N, K, 4)}``.
+
+    The boxes go through :func:`sanitize_scenes` first (clipped; degenerate ones
+    dropped with a counted warning; class ids outside ``[0, num_classes)`` an error,
+    so pass the model's ``num_classes`` with one object too); an image left with no
+    object is an error."""
+    boxes, classes = sanitize_scenes(boxes, classes, image_shape[:2],
+                                     num_classes=num_classes, caller="encode_scenes")
     targets = []
     for i, (image_boxes, image_classes) in enumerate(zip(boxes, classes)):
         if len(image_boxes) == 0:

@@ -32,7 +32,8 @@ import numpy as np
 from kvision import features
 from kvision.layers.overfeat import WindowDecode
 from kvision.models.detection.localization import (BoxRegressionLoss, _check_int,
-                                                    _nms_layer, backbone_graph)
+                                                    _nms_layer, backbone_graph,
+                                                    sanitize_scenes)
 from kvision.registry import register
 
 # The "fast" model of the paper's Table 1: (filters, kernel, stride, pool) of layers 1-5.
@@ -343,6 +344,11 @@ def window_samples(images, boxes, classes, window, *, num_classes, positives=2,
     sizes that hold no object's center and overlap every object by under 30% of its
     area.
 
+    Boxes are checked first (:func:`kvision.ops.boxes.sanitize`): clipped to the image,
+    zero-area, inverted or outside ones dropped with one counted
+    :class:`~kvision.ops.boxes.BoxWarning`, class ids outside ``[0, num_classes)`` a
+    ValueError. An image with no objects gives background windows only.
+
     Returns ``(windows (n, S, S, C) float32, {"classes": (n,) int32, "boxes": (n, 4)
     float32})``: the object's box as normalized center ``(x, y, w, h)`` in the window,
     background windows class ``num_classes`` and box zeros (no box loss).
@@ -351,11 +357,20 @@ def window_samples(images, boxes, classes, window, *, num_classes, positives=2,
 
     rng = np.random.default_rng(seed)
     images = np.asarray(images, "float32")
+    if images.ndim != 4:
+        raise ValueError(f"images must be (N, H, W, C), got shape {images.shape}.")
+    if not len(images) == len(boxes) == len(classes):
+        raise ValueError(f"{len(images)} images but {len(boxes)} box lists and "
+                         f"{len(classes)} class lists; give one of each per image.")
     height, width = images.shape[1:3]
+    boxes, classes = sanitize_scenes(boxes, classes, (height, width),
+                                     num_classes=num_classes, caller="window_samples")
+    sides = np.concatenate([np.maximum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1])
+                            for b in boxes] + [np.zeros(0)])
     regions, index, labels, targets = [], [], [], []
     for i, (image_boxes, image_classes) in enumerate(zip(boxes, classes)):
-        image_boxes = np.reshape(np.asarray(image_boxes, "float64"), (-1, 4))
-        for box, label in zip(image_boxes, np.reshape(image_classes, (-1,))):
+        image_boxes = image_boxes.astype("float64")
+        for box, label in zip(image_boxes, image_classes):
             for _ in range(positives):
                 side = max(box[2] - box[0], box[3] - box[1]) / rng.uniform(*fill)
                 x0 = rng.uniform(box[2] - side, box[0])
@@ -366,12 +381,15 @@ def window_samples(images, boxes, classes, window, *, num_classes, positives=2,
                 targets.append(((box[0] + box[2]) / 2 - x0, (box[1] + box[3]) / 2 - y0,
                                 box[2] - box[0], box[3] - box[1]) / np.float64(side))
         for _ in range(negatives):
-            region = _background_region(image_boxes, (height, width), fill, rng)
+            region = _background_region(image_boxes, (height, width), fill, rng, sides)
             if region is not None:
                 regions.append(region)
                 index.append(i)
                 labels.append(int(num_classes))
                 targets.append((0.0, 0.0, 0.0, 0.0))
+    if not regions:
+        raise ValueError("window_samples found no window to cut: no objects and no "
+                         "background region (give positives or negatives > 0).")
     scale = np.array([height, width, height, width], "float32")
     windows = tf.image.crop_and_resize(images, np.asarray(regions, "float32") / scale,
                                        np.asarray(index, "int32"), tuple(window[:2]))
@@ -379,9 +397,15 @@ def window_samples(images, boxes, classes, window, *, num_classes, positives=2,
                                  "boxes": np.asarray(targets, "float32")}
 
 
-def _background_region(boxes, size, fill, rng, tries=20):
-    """A square region with no object's center and little of any object inside."""
+def _background_region(boxes, size, fill, rng, fallback=(), tries=20):
+    """A square region with no object's center and little of any object inside.
+
+    Its side is an object's side over a ``fill`` fraction: one of this image's objects,
+    else one of ``fallback`` (all images' object sides), else half the image."""
     sides = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+    if not len(sides):
+        sides = np.asarray(fallback, "float64") if len(fallback) else np.array(
+            [min(size) / 2 * max(fill)])
     for _ in range(tries):
         side = min(rng.choice(sides) / rng.uniform(*fill), min(size))
         y0, x0 = rng.uniform(0, size[0] - side), rng.uniform(0, size[1] - side)

@@ -352,14 +352,23 @@ def _check_labels(labels, classes):
         return tf.identity(labels)
 
 
-def _ground_truth(boxes, labels, classes):
-    """``(n, 4)`` float32 xyxy and ``(n,)`` int32 with zero-area boxes left out."""
+def _ground_truth(boxes, labels, classes, image_size):
+    """``(n, 4)`` float32 xyxy clipped to the image and ``(n,)`` int32 labels.
+
+    Padding (label -1, what Keras' augmentation layers, :class:`~kvision.data.
+    box_augment.DropSmallBoxes` and dense batches mark) and boxes of zero area after
+    clipping (inverted, or wholly outside) are left out before the class ids are
+    checked; any other id outside ``[0, classes)`` is an error.
+    """
     import tensorflow as tf
 
+    height, width = (float(s) for s in image_size)
     boxes = tf.reshape(tf.cast(boxes, tf.float32), (-1, 4))
-    labels = _check_labels(tf.reshape(tf.cast(labels, tf.int32), (-1,)), classes)
-    keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-    return tf.boolean_mask(boxes, keep), tf.boolean_mask(labels, keep)
+    boxes = tf.clip_by_value(boxes, 0.0, tf.constant([width, height, width, height]))
+    labels = tf.reshape(tf.cast(labels, tf.int32), (-1,))
+    keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1]) & (labels != -1)
+    labels = _check_labels(tf.boolean_mask(labels, keep), classes)
+    return tf.boolean_mask(boxes, keep), labels
 
 
 def encode_targets(boxes, labels, *, anchors, grid_sizes, image_size, classes):
@@ -367,8 +376,9 @@ def encode_targets(boxes, labels, *, anchors, grid_sizes, image_size, classes):
     ``tf.data`` map on ragged per-image boxes).
 
     Each box goes to the anchor (of all scales) whose shape fits it best (IoU of
-    the sizes, centers aligned), in the cell holding its center; zero-area boxes
-    are left out, class ids outside ``[0, classes)`` are an error.
+    the sizes, centers aligned), in the cell holding its center. Boxes are first
+    clipped to the image; padding (label -1) and boxes of zero area after clipping
+    are left out; other class ids outside ``[0, classes)`` are an error.
 
     Args:
         boxes: ``(n, 4)`` xyxy pixels; labels: ``(n,)`` int class ids (n may be 0).
@@ -380,7 +390,7 @@ def encode_targets(boxes, labels, *, anchors, grid_sizes, image_size, classes):
     """
     import tensorflow as tf
 
-    boxes, labels = _ground_truth(boxes, labels, classes)
+    boxes, labels = _ground_truth(boxes, labels, classes, image_size)
     height, width = (float(s) for s in image_size)
     centers = (boxes[:, :2] + boxes[:, 2:]) / 2
     sizes = boxes[:, 2:] - boxes[:, :2]
@@ -585,22 +595,25 @@ def detector(model, decoded, *, score_threshold, iou_threshold, max_detections, 
     return keras.Model(inputs, nms(*parts), name=f"{model.name}_detector")
 
 
-def inference_model(model, *, score_threshold=0.5, iou_threshold=0.5,
-                    max_detections=100):
+def inference_model(model, *, objectness_threshold=0.5, score_threshold=0.5,
+                    iou_threshold=0.5, max_detections=100):
     """Raw pixels ``(B, H, W, 3)`` -> ``{"boxes" (B, K, 4) xyxy pixels, "scores"
     (B, K), "classes" (B, K) int32 (-1 padded), "num_detections" (B,)}``.
 
     Every scale is decoded (:class:`kvision.layers.yolo.YOLOv3Decode`); a box is
-    kept when ``sigmoid(objectness) * sigmoid(class)`` of its best class exceeds
-    ``score_threshold`` (so its objectness does too, the paper's 0.5 by default),
-    then per-class NMS at ``iou_threshold`` keeps at most ``max_detections``.
+    kept when its ``sigmoid(objectness)`` exceeds ``objectness_threshold`` and
+    ``sigmoid(objectness) * sigmoid(class)`` of its best class exceeds
+    ``score_threshold`` (darknet's rule, both 0.5 by default; lower
+    ``score_threshold`` alone, e.g. to 0.001 for mAP, to keep the objectness
+    gate), then per-class NMS at ``iou_threshold`` keeps at most ``max_detections``.
     """
     heads = output_layers(model)
     inputs = keras.Input(model.input_shape[1:], name="images")
     raw = model(inputs)
     raw = raw if isinstance(raw, (list, tuple)) else [raw]
     size = model.input_shape[1:3]
-    decoded = [YOLOv3Decode(h.anchors, size, name=f"decode_{h.name}")(r)
+    decoded = [YOLOv3Decode(h.anchors, size, objectness_threshold=objectness_threshold,
+                            name=f"decode_{h.name}")(r)
                for h, r in zip(heads, raw)]
     return detector(model, decoded, score_threshold=score_threshold,
                     iou_threshold=iou_threshold, max_detections=max_detections,

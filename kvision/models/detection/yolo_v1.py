@@ -136,10 +136,11 @@ def encode_targets(boxes, labels, *, grid, image_size, classes):
     Per cell holding an object's center: ``(x, y)`` the center's offset in the
     cell (0..1), ``(w, h)`` the size relative to the image, 1, the one-hot class.
     One object per cell (the paper's limit): when two centers share a cell, one of
-    them is kept. Zero-area boxes are left out; class ids outside ``[0, classes)``
+    them is kept. Boxes are clipped to the image; padding (label -1) and boxes of
+    zero area after clipping are left out; other class ids outside ``[0, classes)``
     are an error.
     """
-    boxes, labels = yolo._ground_truth(boxes, labels, classes)
+    boxes, labels = yolo._ground_truth(boxes, labels, classes, image_size)
     height, width = (float(s) for s in image_size)
     scale = tf.constant([width, height], tf.float32)
     center = (boxes[:, :2] + boxes[:, 2:]) / 2 / scale * grid
