@@ -173,6 +173,8 @@ def cmd_predict(args):
     from kvision.predict import load_trained, predict_images
 
     trained = load_trained(args.model)
+    if trained.segmenter:  # before detectors: an instance model answers boxes too
+        return _predict_segmentation(trained, args)
     if trained.detector:
         return _predict_detections(trained, args)
     if args.out is not None:
@@ -217,6 +219,34 @@ def _predict_detections(trained, args):
         drawn = f" -> {result['drawn']}" if "drawn" in result else ""
         print(f"{result['path']}: {len(result['detections'])} detections"
               f"{': ' + found if found else ''}{drawn}")
+    return 0
+
+
+def _predict_segmentation(trained, args):
+    from kvision.predict import draw_segmentation, segment_images
+
+    results = segment_images(trained, args.images, score_threshold=args.score_threshold)
+    if args.out is not None:
+        for result, target in zip(results, _drawing_paths(args.images, args.out)):
+            result["drawn"] = draw_segmentation(result["path"], result, target,
+                                                class_names=trained.class_names)
+    if args.json:
+        arrays = ("label_map", "masks")
+        print(json.dumps([{k: v for k, v in r.items() if k not in arrays}
+                          for r in results], indent=1))
+        return 0
+    for result in results:
+        drawn = f" -> {result['drawn']}" if "drawn" in result else ""
+        if "instances" in result:
+            found = ", ".join(f"{d['label']} {d['score']:.3f} "
+                              f"[{', '.join(f'{v:.1f}' for v in d['box'])}]"
+                              for d in result["instances"])
+            print(f"{result['path']}: {len(result['instances'])} instances"
+                  f"{': ' + found if found else ''}{drawn}")
+        else:
+            found = ", ".join(f"{c['label']} {c['fraction']:.1%}"
+                              for c in result["classes"])
+            print(f"{result['path']}: {found}{drawn}")
     return 0
 
 
@@ -284,17 +314,19 @@ def build_parser():
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("predict", help="top-k labels of image files, or a detector's "
-                                        "boxes (drawn with --out)")
+    p = sub.add_parser("predict", help="top-k labels of image files, a detector's "
+                                        "boxes or a segmenter's masks (drawn with --out)")
     p.add_argument("model")
     p.add_argument("images", nargs="+")
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--json", action="store_true")
     p.add_argument("--out", default=None,
                    help="detectors: a PNG with the boxes and labels drawn (one image), "
-                        "or a directory of them")
+                        "or a directory of them; segmenters: the coloured mask overlay "
+                        "(each instance in its own colour for instance models)")
     p.add_argument("--score-threshold", type=float, default=0.0,
-                   help="detectors: leave out detections scoring below this")
+                   help="detectors and instance models: leave out detections scoring "
+                        "below this")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("sort", help="copy a folder of photos into one folder per class")

@@ -10,6 +10,14 @@ A detector is a model whose outputs are ``boxes`` (xyxy pixels of its input),
 ``scores``, ``classes`` and ``num_detections`` (the ``inference_model`` of a
 detection family): :func:`detect_images` gives its detections in each file's own
 pixels, :func:`draw_detections` draws them with ``keras.visualization``.
+
+A segmenter (:func:`segmentation_kind`) is a model with one per-pixel output ``(N, H,
+W, classes)``, an instance model (the ``inference_model`` of
+:mod:`kvision.models.segmentation.instance`, its outputs ``instance_map`` and the
+detector's four) or a two-network instance model (``semantic`` and ``separation``):
+:func:`segment_images` gives its label map or instances in each file's own pixels,
+:func:`draw_segmentation` draws them (:mod:`kvision.visualization.masks`, with
+``keras.visualization.draw_segmentation_masks``).
 """
 
 from __future__ import annotations
@@ -44,6 +52,11 @@ class Trained:
         from kvision.export.parity import is_detector
 
         return is_detector(self.model)
+
+    @property
+    def segmenter(self):
+        """Whether the model is a segmenter (:func:`segmentation_kind`)."""
+        return segmentation_kind(self.model) is not None
 
     def label(self, class_id):
         """The name of class ``class_id`` (its number where no name is known)."""
@@ -129,6 +142,13 @@ def load_trained(ref) -> Trained:
             raise
         return model
     model = keras.saving.load_model(path, safe_mode=True, compile=False)
+    kind = segmentation_kind(model)
+    if kind in ("semantic", "two_network"):
+        output = model.output["semantic"] if kind == "two_network" else model.output
+        # A binary (one sigmoid channel) segmenter has two classes: background, object.
+        classes = max(int(output.shape[-1]), 2)
+        names = read_class_names(path, classes) or tuple(str(i) for i in range(classes))
+        return Trained(model, names, path)
     if is_detector(model):
         return Trained(model, read_class_names(path, None) or (), path)
     classes = int(model.output_shape[-1])
@@ -246,6 +266,229 @@ def draw_detections(path, result, out_path, color=(255, 64, 64)):
     with open(out_path, "wb") as f:
         f.write(tf.io.encode_png(np.asarray(drawn[0], "uint8")).numpy())
     return out_path
+
+
+# --- segmenters --------------------------------------------------------------------
+
+INSTANCE_MAP = "instance_map"
+
+
+def segmentation_kind(model):
+    """What kind of segmenter ``model`` is, or None for other models.
+
+    ``"instances"``: outputs ``instance_map`` besides a detector's four (the
+    ``inference_model`` of :mod:`kvision.models.segmentation.instance`);
+    ``"two_network"``: a dict with ``"semantic"`` (and ``"separation"``) outputs (a
+    ``TwoNetworkInstance``), decoded into instances; ``"semantic"``: one output of
+    rank 4, per-pixel probabilities ``(N, H, W, classes)`` (softmax, or one sigmoid
+    channel).
+    """
+    from kvision.export.parity import is_detector, output_names
+
+    try:
+        names = output_names(model)
+        output = model.output
+    except (AttributeError, ValueError):
+        return None
+    if INSTANCE_MAP in names and is_detector(model):
+        return "instances"
+    if isinstance(output, dict):
+        return "two_network" if "semantic" in output else None
+    if isinstance(output, (list, tuple)) or len(getattr(output, "shape", ())) != 4:
+        return None
+    return "semantic"
+
+
+def _nearest_indices(source, target):
+    """Source rows/columns of a nearest-neighbour resize (half-pixel centres)."""
+    return np.minimum(((np.arange(target) + 0.5) * source / target).astype(int),
+                      source - 1)
+
+
+def resize_nearest(array, size):
+    """``(..., h, w)`` -> ``(..., H, W)`` nearest-neighbour (label maps and masks keep
+    their values), pixel centres aligned as ``tf.image.resize``'s."""
+    array = np.asarray(array)
+    rows = _nearest_indices(array.shape[-2], size[0])
+    cols = _nearest_indices(array.shape[-1], size[1])
+    return array[..., rows[:, None], cols[None, :]]
+
+
+def _in_input_frame(labels, input_size, fill):
+    """An output map smaller than the input (a U-Net with ``padding="valid"`` sees a
+    border it does not label) placed at its centre, ``fill`` around it."""
+    h, w = labels.shape[-2:]
+    height, width = input_size
+    if (h, w) == (height, width):
+        return labels
+    if h > height or w > width or (height - h) % 2 or (width - w) % 2:
+        return resize_nearest(labels, input_size)
+    top, left = (height - h) // 2, (width - w) // 2
+    framed = np.full(labels.shape[:-2] + (height, width), fill, labels.dtype)
+    framed[..., top:top + h, left:left + w] = labels
+    return framed
+
+
+def _label_maps(probabilities):
+    """Per-pixel probabilities ``(N, H, W, C)`` -> label maps ``(N, H, W)``: argmax, or
+    ``p >= 0.5`` for one sigmoid channel."""
+    probabilities = np.asarray(probabilities)
+    if probabilities.shape[-1] == 1:
+        return (probabilities[..., 0] >= 0.5).astype(np.int64)
+    return probabilities.argmax(-1).astype(np.int64)
+
+
+def _instance_layer(model):
+    """The :class:`~kvision.models.segmentation.instance.InstanceLabeling` layer of an
+    instance model, or None."""
+    from kvision.models.segmentation.instance import InstanceLabeling
+
+    found = [layer for layer in model.layers if isinstance(layer, InstanceLabeling)]
+    return found[0] if found else None
+
+
+def object_names(trained):
+    """Names of an instance model's object classes (numbered from 0, background left
+    out). ``class_names.txt`` may list the semantic classes, background included (as
+    for the semantic network), or the object classes alone."""
+    import keras
+
+    model, names = trained.model, tuple(trained.class_names)
+    kind = segmentation_kind(model)
+    if kind == "two_network":
+        semantic, background = int(model.output["semantic"].shape[-1]), 0
+    else:
+        layer = _instance_layer(model)
+        if layer is None or layer.background is None:
+            return names
+        # Its first input: the semantic probabilities (B, H, W, classes).
+        semantic = int(keras.tree.flatten(layer.input)[0].shape[-1])
+        background = layer.background
+    if len(names) == semantic:
+        return names[:background] + names[background + 1:]
+    return names
+
+
+def _object_label(names, class_id):
+    class_id = int(class_id)
+    return names[class_id] if 0 <= class_id < len(names) else str(class_id)
+
+
+def _load_segmenter_inputs(trained, paths):
+    """``[(path, image (H, W, C) at the model's input size)]``; a model whose input
+    size is free takes each file at its own size."""
+    from kvision.data import load_image
+
+    if None not in trained.image_size:
+        images, kept, _ = load_images(paths, trained)
+        return list(zip(kept, images))
+    return [(path, load_image(path, _original_size(path), trained.channels))
+            for path in paths]
+
+
+def segment_images(trained, paths, score_threshold=0.0, batch_size=8):
+    """A segmenter's answer for image files, in each file's own pixels.
+
+    Files are resized to the model's input as for classifiers (:func:`load_images`);
+    label maps and masks are resized back to each file's size (nearest neighbour).
+
+    A semantic segmenter gives ``[{"path", "image_size": [height, width], "classes":
+    [{"label", "class", "pixels", "fraction"}, ...], "label_map": (H, W) int64}]``:
+    the classes present, most pixels first; pixels the model does not label (the
+    border of a "valid" U-Net) are -1 in ``label_map`` and count for no class.
+    An instance model gives ``[{"path", "image_size", "instances": [{"label",
+    "class", "score", "box": [x0, y0, x1, y1], "pixels"}, ...], "masks": (n, H, W)
+    bool}]``, instances best first, those scoring under ``score_threshold`` left out
+    (``class`` numbers the object classes, background left out; ``box`` is the
+    bounding box of the mask in the file's pixels, right/bottom exclusive).
+    """
+    kind = segmentation_kind(trained.model)
+    if kind is None:
+        raise ValueError(f"{trained.path} is not a segmenter: expected one per-pixel "
+                         f"output (N, H, W, classes), or instance outputs "
+                         f"({INSTANCE_MAP!r} with boxes, scores, classes, "
+                         f"num_detections).")
+    if kind == "semantic":
+        return _segment_semantic(trained, paths, batch_size)
+    return _segment_instances(trained, kind, paths, score_threshold, batch_size)
+
+
+def _segment_semantic(trained, paths, batch_size):
+    results = []
+    for path, image in _load_segmenter_inputs(trained, paths):
+        probabilities = trained.model.predict(image[None], batch_size=batch_size,
+                                              verbose=0)
+        labels = _in_input_frame(_label_maps(probabilities)[0], image.shape[:2], -1)
+        size = _original_size(path)
+        labels = resize_nearest(labels, size)
+        present, counts = np.unique(labels[labels >= 0], return_counts=True)
+        order = np.argsort(-counts, kind="stable")
+        classes = [{"label": trained.label(present[i]), "class": int(present[i]),
+                    "pixels": int(counts[i]), "fraction": float(counts[i] / labels.size)}
+                   for i in order]
+        results.append({"path": path, "image_size": list(size), "classes": classes,
+                        "label_map": labels})
+    return results
+
+
+def _mask_box(mask):
+    """``[x0, y0, x1, y1]`` around a mask's pixels (right/bottom exclusive, COCO's
+    convention); zeros for an empty mask."""
+    rows, cols = np.nonzero(mask)
+    if not len(rows):
+        return [0.0] * 4
+    return [float(cols.min()), float(rows.min()), float(cols.max() + 1),
+            float(rows.max() + 1)]
+
+
+def _segment_instances(trained, kind, paths, score_threshold, batch_size):
+    from kvision.models.segmentation import instance
+
+    runner = trained.model if kind == "instances" else instance.inference_model(
+        trained.model, score_threshold=0.0)
+    names = object_names(trained)
+    results = []
+    for path, image in _load_segmenter_inputs(trained, paths):
+        (found,) = instance.to_instances(runner.predict(image[None],
+                                                        batch_size=batch_size, verbose=0))
+        keep = np.asarray(found["scores"]) >= score_threshold
+        masks = _in_input_frame(np.asarray(found["masks"])[keep], image.shape[:2], False)
+        size = _original_size(path)
+        masks = resize_nearest(masks, size).astype(bool)
+        instances = [
+            {"label": _object_label(names, c), "class": int(c), "score": float(s),
+             "box": _mask_box(m), "pixels": int(m.sum())}
+            for s, c, m in zip(np.asarray(found["scores"])[keep],
+                               np.asarray(found["classes"])[keep], masks)]
+        results.append({"path": path, "image_size": list(size), "instances": instances,
+                        "masks": masks})
+    return results
+
+
+def draw_segmentation(path, result, out_path, class_names=None):
+    """Draw one :func:`segment_images` result on the image file at ``path`` and write
+    a PNG (:func:`kvision.visualization.masks.save_overlay`): a label map blended in
+    one colour per class (background and unlabelled pixels left as they are) with a
+    legend, or each instance in its own colour, outlined and captioned "label score".
+    Small images are enlarged by a whole factor so the captions stay readable.
+    Returns ``out_path``."""
+    import tensorflow as tf
+
+    from kvision.visualization import masks as overlays
+
+    image = tf.io.decode_image(tf.io.read_file(path), channels=3,
+                               expand_animations=False).numpy()
+    if "instances" in result:
+        instances = result["instances"]
+        names = {d["class"]: d["label"] for d in instances}
+        count = max(names, default=-1) + 1
+        return overlays.save_overlay(
+            out_path, image, instances=result["masks"],
+            classes=np.array([d["class"] for d in instances], "int64"),
+            scores=np.array([d["score"] for d in instances], "float32"),
+            class_names=[names.get(c, str(c)) for c in range(count)])
+    return overlays.save_overlay(out_path, image, labels=result["label_map"],
+                                 class_names=class_names, ignore_index=-1)
 
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")

@@ -11,7 +11,10 @@ MODEL is a ``.keras`` file, a directory ``saved_models/NAME`` holding ``NAME.ker
 ``--data`` gives the representative images (int8 calibration) and the held-out
 images with labels the exports are checked on. A detector (outputs ``boxes``,
 ``scores``, ``classes``, ``num_detections``) is checked on the image files of a
-``--data`` folder (any layout, no labels), detection by detection. The table printed
+``--data`` folder (any layout, no labels), detection by detection; a segmenter (one
+per-pixel output ``(N, H, W, classes)``) on them too, pixel by pixel (TFLite: the
+argmax class of >= 99.5% of pixels float32, >= 97% int8, which calibrates on those
+images). The table printed
 has one row per file: format, size in MB, parity figures against the Keras model
 (for a detector: the largest score difference and the share of detections matched),
 batch-1 latency.
@@ -47,7 +50,7 @@ def add_parser(subparsers):
                         "dynamic, int8 (default none)")
     p.add_argument("--data", default=None,
                    help="images to calibrate and check on: a folder of class folders, "
-                        "or 'digits'")
+                        "or 'digits' (detectors, segmenters: a folder of images)")
     p.add_argument("--out", default=None, help="output directory (default: the model's)")
     p.add_argument("--version", type=int, default=None,
                    help="SavedModel version (default: the next free one)")
@@ -102,7 +105,7 @@ def export(model_spec, *, formats=FORMATS, quantize=(None,), data=None, out=None
     from kvision.export import saved_model, tflite
     from kvision.export.parity import is_detector
     from kvision.export.tflite import input_shape
-    from kvision.predict import find_model_file, read_class_names
+    from kvision.predict import find_model_file, read_class_names, segmentation_kind
 
     keras_path = find_model_file(model_spec)
     name = os.path.splitext(os.path.basename(keras_path))[0]
@@ -114,6 +117,7 @@ def export(model_spec, *, formats=FORMATS, quantize=(None,), data=None, out=None
     model = keras.saving.load_model(keras_path)
     shape = input_shape(model)
     detector = is_detector(model)
+    segmenter = not detector and segmentation_kind(model) == "semantic"
     class_names = read_class_names(keras_path, None if detector
                                    else int(model.outputs[0].shape[-1]))
     calibration = check_x = check_y = None
@@ -123,6 +127,10 @@ def export(model_spec, *, formats=FORMATS, quantize=(None,), data=None, out=None
                              "none, float16 or dynamic.")
         if data is not None:
             check_x = detector_images(data, shape)
+    elif segmenter:
+        if data is not None:  # image files, no labels: checked (and calibrated) on them
+            check_x = detector_images(data, shape, limit=NUM_CALIBRATION, kind="segmenter")
+            calibration = check_x
     elif data is not None:
         calibration, (check_x, check_y), data_names = load_data(data, shape)
         if class_names is None and len(data_names) == model.outputs[0].shape[-1]:
@@ -139,20 +147,23 @@ def export(model_spec, *, formats=FORMATS, quantize=(None,), data=None, out=None
             results.append(tflite(model, os.path.join(out, f"{name}{suffix}.tflite"),
                                   variant, calibration, int8_io=int8_io and variant == "int8",
                                   allow_flex=allow_flex, class_names=class_names,
-                                  check_data=check_x, check_labels=check_y))
+                                  check_data=check_x, check_labels=check_y,
+                                  # a segmenter: per-pixel class agreement, not atol
+                                  **({"atol": None} if segmenter else {})))
     return results
 
 
-def detector_images(folder, shape, limit=SAVEDMODEL_CHECK_IMAGES):
+def detector_images(folder, shape, limit=SAVEDMODEL_CHECK_IMAGES, kind="detector"):
     """Up to ``limit`` image files under ``folder`` (sorted, any depth) as float32
-    ``(n, H, W, C)`` pixels at the model's size: a detector's check images."""
+    ``(n, H, W, C)`` pixels at the model's size: a detector's (or segmenter's) check
+    images."""
     import numpy as np
 
     from kvision.data import load_image
     from kvision.predict import IMAGE_EXTENSIONS
 
     if not os.path.isdir(folder):
-        raise FileNotFoundError(f"--data {folder!r}: a detector is checked on the images "
+        raise FileNotFoundError(f"--data {folder!r}: a {kind} is checked on the images "
                                 f"of a folder; no such folder.")
     files = sorted(os.path.join(root, f) for root, _, names in os.walk(folder)
                    for f in names if f.lower().endswith(IMAGE_EXTENSIONS))[:limit]

@@ -59,7 +59,9 @@ def compare(reference, candidate, labels=None) -> dict:
         labels: optional true labels ``(N,)``: adds both accuracies.
     Returns:
         ``{"max_abs_diff", "top1_agreement"}`` (agreement of the argmax over the last
-        axis, for 2-D outputs) and, with labels, ``"accuracy_reference"``,
+        axis, for 2-D outputs; for a segmenter's per-pixel scores ``(N, H, W,
+        classes)``, classes > 1, the share of pixels whose argmax class agrees) and,
+        with labels (2-D outputs), ``"accuracy_reference"``,
         ``"accuracy_candidate"`` and ``"accuracy_drop"`` (reference minus
         candidate, in points of accuracy, i.e. percent).
     """
@@ -79,6 +81,9 @@ def compare(reference, candidate, labels=None) -> dict:
             figures["accuracy_candidate"] = float(np.mean(cand_top == labels))
             figures["accuracy_drop"] = 100.0 * (figures["accuracy_reference"]
                                                 - figures["accuracy_candidate"])
+    elif reference.ndim == 4 and reference.shape[-1] > 1:
+        figures["top1_agreement"] = float(np.mean(reference.argmax(-1)
+                                                  == candidate.argmax(-1)))
     return figures
 
 

@@ -95,8 +95,10 @@ def saved_model(model, model_dir, version=None, *, class_names=None, top_k=5,
         ``format="savedmodel"``, the batch-1 latency of ``serving_default`` in the
         session, and ``parity``: ``max_abs_diff`` (over the probabilities and top-k
         scores of a classifier, or over every output), ``top1_agreement`` and
-        ``top_k_max_abs_diff`` (classifiers), ``image_bytes_max_abs_diff`` (the
-        check images sent as PNG to ``serve_image_bytes``). The reference of a
+        ``top_k_max_abs_diff`` (classifiers; for a segmenter's ``(N, H, W,
+        classes)`` output, ``top1_agreement`` is per pixel),
+        ``image_bytes_max_abs_diff`` (the check images sent as PNG to
+        ``serve_image_bytes``). The reference of a
         mixed-precision model is its float32 twin, which is what is exported. A
         detector's figures are :func:`~kvision.export.parity.compare_detections`':
         every detection matched (same class, IoU >= 0.99), scores within 1e-3.
@@ -507,7 +509,12 @@ def _figures(reference, got, spec):
             _check_labels(got, spec.class_names)
         return figures
     per_output = [compare(reference[k], got[k]) for k in reference]
-    return {"max_abs_diff": max(f["max_abs_diff"] for f in per_output)}
+    figures = {"max_abs_diff": max(f["max_abs_diff"] for f in per_output)}
+    # A segmenter's per-pixel class agreement (compare gives it for (N, H, W, C)).
+    agreements = [f["top1_agreement"] for f in per_output if "top1_agreement" in f]
+    if agreements:
+        figures["top1_agreement"] = min(agreements)
+    return figures
 
 
 def _check_labels(got, class_names):

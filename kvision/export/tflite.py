@@ -47,6 +47,10 @@ FORMATS = {None: "tflite", "float16": "tflite-float16", "dynamic": "tflite-dynam
 # quantization computes with int8 weights and activations quantized on the fly, about
 # as lossy as full int8, so it gets the same bar.
 MIN_TOP1_AGREEMENT = {None: None, "float16": 0.99, "dynamic": 0.97, "int8": 0.97}
+# A float32 segmenter ((N, H, W, classes) scores) must also give the Keras class to
+# this share of pixels: with atol=None that is its only check (float rounding can
+# move a near-tied maximum, which max unpooling then puts one pixel over).
+MIN_PIXEL_AGREEMENT_FLOAT32 = 0.995
 CHECK_IMAGES = 256     # default check set: up to this many representative images
 RANDOM_CHECK_IMAGES = 8
 MAX_CHECK_IMAGES = 10_000  # a repeating tf.data pipeline must end somewhere
@@ -79,9 +83,11 @@ def tflite(model, path, quantize=None, representative_data=None, *, int8_io=Fals
             their labels for the parity check; default up to 256 of the
             representative images (with their labels, if they have some), else 8
             random images.
-        atol: largest absolute difference allowed for float32.
+        atol: largest absolute difference allowed for float32 (None: not checked).
         min_top1_agreement: top-1 agreement required for a quantized export; default
-            0.99 for float16, 0.97 for dynamic and int8.
+            0.99 for float16, 0.97 for dynamic and int8. For a segmenter (one output
+            ``(N, H, W, classes)``) it is per-pixel argmax agreement, required at
+            0.995 for float32 too.
         max_accuracy_drop: with labels, points of accuracy the export may lose to the
             Keras model (None: not checked).
         num_calibration: representative images used for int8 calibration.
@@ -462,6 +468,8 @@ def _prove(model, staged, quantize, images, labels, *, atol, min_top1_agreement,
     figures = compare(reference, candidate, labels)
     agreement = MIN_TOP1_AGREEMENT[quantize] if min_top1_agreement is None \
         else min_top1_agreement
+    if agreement is None and np.ndim(reference) == 4 and "top1_agreement" in figures:
+        agreement = MIN_PIXEL_AGREEMENT_FLOAT32
     check(figures, what=f"The {FORMATS[quantize]} export",
           max_abs_diff=atol if quantize is None else None,
           min_top1_agreement=agreement, max_accuracy_drop=max_accuracy_drop)

@@ -64,6 +64,24 @@ def test_deeplabv3_plus_taps_and_atrous_rates(output_stride, rates):
     assert model.get_layer("decoder_low_level_conv").filters == 4
 
 
+@pytest.mark.parametrize("backbone,size", [("resnet50", 64), ("xception", 96),
+                                           ("mobilenet_v2", 64)])
+def test_deeplabv3_plus_on_the_papers_backbones(backbone, size):
+    """The registry's ResNet50, Xception and MobileNetV2 as atrous backbones: stride-16
+    features (the stride-32 stage dilated, not strided), the stride-4 skip, and
+    per-pixel probabilities at the input size."""
+    model = create("deeplabv3_plus", classes=3, input_shape=(size, size, 3),
+                   backbone=backbone, filters=8, low_level_filters=4)
+    assert model.output_shape == (None, size, size, 3)
+    net = model.get_layer("backbone")
+    high, low = (tuple(t.shape[1:3]) for t in net.outputs)
+    assert high == (size // 16,) * 2
+    assert all(abs(side - size // 4) <= 1 for side in low)  # Xception pads "valid"
+    assert any(getattr(layer, "dilation_rate", (1, 1)) == (2, 2) for layer in net.layers)
+    x = np.random.default_rng(0).uniform(0, 255, (1, size, size, 3)).astype("float32")
+    np.testing.assert_allclose(np.asarray(model(x)).sum(-1), 1.0, rtol=1e-5)
+
+
 def test_bad_arguments_are_clear_errors():
     with pytest.raises(ValueError, match="output_stride must be 8 or 16"):
         create("deeplabv3_plus", output_stride=32)

@@ -27,6 +27,21 @@ def test_fcn8s_has_the_reference_parameter_count(fcn8s):
     assert fcn8s.output_shape == (None, 224, 224, 21)
 
 
+# wkentaro/pytorch-fcn FCN32s / FCN16s (n_class=21) = Caffe voc-fcn32s / voc-fcn16s:
+# VGG16 convs, fc6 (7x7x512x4096 + 4096), fc7 (4096x4096 + 4096), score_fr
+# (4096x21 + 21), bias-free deconvolutions (kernel twice the stride).
+_BASE = 14_714_688 + 25_088 * 4096 + 4096 + 4096 * 4096 + 4096 + 4096 * 21 + 21
+REFERENCE = {"fcn32s": _BASE + 64 * 64 * 21 * 21,
+             "fcn16s": _BASE + (512 * 21 + 21) + 4 * 4 * 21 * 21 + 32 * 32 * 21 * 21}
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCE))
+def test_fcn32s_fcn16s_have_the_reference_parameter_counts(name):
+    model = create(name, classes=21, input_shape=(64, 64, 3))  # counts: any size
+    assert _trainable(model) == REFERENCE[name] == get_info(name).num_params
+    assert model.output_shape == (None, 64, 64, 21)
+
+
 def test_convolutionalized_fc6_fc7_give_the_classifier_output(fcn8s):
     """fc1/fc2 of a VGG16 classifier copied into the 7x7 fc6 / 1x1 fc7 convolutions:
     on a 7x7 pool5 map (what a 224x224 input gives) the center of fc7 is the

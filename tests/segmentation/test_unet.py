@@ -73,6 +73,16 @@ def test_keras_applications_encoder_frozen():
                                                               (16, 16)]
 
 
+def test_zoo_encoder_by_name_trains_with_the_decoder():
+    model = create("unet", classes=3, input_shape=(64, 64, 3), filters=8,
+                   encoder="resnet18")
+    assert model.output_shape == (None, 64, 64, 3)
+    backbone = model.get_layer("backbone")
+    assert backbone.trainable and backbone.trainable_weights  # not frozen by default
+    assert [tuple(s[1:3]) for s in backbone.output_shape] == [(2, 2), (4, 4), (8, 8),
+                                                              (16, 16)]
+
+
 # DeepLab upsamples its logits bilinearly from stride 8 (v1) / 4 (v3+): it cannot
 # draw finer than that (the paper refines boundaries with a CRF afterwards). Its
 # targets are the scenes' maps on that grid (each cell the class at its center), and
@@ -119,3 +129,23 @@ def test_each_architecture_overfits_one_batch(architecture, scenes):
         assert mean_iou(cells, np.asarray(logits(x)).argmax(-1), CLASSES) == 1.0
     else:
         assert mean_iou(labels, np.asarray(model(x)).argmax(-1), CLASSES) == 1.0
+
+
+@pytest.mark.parametrize("architecture", ["fcn8s", "unet", "deeplabv3_plus"])
+def test_tflite_float32_export_agrees_per_pixel(architecture, scenes, tmp_path):
+    """Learned upsampling, bilinear resizes, skips and atrous convolutions convert with
+    builtin operators; the exporter holds the file to the per-pixel bar (99.5%)."""
+    from kvision.export import tflite
+    from kvision.export.litert import TFLiteModel, custom_ops
+
+    keras.utils.set_random_seed(0)
+    _, _, _, arguments = ARCHITECTURES[architecture]
+    model = create(architecture, classes=CLASSES, input_shape=(SIZE, SIZE, 3),
+                   **arguments())
+    x = scenes.images.astype("float32")
+    path = tmp_path / f"{architecture}.tflite"
+    result = tflite(model, path, check_data=x, atol=None)
+    assert result.parity["top1_agreement"] >= 0.995
+    assert custom_ops(path.read_bytes()) == []
+    lite = TFLiteModel(path).predict(x).argmax(-1)
+    assert np.mean(lite == model.predict(x, verbose=0).argmax(-1)) >= 0.995
