@@ -8,7 +8,9 @@ values in ``[0, C)`` or the ignore label, and ``y_pred`` per-pixel probabilities
 A label map whose size differs from the prediction's is a ``ValueError`` naming both
 shapes; labels outside ``[0, C)`` (other than ``ignore_index``) are a ``ValueError``
 naming the first bad sample when the tensors are eager (data checks:
-:func:`check_label_maps`).
+:func:`check_label_maps`); inside ``model.fit``'s compiled step (TensorFlow backend)
+they stop training with an ``InvalidArgumentError`` that says which labels were out of
+range, rather than silently becoming all-zero targets.
 """
 
 from __future__ import annotations
@@ -81,6 +83,29 @@ def _is_eager(tensor) -> bool:
         return False
 
 
+def _assert_label_range(y_true, classes, ignore_index, name):
+    """In a compiled step (TensorFlow backend): ``y_true`` behind an assertion that
+    every label is in ``[0, classes)`` or ``ignore_index``; other backends unchanged
+    (a jitted JAX step cannot raise)."""
+    if keras.backend.backend() != "tensorflow":
+        return y_true
+    import tensorflow as tf
+
+    labels = tf.cast(y_true, tf.int64)
+    valid = (labels >= 0) & (labels < classes)
+    if ignore_index is not None:
+        valid |= tf.equal(labels, ignore_index)
+    ignore = f" or the ignore label {ignore_index}" if ignore_index is not None else ""
+    bad = tf.boolean_mask(labels, tf.logical_not(valid))
+    check = tf.debugging.Assert(
+        tf.reduce_all(valid),
+        [f"{name}: label maps hold labels outside [0, {classes}){ignore}; the first "
+         f"such labels are:", bad[:5], "(kvision.losses.segmentation.check_label_maps "
+         "names the sample)"], summarize=5)
+    with tf.control_dependencies([check]):
+        return tf.identity(y_true)
+
+
 class _SegmentationLoss(keras.losses.Loss):
     """Shared checks: shapes, label range, ignore mask, one-hot targets."""
 
@@ -112,6 +137,9 @@ class _SegmentationLoss(keras.losses.Loss):
         if _is_eager(y_true):
             check_label_maps(y_true, 2 if binary else classes,
                              ignore_index=self.ignore_index, what=f"{self.name} y_true")
+        else:
+            y_true = _assert_label_range(y_true, 2 if binary else classes,
+                                         self.ignore_index, self.name)
         labels = ops.cast(y_true, "int32")
         valid = ops.ones_like(labels, dtype="bool") if self.ignore_index is None \
             else ops.not_equal(labels, self.ignore_index)

@@ -95,3 +95,24 @@ def test_bad_label_maps_name_the_sample():
     images = [np.zeros((6, 5, 3)), np.zeros((6, 5, 1))]
     with pytest.raises(ValueError, match="sample 1's image has 1 channel"):
         check_label_maps(LABELS, 4, images=images, channels=3)
+
+
+def test_bad_labels_stop_fit_instead_of_becoming_zero_targets():
+    """In fit's compiled step the labels are symbolic: an out-of-range label must still
+    stop training (it would otherwise be an all-zero one-hot row, a silent wrong
+    target), while the ignore label trains."""
+    import tensorflow as tf
+
+    inputs = keras.Input((6, 5, 3))
+    model = keras.Model(inputs, keras.layers.Conv2D(4, 1, activation="softmax")(inputs))
+    x = RNG.normal(size=(2, 6, 5, 3)).astype("float32")
+    labels = LABELS.copy()
+    labels[1, 3, 1] = 9
+    model.compile("sgd", loss=PixelCrossEntropy())
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"labels outside \[0, 4\)[\s\S]*9"):
+        model.fit(x, labels, batch_size=2, epochs=1, verbose=0)
+    labels[1, 3, 1] = 255
+    model.compile("sgd", loss=PixelCrossEntropy(ignore_index=255))
+    history = model.fit(x, labels, batch_size=2, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
