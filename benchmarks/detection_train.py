@@ -8,16 +8,20 @@ anchors from k-means (1 - IoU) on the training boxes. Training scenes come from
 written by other hands). After every epoch the inference model (decoding, score
 threshold ``--score`` on objectness x class, per-class NMS at 0.5) runs on the
 held-out scenes and :func:`kvision.metrics.detection.evaluate` gives COCO's mAP@0.5;
-evaluation time is not counted as training time. Training stops at ``--minutes`` or
-once mAP@0.5 reaches ``--stop-at``.
+evaluation time is not counted as training time. Adam's learning rate follows a half
+cosine from ``--learning-rate`` to 0 over the ``--minutes`` budget (by training time,
+``--constant-lr`` to keep it fixed). Training stops at ``--minutes`` or once mAP@0.5
+reaches ``--stop-at``.
 
 Usage::
 
     python benchmarks/detection_train.py --minutes 30 --out runs/detection
     python benchmarks/detection_train.py --smoke        # a two-minute check
 
-Writes ``curve.json``, ``curve.png`` (mAP@0.5 against minutes) and
-``detections.png`` (held-out scenes with their detections) under ``--out``.
+Writes ``curve.json``, ``curve.png`` (mAP@0.5 against minutes),
+``detections.png`` (held-out scenes with their detections) and the trained inference
+model ``detector.keras`` with ``class_names.txt`` (for ``kvision predict`` and
+``kvision export``) under ``--out``.
 """
 
 from __future__ import annotations
@@ -70,6 +74,21 @@ class HeldOutMap(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+class CosineOverTime(keras.callbacks.Callback):
+    """The learning rate follows a half cosine from ``base`` to 0 over the training
+    time budget (a schedule in steps would need the step count the budget buys)."""
+
+    def __init__(self, base, minutes, budget):
+        super().__init__()
+        self.base, self.seconds, self.budget = base, minutes * 60, budget
+
+    def on_train_batch_begin(self, batch, logs=None):
+        spent = self.budget.spent + time.perf_counter() - self.budget.start
+        fraction = min(spent / self.seconds, 1.0)
+        self.model.optimizer.learning_rate.assign(
+            self.base * 0.5 * (1.0 + np.cos(np.pi * fraction)))
+
+
 def _plot(curve, target, path):
     import matplotlib
     matplotlib.use("Agg")
@@ -116,7 +135,10 @@ def main(argv=None):
     parser.add_argument("--size", type=int, default=96, help="input side, pixels")
     parser.add_argument("--width", type=float, default=0.5, help="YOLOv3-tiny width")
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--learning-rate", type=float, default=2e-3)
+    parser.add_argument("--learning-rate", type=float, default=2e-3,
+                        help="peak rate; it decays to 0 over --minutes (cosine)")
+    parser.add_argument("--constant-lr", action="store_true",
+                        help="keep --learning-rate constant (no time cosine)")
     parser.add_argument("--epochs", type=int, default=100, help="at most")
     parser.add_argument("--minutes", type=float, default=30.0, help="training budget")
     parser.add_argument("--stop-at", type=float, default=1.01,
@@ -148,9 +170,10 @@ def main(argv=None):
     detector = yolo.inference_model(model, objectness_threshold=args.score,
                                     score_threshold=args.score)
     curve = []
-    model.fit(data, epochs=args.epochs,
-              callbacks=[HeldOutMap(detector, test, args.minutes, args.stop_at, curve)],
-              verbose=1)
+    budget = HeldOutMap(detector, test, args.minutes, args.stop_at, curve)
+    callbacks = [budget] if args.constant_lr else [
+        budget, CosineOverTime(args.learning_rate, args.minutes, budget)]
+    model.fit(data, epochs=args.epochs, callbacks=callbacks, verbose=1)
 
     reached = next((p["minutes"] for p in curve if p["map_50"] >= args.target), None)
     best = max(curve, key=lambda p: p["map_50"])
@@ -170,10 +193,14 @@ def main(argv=None):
     with open(os.path.join(args.out, "curve.json"), "w") as f:
         json.dump(summary, f, indent=1)
     _plot(curve, args.target, os.path.join(args.out, "curve.png"))
+    # The inference model (decoding + NMS in the graph) for `kvision predict` / export.
+    detector.save(os.path.join(args.out, "detector.keras"))
+    with open(os.path.join(args.out, "class_names.txt"), "w") as f:
+        f.write("\n".join(test.class_names) + "\n")
     found = detector(test.images[:8].astype("float32"))
     _draw(test, {k: np.asarray(v) for k, v in found.items()},
           os.path.join(args.out, "detections.png"))
-    print(f"wrote {args.out}/curve.json, curve.png, detections.png")
+    print(f"wrote {args.out}/curve.json, curve.png, detections.png, detector.keras")
 
 
 if __name__ == "__main__":
