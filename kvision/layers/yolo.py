@@ -84,6 +84,20 @@ def cell_offsets(height, width, dtype):
     return ops.expand_dims(ops.stack([cx, cy], axis=-1), 2)
 
 
+def grid_geometry(raw, image_size, anchors):
+    """``(stride (2,), anchors (A, 2), offsets (H, W, 1, 2))`` of a YOLOv3 output
+    ``raw`` ``(B, H, W, A, 5 + C)`` on an ``image_size`` ``(height, width)`` input:
+    what turns a cell's raw ``(tx, ty, tw, th)`` into pixels (the decoder and the
+    loss both)."""
+    shape = ops.shape(raw)
+    rows, cols = shape[1], shape[2]
+    height, width = image_size
+    stride = ops.convert_to_tensor([width, height], "float32") / ops.cast(
+        ops.stack([cols, rows]), "float32")
+    return (stride, ops.convert_to_tensor(anchors, "float32"),
+            cell_offsets(rows, cols, "float32"))
+
+
 def _best_class(scores):
     """``(B, N, C)`` -> best score ``(B, N)`` and its class ``(B, N)`` int32 (the
     first of ties). Written with max/equal/where/min: TensorFlow's lowering of
@@ -128,11 +142,7 @@ class YOLOv3Decode(keras.layers.Layer):
         raw = ops.cast(raw, "float32")
         shape = ops.shape(raw)
         rows, cols = shape[1], shape[2]
-        height, width = self.image_size
-        stride = ops.convert_to_tensor([width, height], "float32") / ops.cast(
-            ops.stack([cols, rows]), "float32")
-        anchors = ops.convert_to_tensor(self.anchors, "float32")
-        offsets = cell_offsets(rows, cols, "float32")
+        stride, anchors, offsets = grid_geometry(raw, self.image_size, self.anchors)
         center = (ops.sigmoid(raw[..., 0:2]) + offsets) * stride
         size = anchors * ops.exp(raw[..., 2:4])
         corner1, corner2 = center - size / 2, center + size / 2

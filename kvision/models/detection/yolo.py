@@ -520,17 +520,13 @@ class YOLOv3Loss(keras.losses.Loss):
         self.max_boxes = int(max_boxes)
 
     def call(self, y_true, y_pred):
-        from kvision.layers.yolo import cell_offsets
+        from kvision.layers.yolo import grid_geometry
 
         y_true = ops.cast(y_true, "float32")
         y_pred = ops.cast(y_pred, "float32")
         shape = ops.shape(y_pred)
-        rows, cols = shape[1], shape[2]
         height, width = self.image_size
-        stride = ops.convert_to_tensor([width, height], "float32") / ops.cast(
-            ops.stack([cols, rows]), "float32")
-        anchors = ops.convert_to_tensor(self.anchors, "float32")
-        offsets = cell_offsets(rows, cols, "float32")
+        stride, anchors, offsets = grid_geometry(y_pred, self.image_size, self.anchors)
         found = y_true[..., 4]
         true_wh = y_true[..., 2:4]
         weight = found * (2.0 - true_wh[..., 0] * true_wh[..., 1] / (height * width))
