@@ -60,9 +60,7 @@ class Trained:
 
     def label(self, class_id):
         """The name of class ``class_id`` (its number where no name is known)."""
-        class_id = int(class_id)
-        return self.class_names[class_id] if 0 <= class_id < len(self.class_names) \
-            else str(class_id)
+        return _name(self.class_names, class_id)
 
 
 def find_model_file(ref) -> str:
@@ -369,7 +367,8 @@ def object_names(trained):
     return names
 
 
-def _object_label(names, class_id):
+def _name(names, class_id):
+    """``names[class_id]``, or the number where ``names`` has no such entry."""
     class_id = int(class_id)
     return names[class_id] if 0 <= class_id < len(names) else str(class_id)
 
@@ -456,7 +455,7 @@ def _segment_instances(trained, kind, paths, score_threshold, batch_size):
         size = _original_size(path)
         masks = resize_nearest(masks, size).astype(bool)
         instances = [
-            {"label": _object_label(names, c), "class": int(c), "score": float(s),
+            {"label": _name(names, c), "class": int(c), "score": float(s),
              "box": _mask_box(m), "pixels": int(m.sum())}
             for s, c, m in zip(np.asarray(found["scores"])[keep],
                                np.asarray(found["classes"])[keep], masks)]

@@ -253,6 +253,36 @@ def sanitize(boxes, classes, image_shape, *, num_classes=None, min_size=1.0):
     return boxes[keep].astype("float32"), classes[keep].astype("int32")
 
 
+def sanitize_images(boxes, classes, image_shape, *, num_classes=None,
+                    caller="sanitize_images"):
+    """:func:`sanitize` of many images (lists of per-image boxes and classes): clipped to
+    the image, zero-area/inverted/outside boxes dropped with one :class:`BoxWarning`
+    counting them all (from ``caller``), class ids outside ``[0, num_classes)`` (when
+    given; negative ones always) a ValueError naming the image. Returns the per-image
+    ``(boxes, classes)`` lists."""
+    if len(boxes) != len(classes):
+        raise ValueError(f"{len(boxes)} box lists but {len(classes)} class lists.")
+    cleaned_boxes, cleaned_classes, dropped, images = [], [], 0, 0
+    for i, (image_boxes, image_classes) in enumerate(zip(boxes, classes)):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", BoxWarning)
+            try:
+                kept, kept_classes = sanitize(image_boxes, image_classes, image_shape,
+                                              num_classes=num_classes)
+            except ValueError as err:
+                raise ValueError(f"image {i}: {err}") from None
+        if any(issubclass(w.category, BoxWarning) for w in caught):
+            dropped += len(np.reshape(np.asarray(image_boxes), (-1, 4))) - len(kept)
+            images += 1
+        cleaned_boxes.append(kept)
+        cleaned_classes.append(kept_classes)
+    if dropped:
+        warnings.warn(f"{caller} dropped {dropped} boxes (zero-area, inverted or outside "
+                      f"the image after clipping) in {images} images.",
+                      BoxWarning, stacklevel=3)
+    return cleaned_boxes, cleaned_classes
+
+
 # --- anchors ---------------------------------------------------------------------------
 
 def anchor_grid(feature_size, stride, anchor_wh):

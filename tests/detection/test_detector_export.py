@@ -100,3 +100,22 @@ def test_int8_is_refused_for_detectors(detector, tmp_path):
     with pytest.raises(ValueError, match="int8"):
         tflite(detector, tmp_path / "d.tflite", quantize="int8",
                representative_data=np.zeros((2, *SHAPE), "float32"))
+
+
+def test_detection_parity_uses_cocos_iou_and_matches_identical_flat_boxes():
+    """compare_detections' IoU is the metric's (pycocotools' bbIou); a box clipped flat
+    at the image edge matches its identical twin, a flat box elsewhere does not."""
+    from kvision.export.parity import compare_detections
+    from kvision.metrics.detection import box_iou
+
+    boxes = np.array([[[0, 0, 10, 10], [20, 5, 20, 15]]], "float32")  # 2nd: zero width
+    reference = {"boxes": boxes, "scores": np.array([[0.9, 0.8]]),
+                 "classes": np.array([[1, 2]]), "num_detections": np.array([2])}
+    same = compare_detections(reference, reference)
+    assert same["matched"] == 2 and same["max_abs_diff"] == 0.0
+    moved = dict(reference, boxes=np.array([[[0, 0, 10, 10], [30, 5, 30, 15]]], "float32"))
+    figures = compare_detections(reference, moved)
+    assert figures["matched"] == 1 and figures["top1_agreement"] == 0.5
+    shifted = dict(reference, boxes=np.array([[[1, 0, 11, 10], [20, 5, 20, 15]]], "float32"))
+    assert compare_detections(reference, shifted)["min_iou"] == pytest.approx(
+        box_iou(boxes[0, :1], shifted["boxes"][0, :1])[0, 0])

@@ -297,48 +297,16 @@ def _array_ops(numpy):
         clip=lambda x, high: tf.clip_by_value(x, 0.0, high), mask=tf.boolean_mask)
 
 
-def sanitize_scenes(boxes, classes, image_shape, *, num_classes=None,
-                    caller="sanitize_scenes"):
-    """Every image's xyxy boxes through :func:`kvision.ops.boxes.sanitize`: clipped to
-    the image, zero-area/inverted/outside ones dropped with one
-    :class:`~kvision.ops.boxes.BoxWarning` counting them all, class ids outside
-    ``[0, num_classes)`` (when given; negative ones always) a ValueError naming the
-    image. Returns the per-image ``(boxes, classes)`` lists."""
-    import warnings
-
-    if len(boxes) != len(classes):
-        raise ValueError(f"{len(boxes)} box lists but {len(classes)} class lists.")
-    cleaned_boxes, cleaned_classes, dropped, images = [], [], 0, 0
-    for i, (image_boxes, image_classes) in enumerate(zip(boxes, classes)):
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", box_ops.BoxWarning)
-            try:
-                kept, kept_classes = box_ops.sanitize(image_boxes, image_classes,
-                                                      image_shape, num_classes=num_classes)
-            except ValueError as err:
-                raise ValueError(f"image {i}: {err}") from None
-        if any(issubclass(w.category, box_ops.BoxWarning) for w in caught):
-            dropped += len(np.reshape(np.asarray(image_boxes), (-1, 4))) - len(kept)
-            images += 1
-        cleaned_boxes.append(kept)
-        cleaned_classes.append(kept_classes)
-    if dropped:
-        warnings.warn(f"{caller} dropped {dropped} boxes (zero-area, inverted or outside "
-                      f"the image after clipping) in {images} images.",
-                      box_ops.BoxWarning, stacklevel=3)
-    return cleaned_boxes, cleaned_classes
-
-
 def encode_scenes(boxes, classes, image_shape, *, objects=1, num_classes=None):
     """:func:`encode_targets` of many images (lists of per-image ``(n_i, 4)`` xyxy
     boxes and ``(n_i,)`` classes, e.g. ``Scenes.boxes``/``Scenes.classes``) ->
     numpy ``{"classes": (N,) or (N, K), "boxes": (N, 4) or (N, K, 4)}``.
 
-    The boxes go through :func:`sanitize_scenes` first (clipped; degenerate ones
+    The boxes go through :func:`kvision.ops.boxes.sanitize_images` first (clipped; degenerate ones
     dropped with a counted warning; class ids outside ``[0, num_classes)`` an error,
     so pass the model's ``num_classes`` with one object too); an image left with no
     object is an error."""
-    boxes, classes = sanitize_scenes(boxes, classes, image_shape[:2],
+    boxes, classes = box_ops.sanitize_images(boxes, classes, image_shape[:2],
                                      num_classes=num_classes, caller="encode_scenes")
     targets = []
     for i, (image_boxes, image_classes) in enumerate(zip(boxes, classes)):

@@ -32,8 +32,8 @@ import numpy as np
 from kvision import features
 from kvision.layers.overfeat import WindowDecode
 from kvision.models.detection.localization import (BoxRegressionLoss, _check_int,
-                                                    _nms_layer, backbone_graph,
-                                                    sanitize_scenes)
+                                                    _nms_layer, backbone_graph)
+from kvision.ops import boxes as box_ops
 from kvision.registry import register
 
 # The "fast" model of the paper's Table 1: (filters, kernel, stride, pool) of layers 1-5.
@@ -363,7 +363,7 @@ def window_samples(images, boxes, classes, window, *, num_classes, positives=2,
         raise ValueError(f"{len(images)} images but {len(boxes)} box lists and "
                          f"{len(classes)} class lists; give one of each per image.")
     height, width = images.shape[1:3]
-    boxes, classes = sanitize_scenes(boxes, classes, (height, width),
+    boxes, classes = box_ops.sanitize_images(boxes, classes, (height, width),
                                      num_classes=num_classes, caller="window_samples")
     sides = np.concatenate([np.maximum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1])
                             for b in boxes] + [np.zeros(0)])
