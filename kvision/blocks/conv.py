@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import keras
 
+from kvision.layers.atrous import AtrousConv2D
 
 
 def activation_layer(activation, name):
@@ -26,16 +27,18 @@ def conv_bn_act(x, filters, kernel_size, strides=1, *, padding="same", groups=1,
     ``suffixes`` names the three layers ``name + suffix``; a family passes its own
     to keep the layer names of its reference implementation. ``padding`` is "same",
     "valid", or an int/tuple of explicit zero padding applied before a valid conv.
+    A dilated convolution is an :class:`~kvision.layers.atrous.AtrousConv2D` (a
+    ``Conv2D`` that skips taps lying wholly in the padding of small maps).
     Shapes: ``(N, H, W, C) -> (N, H/s, W/s, filters)``.
     """
     conv_suffix, bn_suffix, act_suffix = suffixes
     if not isinstance(padding, str):
         x = keras.layers.ZeroPadding2D(padding, name=f"{name}_pad")(x)
         padding = "valid"
-    x = keras.layers.Conv2D(filters, kernel_size, strides=strides, padding=padding,
-                            groups=groups, use_bias=use_bias,
-                            dilation_rate=dilation_rate,
-                            name=f"{name}{conv_suffix}")(x)
+    conv = keras.layers.Conv2D if dilation_rate in (1, (1, 1)) else AtrousConv2D
+    x = conv(filters, kernel_size, strides=strides, padding=padding, groups=groups,
+             use_bias=use_bias, dilation_rate=dilation_rate,
+             name=f"{name}{conv_suffix}")(x)
     if batch_norm:
         x = keras.layers.BatchNormalization(epsilon=bn_epsilon, momentum=bn_momentum,
                                             name=f"{name}{bn_suffix}")(x)

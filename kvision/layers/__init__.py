@@ -1,5 +1,6 @@
 """Custom layers: each a registered, serializable ``keras.Layer`` (no ``Lambda``)."""
 
+from kvision.layers.atrous import AtrousConv2D
 from kvision.layers.backbone import InferenceBackbone
 from kvision.layers.detection import NonMaxSuppression
 from kvision.layers.normalization import LocalResponseNormalization
@@ -11,7 +12,7 @@ from kvision.layers.upsampling import (BilinearKernel, MaxPoolingWithArgmax2D,
                                        MaxUnpooling2D, ResizeLike)
 from kvision.layers.yolo import YOLOv1Decode, YOLOv1Output, YOLOv3Decode, YOLOv3Output
 
-__all__ = ["ChannelShuffle", "ChannelSplit", "ImagePreprocessing", "InferenceBackbone",
+__all__ = ["AtrousConv2D", "ChannelShuffle", "ChannelSplit", "ImagePreprocessing", "InferenceBackbone",
            "LocalResponseNormalization", "NonMaxSuppression", "ScaledResidual"]
 __all__ += ["BilinearKernel", "LocalizerDecode", "MaxPoolingWithArgmax2D", "MaxUnpooling2D",
             "ResizeLike", "WindowDecode", "YOLOv1Decode", "YOLOv1Output", "YOLOv3Decode",

@@ -23,6 +23,7 @@ import keras
 
 from kvision import features
 from kvision.blocks.conv import conv_bn_act
+from kvision.layers.atrous import AtrousConv2D
 from kvision.layers.upsampling import ResizeLike
 from kvision.models.segmentation import _common
 from kvision.registry import register
@@ -77,8 +78,8 @@ def DeepLabV1(classes=21, input_shape=None, classifier_activation="softmax", wei
                                  trainable_backbone=trainable_backbone,
                                  backbone_kwargs=backbone_kwargs)
     x = keras.tree.flatten(net(_common.preprocess(inputs, mode)))[0]
-    x = keras.layers.Conv2D(fc_units, 3, padding="same", dilation_rate=atrous_rate,
-                            activation="relu", name="fc6")(x)
+    x = AtrousConv2D(fc_units, 3, padding="same", dilation_rate=atrous_rate,
+                     activation="relu", name="fc6")(x)
     x = keras.layers.Dropout(dropout, name="drop6")(x)
     x = keras.layers.Conv2D(fc_units, 1, activation="relu", name="fc7")(x)
     x = keras.layers.Dropout(dropout, name="drop7")(x)
@@ -134,7 +135,12 @@ def DeepLabV3Plus(classes=21, input_shape=None, classifier_activation="softmax",
     activation = _common.check_classes(classes, classifier_activation)
     if output_stride not in (8, 16):
         raise ValueError(f"output_stride must be 8 or 16, got {output_stride!r}.")
-    rates = tuple(int(r) * (16 // output_stride) for r in atrous_rates)
+    rates = tuple(atrous_rates)
+    if len(set(rates)) != len(rates) or not all(
+            not isinstance(r, bool) and int(r) == r >= 1 for r in rates):
+        raise ValueError("atrous_rates must be distinct integers >= 1, got "
+                         f"{atrous_rates!r}.")
+    rates = tuple(int(r) * (16 // output_stride) for r in rates)
     inputs = _common.make_input("deeplabv3_plus", input_shape)
     net, mode = _atrous_backbone(backbone, inputs, output_stride, (4,),
                                  backbone_weights=backbone_weights,
