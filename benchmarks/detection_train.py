@@ -4,8 +4,11 @@ mAP@0.5 against training minutes, and the minutes to reach mAP@0.5 >= 0.8.
 The network is ``kvision.create("yolov3_tiny", classes=10, width=WIDTH)`` at
 ``SIZE x SIZE`` input (strides 32 and 16: a 3x3 and a 6x6 grid at 96 px), its 6
 anchors from k-means (1 - IoU) on the training boxes. Training scenes come from
-``digit_scenes(subset="train")``; held-out scenes from ``subset="test"`` (digits
-written by other hands). After every epoch the inference model (decoding, score
+``digit_scenes(subset="train", distortion=--distortion)`` (each digit randomly
+rotated, sheared and squeezed: the training half holds only 899 source digits, and
+without it the detector learns those by heart, 0.99 on training scenes against 0.77
+held out); held-out scenes from ``subset="test"`` (digits written by other hands,
+undistorted). After every epoch the inference model (decoding, score
 threshold ``--score`` on objectness x class, per-class NMS at 0.5) runs on the
 held-out scenes and :func:`kvision.metrics.detection.evaluate` gives COCO's mAP@0.5;
 evaluation time is not counted as training time. Adam's learning rate follows a half
@@ -133,6 +136,8 @@ def main(argv=None):
     parser.add_argument("--train", type=int, default=4000, help="training scenes")
     parser.add_argument("--test", type=int, default=300, help="held-out scenes")
     parser.add_argument("--size", type=int, default=96, help="input side, pixels")
+    parser.add_argument("--distortion", type=float, default=0.5,
+                        help="strength of each training digit's random warp (0: none)")
     parser.add_argument("--width", type=float, default=0.5, help="YOLOv3-tiny width")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--learning-rate", type=float, default=2e-3,
@@ -154,7 +159,8 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     keras.utils.set_random_seed(0)
 
-    train = digit_scenes(args.train, image_size=args.size, subset="train", seed=1)
+    train = digit_scenes(args.train, image_size=args.size, subset="train", seed=1,
+                         distortion=args.distortion)
     test = digit_scenes(args.test, image_size=args.size, subset="test", seed=2)
     wh = np.concatenate([b[:, 2:] - b[:, :2] for b in train.boxes])
     anchors = box_ops.kmeans_anchors(wh, 6, seed=0)
@@ -187,6 +193,7 @@ def main(argv=None):
           + (f"after {reached:.2f} training minutes" if reached is not None
              else "not reached"))
     summary = {"width": args.width, "size": args.size, "params": model.count_params(),
+               "distortion": args.distortion,
                "train": len(train), "test": len(test), "batch_size": args.batch_size,
                "anchors": np.round(anchors, 2).tolist(), "curve": curve,
                "minutes_to_target": reached, "target": args.target}

@@ -12,11 +12,13 @@ def _components(mask):
     return ndimage.label(mask, structure=EIGHT)[1]
 
 
-@pytest.fixture(scope="module")
-def hard():
-    """Scenes with everything on: occlusion, clutter and touching digits."""
+@pytest.fixture(scope="module", params=[0.0, 0.8], ids=["plain", "distorted"])
+def hard(request):
+    """Scenes with everything on: occlusion, clutter and touching digits (and, the
+    second time, every digit warped)."""
     return digit_scenes(40, image_size=64, digit_size=(10, 26), objects=(1, 5),
-                        occlusion=0.6, clutter=3, touching=0.4, seed=3)
+                        occlusion=0.6, clutter=3, touching=0.4, seed=3,
+                        distortion=request.param)
 
 
 def test_boxes_bound_masks_exactly_and_masks_make_the_label_map(hard):
@@ -81,6 +83,32 @@ def test_pixels_are_tf_image_resize_of_the_source_digit():
                 break
         assert found, f"digit {source[0]} in box {box[0]} is no resized digit"
     assert len(sides) > 1
+
+
+def test_warp_is_scipys_bilinear_affine_transform():
+    """Each distorted digit is the 8x8 source sampled through an affine map: equal to
+    scipy.ndimage.affine_transform (order 1, zero outside the grid)."""
+    from kvision.data.synthetic import _warp
+
+    raw, _ = digits_lib.load_raw()
+    rng = np.random.default_rng(0)
+    for side in (9, 16, 31):
+        digit = raw[rng.integers(len(raw))] / 16.0
+        inverse = np.eye(2) + rng.uniform(-0.4, 0.4, (2, 2))
+        step = 8 / side   # output pixel i sits at source coordinate (i + 0.5) * step - 0.5
+        offset = inverse @ np.full(2, step / 2 - 0.5 - 3.5) + 3.5
+        expected = ndimage.affine_transform(digit, inverse * step, offset=offset,
+                                            output_shape=(side, side), order=1,
+                                            mode="grid-constant", cval=0.0)
+        np.testing.assert_allclose(_warp(digit, side, inverse), expected, atol=1e-9)
+
+
+def test_no_distortion_is_the_default_scene():
+    plain = digit_scenes(6, image_size=40, seed=4)
+    assert digit_scenes(6, image_size=40, seed=4, distortion=0.0).images.tobytes() == \
+        plain.images.tobytes()
+    warped = digit_scenes(6, image_size=40, seed=4, distortion=1.0)
+    assert warped.images.tobytes() != plain.images.tobytes()
 
 
 def test_same_seed_same_bytes_other_seed_other_scenes():
@@ -162,6 +190,7 @@ def test_dataset_dict_format_slicing_and_empty_scenes():
     ({"occlusion": 1.5}, "occlusion"),
     ({"objects": (3, 1)}, "objects"),
     ({"channels": 2}, "channels"),
+    ({"distortion": -0.1}, "distortion"),
 ])
 def test_bad_arguments_are_clear_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
