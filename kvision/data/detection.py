@@ -32,7 +32,6 @@ import dataclasses
 import json
 import os
 import re
-import warnings
 from typing import Any
 
 import numpy as np
@@ -121,26 +120,12 @@ def _sanitize_all(records, num_classes, min_size):
     """Sanitizes every record's boxes; one BoxWarning for all dropped boxes."""
     from kvision.ops import boxes as box_ops
 
-    cleaned, dropped, files = [], 0, []
-    for path, boxes, classes, shape, label_file in records:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", box_ops.BoxWarning)
-            try:
-                boxes, classes = box_ops.sanitize(boxes, classes, shape,
-                                                  num_classes=num_classes, min_size=min_size)
-            except ValueError as err:
-                raise ValueError(f"{label_file} (image {path}): {err}") from None
-        lost = sum(int(re.search(r"dropped (\d+)", str(w.message)).group(1))
-                   for w in caught if issubclass(w.category, box_ops.BoxWarning))
-        if lost:
-            dropped += lost
-            files.append(os.path.basename(path))
-        cleaned.append((path, boxes, classes, shape))
-    if dropped:
-        warnings.warn(f"Dropped {dropped} boxes smaller than {min_size} px after clipping "
-                      f"to their image (zero-area, inverted or outside) in {len(files)} "
-                      f"images, e.g. {files[:3]}.", box_ops.BoxWarning, stacklevel=3)
-    return cleaned
+    paths, boxes, classes, shapes, label_files = zip(*records) if records else ((),) * 5
+    boxes, classes = box_ops.sanitize_images(
+        boxes, classes, list(shapes), num_classes=num_classes, min_size=min_size,
+        names=[f"{label} (image {path})" for label, path in zip(label_files, paths)],
+        caller="load_detection")
+    return list(zip(paths, boxes, classes, shapes))
 
 
 def _ragged(arrays, inner, dtype):

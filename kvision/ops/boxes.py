@@ -253,32 +253,52 @@ def sanitize(boxes, classes, image_shape, *, num_classes=None, min_size=1.0):
     return boxes[keep].astype("float32"), classes[keep].astype("int32")
 
 
-def sanitize_images(boxes, classes, image_shape, *, num_classes=None,
-                    caller="sanitize_images"):
-    """:func:`sanitize` of many images (lists of per-image boxes and classes): clipped to
-    the image, zero-area/inverted/outside boxes dropped with one :class:`BoxWarning`
-    counting them all (from ``caller``), class ids outside ``[0, num_classes)`` (when
-    given; negative ones always) a ValueError naming the image. Returns the per-image
-    ``(boxes, classes)`` lists."""
+def sanitize_images(boxes, classes, image_shape, *, num_classes=None, min_size=1.0,
+                    names=None, caller="sanitize_images"):
+    """:func:`sanitize` of many images, with one counted warning for them all.
+
+    Boxes are clipped to their image; zero-area, inverted or outside boxes are dropped
+    with one :class:`BoxWarning` (from ``caller``) counting them and the images they
+    were in; class ids outside ``[0, num_classes)`` (when given; negative ones always)
+    are a ValueError naming the image.
+
+    Args:
+        boxes, classes: per-image lists of ``(n, 4)`` xyxy pixel boxes and ``(n,)`` ids.
+        image_shape: one ``(height, width)`` for all images, or a list with one each.
+        num_classes, min_size: as :func:`sanitize`.
+        names: per-image names for messages (default ``"image <i>"``).
+        caller: the function named by the warning.
+    Returns:
+        The per-image ``(boxes, classes)`` lists.
+    """
     if len(boxes) != len(classes):
         raise ValueError(f"{len(boxes)} box lists but {len(classes)} class lists.")
-    cleaned_boxes, cleaned_classes, dropped, images = [], [], 0, 0
-    for i, (image_boxes, image_classes) in enumerate(zip(boxes, classes)):
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", BoxWarning)
+    one_shape = all(np.isscalar(side) for side in image_shape)
+    shapes = [image_shape] * len(boxes) if one_shape else list(image_shape)
+    names = [f"image {i}" for i in range(len(boxes))] if names is None else list(names)
+    if not len(shapes) == len(names) == len(boxes):
+        raise ValueError(f"{len(boxes)} images but {len(shapes)} image shapes and "
+                         f"{len(names)} names.")
+    cleaned_boxes, cleaned_classes, dropped, total, where = [], [], 0, 0, []
+    for image_boxes, image_classes, shape, name in zip(boxes, classes, shapes, names):
+        with warnings.catch_warnings(record=True):
+            warnings.simplefilter("always", BoxWarning)  # counted here, once for all
             try:
-                kept, kept_classes = sanitize(image_boxes, image_classes, image_shape,
-                                              num_classes=num_classes)
+                kept, kept_classes = sanitize(image_boxes, image_classes, shape,
+                                              num_classes=num_classes, min_size=min_size)
             except ValueError as err:
-                raise ValueError(f"image {i}: {err}") from None
-        if any(issubclass(w.category, BoxWarning) for w in caught):
-            dropped += len(np.reshape(np.asarray(image_boxes), (-1, 4))) - len(kept)
-            images += 1
+                raise ValueError(f"{name}: {err}") from None
+        given = np.asarray(image_boxes).size // 4
+        total += given
+        if len(kept) < given:
+            dropped += given - len(kept)
+            where.append(name)
         cleaned_boxes.append(kept)
         cleaned_classes.append(kept_classes)
     if dropped:
-        warnings.warn(f"{caller} dropped {dropped} boxes (zero-area, inverted or outside "
-                      f"the image after clipping) in {images} images.",
+        warnings.warn(f"{caller} dropped {dropped} of {total} boxes smaller than {min_size} "
+                      f"px after clipping to their image (zero-area, inverted or outside) "
+                      f"in {len(where)} of {len(boxes)} images, e.g. {where[:3]}.",
                       BoxWarning, stacklevel=3)
     return cleaned_boxes, cleaned_classes
 

@@ -192,8 +192,9 @@ def test_bad_boxes_and_labels_are_clipped_dropped_or_refused():
         warnings.simplefilter("always")
         y = L.encode_scenes(boxes, classes, (SIZE, SIZE), num_classes=10)
     assert [str(w.message) for w in caught if issubclass(w.category, box_ops.BoxWarning)
-            ] == ["encode_scenes dropped 1 boxes (zero-area, inverted or outside the "
-                  "image after clipping) in 1 images."]
+            ] == ["encode_scenes dropped 1 of 3 boxes smaller than 1.0 px after clipping "
+                  "to their image (zero-area, inverted or outside) in 1 of 2 images, e.g. "
+                  "['image 0']."]
     np.testing.assert_array_equal(y["classes"], [3, 7])
     # Clipped to (20, 4, 32, 20): a box inside the image, as the sigmoid head can give.
     np.testing.assert_allclose(y["boxes"][0], [26 / 32, 12 / 32, 12 / 32, 16 / 32])
@@ -201,7 +202,7 @@ def test_bad_boxes_and_labels_are_clipped_dropped_or_refused():
                                          r"got \[5\]"):
         L.encode_scenes(boxes, classes, (SIZE, SIZE), num_classes=5)
     with pytest.raises(ValueError, match="Image 0 has no object"), \
-            pytest.warns(box_ops.BoxWarning, match="dropped 1 boxes"):  # wholly outside
+            pytest.warns(box_ops.BoxWarning, match="dropped 1 of 1 boxes"):  # wholly outside
         L.encode_scenes([np.array([[40, 0, 50, 9]])], [np.array([1])], (SIZE, SIZE))
     # The same rules in a tf.data map: padding (-1) left out, bad ids stop the pipeline.
     padded = tf.data.Dataset.from_tensors(

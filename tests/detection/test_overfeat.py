@@ -171,8 +171,9 @@ def test_training_windows_from_bad_boxes_are_clipped_dropped_or_refused():
         windows, targets = O.window_samples(scenes.images, boxes, classes, (WINDOW, WINDOW),
                                             num_classes=10, positives=2, negatives=2)
     assert [str(w.message) for w in caught if issubclass(w.category, box_ops.BoxWarning)
-            ] == ["window_samples dropped 1 boxes (zero-area, inverted or outside the "
-                  "image after clipping) in 1 images."]
+            ] == ["window_samples dropped 1 of 2 boxes smaller than 1.0 px after clipping "
+                  "to their image (zero-area, inverted or outside) in 1 of 2 images, e.g. "
+                  "['image 0']."]
     positive = targets["classes"] < 10
     assert positive.sum() == 2 and (~positive).sum() >= 2  # image 1: background only
     assert np.all(np.isfinite(targets["boxes"])) and np.all(np.isfinite(windows))

@@ -273,8 +273,9 @@ def test_bad_input_is_a_clear_error():
         warnings.simplefilter("always")
         data = yolo.training_dataset(broken, model10, batch_size=2, shuffle=False)
     assert [str(w.message) for w in caught if issubclass(w.category, box_ops.BoxWarning)
-            ] == ["sanitize dropped 1 of 2 boxes smaller than 1.0 px after clipping to "
-                  "96x96 (zero-area, inverted or outside the image)."]
+            ] == ["yolo.training_dataset dropped 1 of 2 boxes smaller than 1.0 px after "
+                  "clipping to their image (zero-area, inverted or outside) in 1 of 2 "
+                  "images, e.g. ['image 0']."]
     _, targets = next(iter(data))
     assert sum(float(np.sum(t[..., 4])) for t in targets) == 1.0  # image 2 has none
 

@@ -485,10 +485,10 @@ def _sanitized(scenes, model):
     if tuple(shape) != tuple(model.input_shape[1:3]):
         raise ValueError(f"The images are {tuple(shape)} but the model takes "
                          f"{tuple(model.input_shape[1:3])}.")
-    cleaned = [box_ops.sanitize(b, c, shape, num_classes=classes)
-               for b, c in zip(scenes.boxes, scenes.classes)]
-    return dataclasses.replace(scenes, boxes=[b for b, _ in cleaned],
-                               classes=[c for _, c in cleaned])
+    boxes, classes = box_ops.sanitize_images(scenes.boxes, scenes.classes, shape,
+                                             num_classes=classes,
+                                             caller="yolo.training_dataset")
+    return dataclasses.replace(scenes, boxes=boxes, classes=classes)
 
 
 # --- the loss -----------------------------------------------------------------------
