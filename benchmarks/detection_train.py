@@ -44,6 +44,7 @@ from kvision.data.synthetic import digit_scenes  # noqa: E402
 from kvision.metrics.detection import evaluate  # noqa: E402
 from kvision.models.detection import yolo  # noqa: E402
 from kvision.ops import boxes as box_ops  # noqa: E402
+from _budget import CosineOverTime  # noqa: E402  (benchmarks/_budget.py)
 
 CLASSES = 10
 
@@ -75,21 +76,6 @@ class HeldOutMap(keras.callbacks.Callback):
               flush=True)
         if self.spent >= self.budget or result["map_50"] >= self.stop_at:
             self.model.stop_training = True
-
-
-class CosineOverTime(keras.callbacks.Callback):
-    """The learning rate follows a half cosine from ``base`` to 0 over the training
-    time budget (a schedule in steps would need the step count the budget buys)."""
-
-    def __init__(self, base, minutes, budget):
-        super().__init__()
-        self.base, self.seconds, self.budget = base, minutes * 60, budget
-
-    def on_train_batch_begin(self, batch, logs=None):
-        spent = self.budget.spent + time.perf_counter() - self.budget.start
-        fraction = min(spent / self.seconds, 1.0)
-        self.model.optimizer.learning_rate.assign(
-            self.base * 0.5 * (1.0 + np.cos(np.pi * fraction)))
 
 
 def _plot(curve, target, path):

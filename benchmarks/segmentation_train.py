@@ -13,14 +13,15 @@ Three measurements, each from one run:
    held-out touching scenes, with the separation network and without it (the class
    map's connected components alone), and with oracle maps (the method's ceiling).
 3. Overlays (PNG) of the held-out predictions.
-4. Each trained semantic network exported to TFLite, float32 and int8 (calibrated on
-   200 training scenes), and its per-pixel argmax agreement with Keras on the held-out
-   scenes (the bar the exporter holds: 99.5% / 97%); the Keras model is saved as
-   ``<name>.keras``.
+4. Each trained semantic network (and the instance method's semantic U-Net) exported
+   to TFLite, float32 and int8 (calibrated on 200 training scenes), and its per-pixel
+   argmax agreement with Keras on the held-out scenes (the bar the exporter holds:
+   99.5% / 97%); the Keras model is saved as ``<name>.keras``.
 
 Usage::
 
     python benchmarks/segmentation_train.py --minutes 15 --out runs/segmentation
+    python benchmarks/segmentation_train.py --models --instance-minutes 25 --cosine
     python benchmarks/segmentation_train.py --smoke          # a one-minute check
 """
 
@@ -42,6 +43,7 @@ from kvision.metrics import detection as det_metrics  # noqa: E402
 from kvision.metrics import segmentation as seg_metrics  # noqa: E402
 from kvision.models.segmentation import instance  # noqa: E402
 from kvision.visualization import masks as overlays  # noqa: E402
+from _budget import CosineOverTime  # noqa: E402  (benchmarks/_budget.py)
 
 CLASSES = 11  # background + digits 0..9
 
@@ -74,6 +76,15 @@ def scenes(args, count, subset, seed, touching=0.0):
                         subset=subset, seed=seed)
 
 
+def callbacks(args, name, test, curve):
+    """The time budget (held-out mIoU after each epoch) and, with ``--cosine``, the
+    learning rate's half cosine over that budget."""
+    timer = TimeBudget(budget(args, name), test.images.astype("float32"), test.semantic,
+                       curve)
+    return [timer, CosineOverTime(args.lr, budget(args, name), timer)] if args.cosine \
+        else [timer]
+
+
 def budget(args, name):
     """Training minutes of ``name``: its own flag, else ``--minutes``."""
     own = getattr(args, f"{name}_minutes", None)
@@ -98,9 +109,7 @@ def train_semantic(name, model, train, test, args, curve):
                   metrics=[seg_metrics.MeanIoU(CLASSES)], jit_compile=False)
     print(f"{name}: {model.count_params():,} parameters", flush=True)
     model.fit(train.images.astype("float32"), train.semantic, batch_size=args.batch,
-              epochs=1000, verbose=args.verbose,
-              callbacks=[TimeBudget(budget(args, name), test.images.astype("float32"),
-                                    test.semantic, curve)])
+              epochs=1000, verbose=args.verbose, callbacks=callbacks(args, name, test, curve))
     return model
 
 
@@ -167,9 +176,7 @@ def instance_benchmark(args, results):
     print(f"two-network instance: {model.count_params():,} parameters", flush=True)
     curve = []
     model.fit(train.images.astype("float32"), targets, batch_size=args.batch, epochs=1000,
-              verbose=args.verbose,
-              callbacks=[TimeBudget(budget(args, "instance"),
-                                    test.images.astype("float32"), test.semantic, curve)])
+              verbose=args.verbose, callbacks=callbacks(args, "instance", test, curve))
     truth = [{"boxes": b, "classes": c, "masks": m} for b, c, m in
              zip(test.boxes, test.classes, test.masks)]
     row = {"minutes": curve[-1][0], "semantic_miou": curve[-1][1]}
@@ -187,6 +194,9 @@ def instance_benchmark(args, results):
         truth, oracle_instances(test, args.separation_width), iou_type="segm",
         num_classes=10)
     row["objects"] = int(sum(len(c) for c in test.classes))
+    if args.export:  # the semantic network alone is a U-Net from pixels to class maps
+        row.update(export_agreement("instance_semantic", model.get_layer("semantic"),
+                                    train, test, args))
     results["two_network_instance"] = row
 
 
@@ -238,7 +248,9 @@ def summary(results):
                          f"{agreement} |")
     if "two_network_instance" in results:
         r = results["two_network_instance"]
-        lines += ["", "| instances on touching digits | mask AP | AP50 | AP75 |",
+        lines += ["", f"instances: {r['minutes']:.1f} minutes, semantic held-out mIoU "
+                  f"{r['semantic_miou']:.3f}", "",
+                  "| instances on touching digits | mask AP | AP50 | AP75 |",
                   "|---|---|---|---|"]
         for key, label in (("mask_ap", "two networks"),
                            ("mask_ap_without_separation", "semantic network alone"),
@@ -246,6 +258,10 @@ def summary(results):
             ap = r[key]
             lines.append(f"| {label} | {ap['map']:.3f} | {ap['map_50']:.3f} | "
                          f"{ap['map_75']:.3f} |")
+        if "tflite_int8_pixel_agreement" in r:
+            lines += ["", "its semantic U-Net as TFLite, per-pixel agreement: float32 "
+                      f"{r['tflite_float32_pixel_agreement']:.4f}, int8 "
+                      f"{r['tflite_int8_pixel_agreement']:.4f}"]
     return "\n".join(lines)
 
 
@@ -273,6 +289,9 @@ def main(argv=None):
     parser.add_argument("--positive-weight", type=float, default=None,
                         help="fixed weight of separation pixels (default: balanced)")
     parser.add_argument("--models", nargs="*", default=["unet", "deeplabv3_plus"])
+    parser.add_argument("--cosine", action="store_true",
+                        help="learning rate on a half cosine over each budget (default: "
+                             "constant)")
     parser.add_argument("--bn-momentum", type=float, default=0.99,
                         help="BatchNorm momentum of the semantic networks "
                              "(U-Net's own is 0.99)")
