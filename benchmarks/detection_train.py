@@ -18,7 +18,7 @@ reaches ``--stop-at``.
 
 Usage::
 
-    python benchmarks/detection_train.py --minutes 30 --out runs/detection
+    python benchmarks/detection_train.py --minutes 18 --train 8000 --distortion 0.5
     python benchmarks/detection_train.py --smoke        # a two-minute check
 
 Writes ``curve.json``, ``curve.png`` (mAP@0.5 against minutes),
@@ -119,7 +119,7 @@ def _draw(scenes, found, path, count=8):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--train", type=int, default=4000, help="training scenes")
+    parser.add_argument("--train", type=int, default=8000, help="training scenes")
     parser.add_argument("--test", type=int, default=300, help="held-out scenes")
     parser.add_argument("--size", type=int, default=96, help="input side, pixels")
     parser.add_argument("--distortion", type=float, default=0.5,
@@ -131,7 +131,7 @@ def main(argv=None):
     parser.add_argument("--constant-lr", action="store_true",
                         help="keep --learning-rate constant (no time cosine)")
     parser.add_argument("--epochs", type=int, default=100, help="at most")
-    parser.add_argument("--minutes", type=float, default=30.0, help="training budget")
+    parser.add_argument("--minutes", type=float, default=18.0, help="training budget")
     parser.add_argument("--stop-at", type=float, default=1.01,
                         help="stop once held-out mAP@0.5 reaches this (default: never)")
     parser.add_argument("--target", type=float, default=0.8)
