@@ -85,7 +85,8 @@ def test_deeplabv3_plus_on_the_papers_backbones(backbone, size):
 def test_bad_arguments_are_clear_errors():
     with pytest.raises(ValueError, match="output_stride must be 8 or 16"):
         create("deeplabv3_plus", output_stride=32)
-    with pytest.raises(ValueError, match="distinct integers"):
-        create("deeplabv3_plus", atrous_rates=(6, 6, 12))
+    for rates in ((6, 6, 12), 6, (6, None), (0, 6), (6.5,)):
+        with pytest.raises(ValueError, match="distinct integers"):
+            create("deeplabv3_plus", atrous_rates=rates)
     with pytest.raises(ValueError, match="input_shape"):
         create("deeplabv1", input_shape=(64, 64))

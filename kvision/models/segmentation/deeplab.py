@@ -87,6 +87,21 @@ def DeepLabV1(classes=21, input_shape=None, classifier_activation="softmax", wei
     return _common.finish(inputs, outputs, name or "deeplabv1", weights)
 
 
+def _check_rates(atrous_rates):
+    """``atrous_rates`` as a tuple of ints, or a ValueError: they must be distinct
+    integers >= 1 (each names its ASPP branch)."""
+    try:
+        rates = tuple(atrous_rates)
+        ok = len(set(rates)) == len(rates) and all(
+            not isinstance(r, bool) and int(r) == r >= 1 for r in rates)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError("atrous_rates must be distinct integers >= 1, got "
+                         f"{atrous_rates!r}.")
+    return tuple(int(r) for r in rates)
+
+
 def aspp(x, filters, rates, name="aspp"):
     """Atrous spatial pyramid pooling: 1x1, 3x3 at each rate, image pooling; concat,
     1x1. Each conv + BatchNorm + ReLU."""
@@ -135,12 +150,7 @@ def DeepLabV3Plus(classes=21, input_shape=None, classifier_activation="softmax",
     activation = _common.check_classes(classes, classifier_activation)
     if output_stride not in (8, 16):
         raise ValueError(f"output_stride must be 8 or 16, got {output_stride!r}.")
-    rates = tuple(atrous_rates)
-    if len(set(rates)) != len(rates) or not all(
-            not isinstance(r, bool) and int(r) == r >= 1 for r in rates):
-        raise ValueError("atrous_rates must be distinct integers >= 1, got "
-                         f"{atrous_rates!r}.")
-    rates = tuple(int(r) * (16 // output_stride) for r in rates)
+    rates = tuple(r * (16 // output_stride) for r in _check_rates(atrous_rates))
     inputs = _common.make_input("deeplabv3_plus", input_shape)
     net, mode = _atrous_backbone(backbone, inputs, output_stride, (4,),
                                  backbone_weights=backbone_weights,
