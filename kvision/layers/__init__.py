@@ -12,8 +12,9 @@ from kvision.layers.upsampling import (BilinearKernel, MaxPoolingWithArgmax2D,
                                        MaxUnpooling2D, ResizeLike)
 from kvision.layers.yolo import YOLOv1Decode, YOLOv1Output, YOLOv3Decode, YOLOv3Output
 
-__all__ = ["AtrousConv2D", "ChannelShuffle", "ChannelSplit", "ImagePreprocessing", "InferenceBackbone",
-           "LocalResponseNormalization", "NonMaxSuppression", "ScaledResidual"]
+__all__ = ["AtrousConv2D", "ChannelShuffle", "ChannelSplit", "ImagePreprocessing",
+           "InferenceBackbone", "LocalResponseNormalization", "NonMaxSuppression",
+           "ScaledResidual"]
 __all__ += ["BilinearKernel", "LocalizerDecode", "MaxPoolingWithArgmax2D", "MaxUnpooling2D",
             "ResizeLike", "WindowDecode", "YOLOv1Decode", "YOLOv1Output", "YOLOv3Decode",
             "YOLOv3Output"]

@@ -20,13 +20,11 @@ def test_live_taps_keep_offsets_inside_the_map():
     assert live_taps(3, 2, None) == (0, 3)    # unknown side: keep everything
 
 
-def _pair(kernel_size, rate, shape, strides=1):
+def _pair(kernel_size, rate, shape):
     keras.utils.set_random_seed(0)
     inputs = keras.Input(shape[1:])
-    atrous = AtrousConv2D(6, kernel_size, strides=strides, padding="same",
-                          dilation_rate=rate)
-    plain = keras.layers.Conv2D(6, kernel_size, strides=strides, padding="same",
-                                dilation_rate=rate)
+    atrous = AtrousConv2D(6, kernel_size, padding="same", dilation_rate=rate)
+    plain = keras.layers.Conv2D(6, kernel_size, padding="same", dilation_rate=rate)
     atrous_model = keras.Model(inputs, atrous(inputs))
     plain_model = keras.Model(inputs, plain(inputs))
     plain.set_weights(atrous.get_weights())
@@ -63,7 +61,7 @@ def test_equal_to_conv2d_values_and_gradients(kernel_size, rate, shape, used,
     assert set(kernels) == {used}  # the taps actually convolved
 
 
-def test_unknown_sizes_and_strides_fall_back_to_conv2d():
+def test_unknown_sizes_fall_back_to_conv2d():
     keras.utils.set_random_seed(0)
     inputs = keras.Input((None, None, 2))
     layer = AtrousConv2D(3, 3, padding="same", dilation_rate=9)

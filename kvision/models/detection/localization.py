@@ -302,12 +302,13 @@ def encode_scenes(boxes, classes, image_shape, *, objects=1, num_classes=None):
     boxes and ``(n_i,)`` classes, e.g. ``Scenes.boxes``/``Scenes.classes``) ->
     numpy ``{"classes": (N,) or (N, K), "boxes": (N, 4) or (N, K, 4)}``.
 
-    The boxes go through :func:`kvision.ops.boxes.sanitize_images` first (clipped; degenerate ones
-    dropped with a counted warning; class ids outside ``[0, num_classes)`` an error,
-    so pass the model's ``num_classes`` with one object too); an image left with no
-    object is an error."""
+    The boxes go through :func:`kvision.ops.boxes.sanitize_images` first (clipped;
+    degenerate ones dropped with a counted warning; class ids outside
+    ``[0, num_classes)`` an error, so pass the model's ``num_classes`` with one object
+    too); an image left with no object is an error."""
     boxes, classes = box_ops.sanitize_images(boxes, classes, image_shape[:2],
-                                     num_classes=num_classes, caller="encode_scenes")
+                                             num_classes=num_classes,
+                                             caller="encode_scenes")
     targets = []
     for i, (image_boxes, image_classes) in enumerate(zip(boxes, classes)):
         if len(image_boxes) == 0:

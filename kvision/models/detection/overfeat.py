@@ -364,7 +364,8 @@ def window_samples(images, boxes, classes, window, *, num_classes, positives=2,
                          f"{len(classes)} class lists; give one of each per image.")
     height, width = images.shape[1:3]
     boxes, classes = box_ops.sanitize_images(boxes, classes, (height, width),
-                                     num_classes=num_classes, caller="window_samples")
+                                             num_classes=num_classes,
+                                             caller="window_samples")
     sides = np.concatenate([np.maximum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1])
                             for b in boxes] + [np.zeros(0)])
     regions, index, labels, targets = [], [], [], []
