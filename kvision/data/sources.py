@@ -174,15 +174,46 @@ def _tfds_builder(name, data_dir):
     except tfds.core.registered.DatasetNotFoundError as err:
         raise ValueError(f"Unknown TFDS dataset {name!r} ({str(err).splitlines()[0]}); "
                          f"see tfds.list_builders().") from None
+    offline = ("Without internet access, put its images in a local folder "
+               "(root/<class>/<image>.jpg) and pass that folder's path instead.")
+    if not builder.is_prepared():
+        hosts = _download_hosts(builder)
+        if hosts and not any(_reachable(host) for host in hosts):
+            # tfds would retry every file for minutes (3.5 min for mnist, measured).
+            raise ConnectionError(
+                f"The TFDS dataset {name!r} is not prepared in {builder.data_dir!r} and "
+                f"its download hosts ({', '.join(hosts)}) cannot be reached. {offline}")
     try:
         builder.download_and_prepare()
     except Exception as err:  # offline: requests' ConnectionError, DNS, import errors
         raise ConnectionError(
             f"Could not download and prepare the TFDS dataset {name!r} "
-            f"({type(err).__name__}: {str(err)[:300]}). Without internet access, put its "
-            f"images in a local folder (root/<class>/<image>.jpg) and pass that folder's "
-            f"path instead.") from err
+            f"({type(err).__name__}: {str(err)[:300]}). {offline}") from err
     return builder
+
+
+def _download_hosts(builder, limit=3):
+    """The distinct hosts of ``builder``'s download URLs (its checksums), at most
+    ``limit``; none when the builder does not list them."""
+    from urllib.parse import urlsplit
+
+    try:
+        urls = list(builder.url_infos or ())
+    except Exception:  # a builder without a checksums file
+        return []
+    hosts = dict.fromkeys(urlsplit(url).hostname for url in urls)
+    return [host for host in hosts if host][:limit]
+
+
+def _reachable(host, port=443, timeout=5.0) -> bool:
+    """Whether a TCP connection to ``host:port`` opens within ``timeout`` seconds."""
+    import socket
+
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+        return True
+    except OSError:  # DNS failure, refused, unreachable, timed out
+        return False
 
 
 def _tfds_splits(available, requested, validation_split):

@@ -109,10 +109,13 @@ def test_split_layout_agrees_with_tfds_image_folder(tmp_path):
     assert image.shape == (20, 20, 1)
 
 
-def test_tfds_source_with_mocked_data():
+def test_tfds_source_with_mocked_data(monkeypatch):
     import tensorflow as tf
     import tensorflow_datasets as tfds
 
+    from kvision.data import sources
+
+    monkeypatch.setattr(sources, "_reachable", lambda host: True)  # mocked "downloads"
     with tfds.testing.mock_data(num_examples=4, policy=tfds.testing.MockPolicy.USE_CODE):
         beans = load("tfds:beans", image_size=40)
         names = tfds.builder("beans").info.features["label"].names
@@ -152,6 +155,10 @@ def test_tfds_offline_is_a_connection_error(monkeypatch, tmp_path):
             "HTTPSConnectionPool(host='storage.googleapis.com', port=443): Max retries "
             "exceeded (Failed to resolve 'storage.googleapis.com')")
 
+    from kvision.data import sources
+
+    # The hosts answer, the download still fails (a proxy, a dropped connection).
+    monkeypatch.setattr(sources, "_reachable", lambda host: True)
     monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", offline)
     with pytest.raises(ConnectionError, match="'beans'.*local folder"):
         load("tfds:beans", image_size=32, data_dir=str(tmp_path))
@@ -202,3 +209,29 @@ def test_photo_augmentation_only_mirrors_left_right():
     changed = np.asarray(full(images, training=True))
     assert changed.shape == images.shape and not np.allclose(changed, images)
     assert changed.min() >= 0.0 and changed.max() <= 255.0
+
+
+def test_tfds_offline_fails_fast_without_trying_to_download(monkeypatch, tmp_path):
+    """Unreachable download hosts: one ConnectionError with the offline advice, before
+    tfds' downloader retries every file for minutes."""
+    import socket
+    import time
+
+    import tensorflow_datasets as tfds
+
+    probed = []
+
+    def refuse(address, *args, **kwargs):
+        probed.append(address)
+        raise OSError("unreachable (test)")
+
+    def download(*args, **kwargs):
+        raise AssertionError("download_and_prepare ran although the hosts are unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", download)
+    start = time.perf_counter()
+    with pytest.raises(ConnectionError, match="cannot be reached.*local folder"):
+        load("tfds:mnist", data_dir=str(tmp_path))
+    assert time.perf_counter() - start < 30
+    assert probed and probed[0] == ("storage.googleapis.com", 443)  # mnist's checksums
