@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import os
 import sys
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import tempfile
 
 
 def _profile_cache_path():
@@ -343,11 +344,54 @@ def build_parser():
         export_command = None
     if export_command is not None:
         export_command.add_parser(sub)
+    for command in sub.choices.values():
+        command.add_argument("-v", "--verbose", action="store_true",
+                             help="show TensorFlow's start-up and absl logging")
     return parser
+
+
+@contextlib.contextmanager
+def _native_stderr_held():
+    """What native code writes to file descriptor 2 while the block runs goes to a
+    temporary file, shown only if the block fails.
+
+    TensorFlow's C++ start-up lines (absl's "All log messages before
+    absl::InitializeLog()", oneDNN's notice, the CUDA stub's and cuInit's) are written
+    whatever TF_CPP_MIN_LOG_LEVEL says, so only the file descriptor can hold them.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            held.seek(0)
+            sys.stderr.write(held.read().decode("utf-8", "replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def _quiet_start():
+    """Load TensorFlow and find its devices without their start-up logging; absl's
+    Python logging from errors up only."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    with _native_stderr_held():
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()  # device discovery logs (cuInit) once, here
+    import absl.logging
+
+    absl.logging.set_verbosity(absl.logging.ERROR)
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    if not args.verbose:
+        _quiet_start()
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, ConnectionError, ModuleNotFoundError) as error:
