@@ -124,15 +124,18 @@ def cmd_info(args):
 def cmd_train(args):
     from kvision.train import train_classifier
 
-    result = train_classifier(args.model, data=args.data, epochs=args.epochs,
-                              batch_size=args.batch_size, learning_rate=args.lr,
-                              image_size=args.image_size, out_dir=args.out,
-                              export=not args.no_export, seed=args.seed,
-                              augment=not args.no_augment,
-                              backbone_weights=args.backbone_weights,
-                              regime=args.regime, strategy=args.strategy,
-                              mixed_precision=args.mixed_precision, jit_compile=args.jit,
-                              steps_per_epoch=args.steps_per_epoch)
+    with _train_log_on_stdout():  # the split and the run folder, before training
+        result = train_classifier(args.model, data=args.data, epochs=args.epochs,
+                                  batch_size=args.batch_size, learning_rate=args.lr,
+                                  image_size=args.image_size, out_dir=args.out,
+                                  overwrite=args.overwrite,
+                                  export=not args.no_export, seed=args.seed,
+                                  augment=not args.no_augment,
+                                  backbone_weights=args.backbone_weights,
+                                  regime=args.regime, strategy=args.strategy,
+                                  mixed_precision=args.mixed_precision,
+                                  jit_compile=args.jit,
+                                  steps_per_epoch=args.steps_per_epoch)
     if result.initial_epoch:
         print(f"resumed from epoch {result.initial_epoch} (of {args.epochs})")
     print(f"test top-1 accuracy: {result.test_accuracy:.4f} "
@@ -144,6 +147,24 @@ def cmd_train(args):
     if result.export_path:
         print(f"exported for TensorFlow Serving: {result.export_path}")
     return 0
+
+
+@contextlib.contextmanager
+def _train_log_on_stdout():
+    """What ``kvision.train`` logs (the split, the run folder chosen) on stdout."""
+    logger = logging.getLogger("kvision.train")
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    level, propagate = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate
 
 
 def cmd_evaluate(args):
@@ -295,7 +316,12 @@ def build_parser():
     p.add_argument("--lr", type=float, default=None,
                    help="initial learning rate (default 3e-3 scratch, 1e-3 transfer)")
     p.add_argument("--image-size", type=int, default=None)
-    p.add_argument("--out", default=None, help="default saved_models/MODEL")
+    p.add_argument("--out", default=None,
+                   help="the run folder (default saved_models/MODEL); one holding a "
+                        "finished run is not written into: the run goes to OUT-2, -3 …")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run in --out as a whole instead of using OUT-2 "
+                        "(an unfinished run of the same settings resumes either way)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps-per-epoch", type=int, default=None)
     p.add_argument("--strategy", default=None, choices=["mirrored", "multiworker"])

@@ -9,19 +9,33 @@ One function, :func:`train_classifier`, covers both ways in:
   ``.keras`` file of a network trained before: :func:`kvision.transfer.build_classifier`
   cuts its head off, freezes what the regime says and attaches a new one.
 
-A run writes into ``out_dir`` (default ``saved_models/<name>``): a checkpoint every
-epoch (``checkpoints/last.keras``), a backup that lets an interrupted run (Ctrl-C,
-kill) resume from its last finished epoch when the same command is started again
+Before anything is built the data is checked: fewer than two classes with training
+images is a ``ValueError`` naming the data and the classes found, a class with no
+image on one side of the split a :class:`~kvision.data.TooFewImagesWarning`; the
+split (images per class, train/test) is logged and returned in ``TrainResult.split``.
+
+A run writes into a run folder (default ``saved_models/<name>``) that holds that
+run's files only: its manifest (``run.json``: the settings, and ``state`` training ->
+saving -> finished, written last), a checkpoint every epoch
+(``checkpoints/last.keras``), a backup that lets an interrupted run (Ctrl-C, kill)
+resume from its last finished epoch when the same command is started again
 (``keras.callbacks.BackupAndRestore`` in ``backup/``), the CSV log
 (``training_log.csv``) and its plot (``training_curves.png``), and at the end the
 model (``<name>.keras``), its class names (``class_names.txt``) and a TensorFlow
-Serving export (``<version>/``).
+Serving export (``<version>/``). A finished run is never written into again: the
+next run goes to ``<folder>-2`` (``-3`` …), or with ``overwrite=True`` replaces the
+whole folder; an unfinished run of other settings (network, input size, data,
+classes, seed…) is left resumable and the new run goes to ``<folder>-2`` too
+(:mod:`kvision.runs` has the rules). The folder chosen is logged (logger
+``kvision.train``; a folder other than the one asked for is a warning) and returned
+in ``TrainResult.out_dir``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
 import tempfile
 import time
@@ -29,7 +43,9 @@ import time
 import keras
 import numpy as np
 
-from kvision import distribute, registry
+from kvision import distribute, registry, runs
+
+log = logging.getLogger(__name__)
 
 SCRATCH_LEARNING_RATE = 3e-3
 TRANSFER_LEARNING_RATE = 1e-3
@@ -51,6 +67,7 @@ class TrainResult:
     initial_epoch: int = 0
     trainable_params: int = 0
     seconds_per_epoch: float = 0.0
+    split: dict = dataclasses.field(default_factory=dict)  # class -> (train, test)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,14 +150,27 @@ def _pipelines(bundle, batch_size, augment, seed, data):
     return train.prefetch(tf.data.AUTOTUNE), test.prefetch(tf.data.AUTOTUNE)
 
 
-def _callbacks(out_dir, extra):
+class _TrainingEnded(keras.callbacks.Callback):
+    """Marks the run "saving" when ``fit`` ends, before BackupAndRestore deletes the
+    backup (callbacks run in list order): from then on the run cannot resume."""
+
+    def __init__(self, run_dir):
+        super().__init__()
+        self.run_dir = run_dir
+
+    def on_train_end(self, logs=None):
+        runs.mark(self.run_dir, "saving")
+
+
+def _callbacks(out_dir, extra, chief=True):
     callbacks = list(extra)
     if not out_dir:
         return callbacks
     os.makedirs(os.path.join(out_dir, "checkpoints"), exist_ok=True)
     # Order matters: the backup of an epoch exists before its CSV row does, so a
     # run killed in between resumes no earlier than its log says.
-    return [keras.callbacks.BackupAndRestore(os.path.join(out_dir, "backup")),
+    return [*([_TrainingEnded(out_dir)] if chief else []),
+            keras.callbacks.BackupAndRestore(os.path.join(out_dir, "backup")),
             keras.callbacks.ModelCheckpoint(os.path.join(out_dir, "checkpoints",
                                                          "last.keras")),
             keras.callbacks.CSVLogger(os.path.join(out_dir, "training_log.csv"),
@@ -181,8 +211,8 @@ def _check_arguments(epochs, batch_size, steps_per_epoch):
 
 def train_classifier(model_name="lenet5", data="digits", *, epochs=30, batch_size=32,
                      learning_rate=None, augment=True, image_size=None, out_dir=None,
-                     export=True, seed=0, verbose=1, backbone_weights=None, regime=None,
-                     strategy=None, mixed_precision=False, jit_compile=False,
+                     overwrite=False, export=True, seed=0, verbose=1, backbone_weights=None,
+                     regime=None, strategy=None, mixed_precision=False, jit_compile=False,
                      steps_per_epoch=None, callbacks=()):
     """Train a classifier on ``data`` and report its held-out top-1 accuracy.
 
@@ -194,8 +224,12 @@ def train_classifier(model_name="lenet5", data="digits", *, epochs=30, batch_siz
             default 3e-3 from scratch, 1e-3 for transfer learning.
         augment: random geometric changes of the training images (Keras
             preprocessing layers in the tf.data pipeline; flips only for photos).
-        out_dir: where the run writes (module docstring); default
+        out_dir: the run folder asked for (module docstring); default
             ``saved_models/<name>``; ``False`` writes nothing (and cannot resume).
+            ``TrainResult.out_dir`` is the folder used.
+        overwrite: replace the run in ``out_dir`` (finished, or of other settings)
+            as a whole instead of writing to ``<out_dir>-2``; an unfinished run of
+            the same settings resumes either way.
         backbone_weights, regime: transfer learning (``kvision.transfer``):
             ``backbone_weights`` "imagenet" (the default once transfer learning is
             asked for), "none" (a random backbone) or a weights file.
@@ -205,6 +239,8 @@ def train_classifier(model_name="lenet5", data="digits", *, epochs=30, batch_siz
         jit_compile: XLA-compile the train step.
     Returns:
         A :class:`TrainResult`.
+    Raises:
+        ValueError: bad arguments, or data with fewer than two classes.
     """
     from kvision.data import load as load_data
 
@@ -214,6 +250,7 @@ def train_classifier(model_name="lenet5", data="digits", *, epochs=30, batch_siz
     plan, backbone = plan_model(model_name, data, backbone_weights=backbone_weights,
                                 regime=regime, image_size=image_size)
     bundle = load_data(data, image_size=plan.input_size, channels=plan.channels, seed=seed)
+    split = check_classes(bundle)
     learning_rate = learning_rate or (SCRATCH_LEARNING_RATE if plan.kind == "scratch"
                                       else TRANSFER_LEARNING_RATE)
     keras.utils.set_random_seed(seed)  # the shuffle order depends on the global seed too
@@ -236,35 +273,141 @@ def train_classifier(model_name="lenet5", data="digits", *, epochs=30, batch_siz
     distribute.prepare_model(model, strategy, next(iter(train_ds)))
     if out_dir is None:
         out_dir = os.path.join("saved_models", plan.name)
-    run_dir = distribute.worker_dir(out_dir, strategy) if out_dir else None
+    settings = _run_settings(model_name, plan, bundle, seed, backbone_weights, regime,
+                             mixed_precision)
+    run_dir = _claim_run_folder(out_dir, settings, overwrite, strategy) if out_dir else None
     timer = _EpochTimer()
     start = time.perf_counter()
     history = model.fit(train_ds, epochs=epochs, validation_data=test_ds, shuffle=False,
                         steps_per_epoch=steps_per_epoch, verbose=verbose,
-                        callbacks=_callbacks(run_dir, [timer, *callbacks]))
+                        callbacks=_callbacks(run_dir, [timer, *callbacks],
+                                             chief=distribute.is_chief(strategy)))
     seconds = time.perf_counter() - start
     test_loss, test_accuracy = model.evaluate(test_ds, verbose=0)
     keras_path = export_path = None
     if run_dir:
         keras_path, export_path = _save_run(model, plan.name, bundle, run_dir,
                                             export and distribute.is_chief(strategy))
+        if distribute.is_chief(strategy):
+            runs.mark(run_dir, "finished")  # last: the run is complete on disk
     return TrainResult(
         model=model, test_accuracy=float(test_accuracy), test_loss=float(test_loss),
         seconds=seconds, keras_path=keras_path, export_path=export_path,
         history={k: [float(v) for v in vals] for k, vals in history.history.items()},
         class_names=tuple(bundle.class_names), out_dir=run_dir or None,
         initial_epoch=timer.first_epoch or 0, trainable_params=_trainable(model),
-        seconds_per_epoch=timer.mean())
+        seconds_per_epoch=timer.mean(), split=split)
+
+
+def _run_settings(model_name, plan, bundle, seed, backbone_weights, regime,
+                  mixed_precision):
+    """What a run's backup can only be restored into: a run started again resumes
+    only when all of these are the same (:mod:`kvision.runs`)."""
+    return {"model": _as_path(model_name), "network": plan.name, "kind": plan.kind,
+            "input_size": plan.input_size, "channels": plan.channels,
+            "data": bundle.source, "test_split": bundle.test_split,
+            "classes": list(bundle.class_names), "seed": seed,
+            "backbone_weights": _as_path(backbone_weights), "regime": regime,
+            "mixed_precision": bool(mixed_precision)}
+
+
+def _as_path(value):
+    """An existing file as its absolute path (so runs compare wherever they start)."""
+    if isinstance(value, (str, os.PathLike)) and os.path.isfile(value):
+        return os.path.abspath(value)
+    return value
+
+
+def check_classes(bundle):
+    """The split of ``bundle`` as ``{class: (train, test)}``, logged; a ``ValueError``
+    when fewer than two classes have training images (a one-class softmax learns
+    nothing, and Keras only warns)."""
+    counts = dict(zip(bundle.class_names, zip(bundle.train_counts, bundle.test_counts)))
+    learnable = ([name for name, (train, _) in counts.items() if train]
+                 if counts else list(bundle.class_names))
+    if len(learnable) < 2:
+        empty = [name for name in bundle.class_names if name not in learnable]
+        found = (f"{len(learnable)} class with images, {learnable[0]!r}" if learnable
+                 else "no class with images")
+        raise ValueError(
+            f"A classifier needs at least two classes; {bundle.source!r} has {found}"
+            + (f" (no training image in {empty})" if empty else "")
+            + ". Expected one subfolder of images per class (root/<class>/<image>).")
+    log.info("%s", describe_split(bundle, counts))
+    return counts
+
+
+def describe_split(bundle, counts, most=30):
+    """The split as lines: totals, then images per class (at most ``most`` rows,
+    the smallest classes first when there are more)."""
+    lines = [f"data: {bundle.source}: {bundle.num_train} training and {bundle.num_test} "
+             f"test images in {bundle.num_classes} classes; test split: "
+             f"{bundle.test_split}"]
+    if not counts:
+        return lines[0] + " (images per class not counted for this source)"
+    shown = list(counts.items())
+    if len(shown) > most:
+        shown = sorted(shown, key=lambda item: sum(item[1]))[:most]
+        lines.append(f"the {most} smallest of {len(counts)} classes:")
+    width = max(len(str(name)) for name, _ in shown)
+    lines += [f"  {name:<{width}}  {train:>6} train  {test:>5} test"
+              for name, (train, test) in shown]
+    return "\n".join(lines)
+
+
+def _claim_run_folder(out_dir, settings, overwrite, strategy):
+    """The run folder this process writes into (:mod:`kvision.runs` chooses; under
+    a multi-worker strategy every worker takes the chief's choice)."""
+    if not distribute.is_chief(strategy):
+        # Only the chief looks at the disk: a worker reading while the chief
+        # replaces the folder could see half of it.
+        number = _chief_value(strategy, 0)
+        base = os.path.normpath(os.fspath(out_dir))
+        return distribute.worker_dir(base if number == 1 else f"{base}-{number}", strategy)
+    folder = runs.choose(out_dir, settings, overwrite=overwrite)
+    runs.start(folder, settings)
+    if folder.note:
+        log.warning("%s", folder.note)
+    what = {"new": "a new run", "resume": "resuming its unfinished run",
+            "replace": "the old run replaced"}[folder.action]
+    log.info("run folder: %s (%s)", folder.path, what)
+    _chief_value(strategy, _suffix_number(out_dir, folder.path))  # after start(): see above
+    return folder.path
+
+
+def _suffix_number(requested, chosen):
+    """1 for the requested folder itself, k for ``<requested>-k``."""
+    base = os.path.normpath(os.fspath(requested))
+    return 1 if chosen == base else int(chosen[len(base) + 1:])
+
+
+def _chief_value(strategy, value):
+    """``value`` as the chief (replica 0) has it, on every worker of a multi-worker
+    strategy (a SUM all-reduce to which the other replicas give 0)."""
+    import tensorflow as tf
+
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return value
+
+    def mine():
+        first = tf.distribute.get_replica_context().replica_id_in_sync_group == 0
+        return tf.cast(first, tf.int64) * value
+
+    total = strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(mine), axis=None)
+    return int(total)
 
 
 def _save_run(model, name, bundle, run_dir, export):
+    from kvision.saving import save_model
     from kvision.visualization import plot_training_curves
 
-    keras_path = save_atomically(model, os.path.join(run_dir, f"{name}.keras"))
+    # The class names inside the .keras file too: they travel with a copied model.
+    keras_path = save_model(model, os.path.join(run_dir, f"{name}.keras"),
+                            class_names=bundle.class_names)
     write_lines(os.path.join(run_dir, "class_names.txt"), bundle.class_names)
-    log = os.path.join(run_dir, "training_log.csv")
-    if os.path.isfile(log):
-        plot_training_curves(log, os.path.join(run_dir, "training_curves.png"))
+    log_path = os.path.join(run_dir, "training_log.csv")
+    if os.path.isfile(log_path):
+        plot_training_curves(log_path, os.path.join(run_dir, "training_curves.png"))
     export_path = None
     if export:
         from kvision.export import saved_model

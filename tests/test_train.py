@@ -63,7 +63,8 @@ def test_short_run_writes_the_run_directory(tmp_path):
                               verbose=0)
     assert os.path.isfile(result.keras_path) and result.export_path is None
     assert sorted(os.listdir(tmp_path)) == ["checkpoints", "class_names.txt", "lenet5.keras",
-                                            "training_curves.png", "training_log.csv"]
+                                            "run.json", "training_curves.png",
+                                            "training_log.csv"]
     assert set(result.history) >= {"loss", "accuracy", "val_accuracy"}
     assert result.trainable_params == 61_706  # LeNet-5, all of it trains
     assert result.seconds_per_epoch > 0 and result.initial_epoch == 0

@@ -11,7 +11,8 @@ dicts. TensorFlow loads only when one of them is called.
 
 from kvision.data.detection import DetectionData, load_detection
 from kvision.data.digits import load_digits
-from kvision.data.folders import CorruptImageWarning, list_images, load_image
+from kvision.data.folders import (CorruptImageWarning, TooFewImagesWarning, list_images,
+                                   load_image)
 from kvision.data.imagenet import imagenet_class_names
 from kvision.data.photos import load_faces, load_textures, photo_crops, photo_dataset
 from kvision.data.sources import Dataset, load
@@ -19,4 +20,5 @@ from kvision.data.synthetic import Scenes, digit_scenes
 
 __all__ = ["CorruptImageWarning", "Dataset", "DetectionData", "Scenes", "digit_scenes",
            "imagenet_class_names", "list_images", "load", "load_detection", "load_digits",
-           "load_faces", "load_image", "load_textures", "photo_crops", "photo_dataset"]
+           "load_faces", "load_image", "load_textures", "photo_crops", "photo_dataset",
+           "TooFewImagesWarning"]

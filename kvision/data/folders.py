@@ -26,6 +26,10 @@ class CorruptImageWarning(UserWarning):
     """Some files in an image folder could not be decoded and were skipped."""
 
 
+class TooFewImagesWarning(UserWarning):
+    """A class has no image on one side of the train/test split."""
+
+
 def as_size(image_size):
     """``image_size`` as ``(height, width)``: an int means a square."""
     try:
@@ -135,6 +139,27 @@ def _report_corrupt(bad, root, on_corrupt):
         raise ValueError(message + "\n(pass on_corrupt='warn' or 'skip' to leave them out)")
     if on_corrupt == "warn":
         warnings.warn(message + "\nThey were skipped.", CorruptImageWarning, stacklevel=3)
+
+
+# -- the split ---------------------------------------------------------------------
+def class_counts(labels, num_classes):
+    """Images per class: a tuple of ``num_classes`` ints (labels are indices)."""
+    return tuple(int(n) for n in np.bincount(np.asarray(labels, dtype="int64"),
+                                             minlength=num_classes))
+
+
+def warn_unsplit_classes(class_names, train_counts, test_counts, root, how):
+    """A :class:`TooFewImagesWarning` naming every class left with no training or
+    no test image by the split (``how`` says which split, for the message)."""
+    short = [f"{name!r} ({train} train, {test} test)"
+             for name, train, test in zip(class_names, train_counts, test_counts)
+             if train == 0 or test == 0]
+    if short:
+        warnings.warn(f"{len(short)} class(es) under {root!r} have too few images to "
+                      f"split into train and test (test split: {how}): "
+                      f"{', '.join(short)}. A class with no training image cannot be "
+                      f"learnt; one with no test image is not measured.",
+                      TooFewImagesWarning, stacklevel=4)
 
 
 # -- decoding ----------------------------------------------------------------------

@@ -49,6 +49,8 @@ class Dataset:
     float32 ``(height, width, channels)`` pixels in [0, 255] and an int64 label.
     ``image_size`` is ``(height, width)``. ``train_files`` / ``test_files`` hold the
     file path of each example, in order, for folder sources (empty otherwise).
+    ``train_counts`` / ``test_counts``: images per class, in ``class_names`` order,
+    for folders and the digits (empty for TFDS, whose data would have to be read).
     """
 
     train: Any
@@ -62,6 +64,8 @@ class Dataset:
     test_split: str = "test"
     train_files: tuple = ()
     test_files: tuple = ()
+    train_counts: tuple = ()
+    test_counts: tuple = ()
 
     @property
     def num_classes(self):
@@ -126,8 +130,11 @@ def _from_digits(size, channels, seed, max_examples):
     keep_test = _subset(len(x_test), max_examples, seed)
     train = tf.data.Dataset.from_tensor_slices((x_train[keep_train], y_train[keep_train]))
     test = tf.data.Dataset.from_tensor_slices((x_test[keep_test], y_test[keep_test]))
+    classes = len(digits.CLASS_NAMES)
     return Dataset(train, test, tuple(digits.CLASS_NAMES), len(keep_train), len(keep_test),
-                   "digits", size, channels, "test (25% of each class, fixed)")
+                   "digits", size, channels, "test (25% of each class, fixed)",
+                   train_counts=folders.class_counts(y_train[keep_train], classes),
+                   test_counts=folders.class_counts(y_test[keep_test], classes))
 
 
 # -- folders -----------------------------------------------------------------------
@@ -156,12 +163,16 @@ def _from_folder(root, size, channels, validation_split, seed, on_corrupt, max_e
     keep_test = _subset(len(test_paths), max_examples, seed)
     train_paths = tuple(train_paths[i] for i in keep_train)
     test_paths = tuple(test_paths[i] for i in keep_test)
+    train_counts = folders.class_counts(train_labels[keep_train], len(names))
+    test_counts = folders.class_counts(test_labels[keep_test], len(names))
+    folders.warn_unsplit_classes(names, train_counts, test_counts, root, described)
     return Dataset(
         train=folders.image_dataset(train_paths, train_labels[keep_train], size, channels),
         test=folders.image_dataset(test_paths, test_labels[keep_test], size, channels),
         class_names=tuple(names), num_train=len(train_paths), num_test=len(test_paths),
         source=os.path.abspath(root), image_size=size, channels=channels,
-        test_split=described, train_files=train_paths, test_files=test_paths)
+        test_split=described, train_files=train_paths, test_files=test_paths,
+        train_counts=train_counts, test_counts=test_counts)
 
 
 # -- TensorFlow Datasets -----------------------------------------------------------

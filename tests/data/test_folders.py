@@ -163,3 +163,23 @@ def test_bad_layouts_and_arguments_are_clear_errors(tmp_path):
             load_image(tmp_path / "loose.png", size)
     with pytest.raises(ValueError, match="channels"):
         load_image(tmp_path / "loose.png", 32, channels=4)
+
+
+def test_split_counts_and_a_warning_for_classes_too_small_to_split(tmp_path):
+    """5 images split 0.2 -> 4 train, 1 test (round(5 * 0.2) = 1); 2 images -> 2 and
+    0 (round(0.4) = 0): that class, and one with no image at all, are named."""
+    from kvision.data import TooFewImagesWarning
+
+    root = str(tmp_path)
+    views = _variants(photos.coffee()) + _variants(photos.rocket())
+    for name, count in (("many", 5), ("few", 2)):
+        for i in range(count):
+            _write(os.path.join(root, name, f"{i}.png"), views[i])
+    os.makedirs(os.path.join(root, "none"))
+    with pytest.warns(TooFewImagesWarning) as caught:
+        dataset = load(root, image_size=16)
+    assert dataset.class_names == ("few", "many", "none")
+    assert dataset.train_counts == (2, 4, 0) and dataset.test_counts == (0, 1, 0)
+    message = str(caught[0].message)
+    assert "'few' (2 train, 0 test)" in message and "'none' (0 train, 0 test)" in message
+    assert "'many'" not in message and root in message
