@@ -8,3 +8,4 @@ from kvision.testing.contract import (  # noqa: F401
     counted_params,
     randomize_weights,
 )
+from kvision.testing.numerics import EPS32, assert_float32_close, float32_atol  # noqa: F401
