@@ -44,6 +44,7 @@ from kvision.data.synthetic import digit_scenes  # noqa: E402
 from kvision.metrics.detection import evaluate  # noqa: E402
 from kvision.models.detection import yolo  # noqa: E402
 from kvision.ops import boxes as box_ops  # noqa: E402
+from kvision.saving import save_model  # noqa: E402
 from _budget import CosineOverTime  # noqa: E402  (benchmarks/_budget.py)
 
 CLASSES = 10
@@ -186,8 +187,10 @@ def main(argv=None):
     with open(os.path.join(args.out, "curve.json"), "w") as f:
         json.dump(summary, f, indent=1)
     _plot(curve, args.target, os.path.join(args.out, "curve.png"))
-    # The inference model (decoding + NMS in the graph) for `kvision predict` / export.
-    detector.save(os.path.join(args.out, "detector.keras"))
+    # The inference model (decoding + NMS in the graph) for `kvision predict` / export,
+    # its class names inside (and in class_names.txt, the readable copy).
+    save_model(detector, os.path.join(args.out, "detector.keras"),
+               class_names=test.class_names)
     with open(os.path.join(args.out, "class_names.txt"), "w") as f:
         f.write("\n".join(test.class_names) + "\n")
     found = detector(test.images[:8].astype("float32"))

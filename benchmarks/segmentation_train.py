@@ -42,6 +42,7 @@ from kvision.data.synthetic import digit_scenes  # noqa: E402
 from kvision.metrics import detection as det_metrics  # noqa: E402
 from kvision.metrics import segmentation as seg_metrics  # noqa: E402
 from kvision.models.segmentation import instance  # noqa: E402
+from kvision.saving import save_model  # noqa: E402
 from kvision.visualization import masks as overlays  # noqa: E402
 from _budget import CosineOverTime  # noqa: E402  (benchmarks/_budget.py)
 
@@ -139,7 +140,8 @@ def semantic_benchmark(args, train, test, results):
         overlays.save_overlay(os.path.join(args.out, f"{name}_overlay.png"),
                               test.images[0], probs[0],
                               class_names=("background", *test.class_names))
-        model.save(os.path.join(args.out, f"{name}.keras"))
+        save_model(model, os.path.join(args.out, f"{name}.keras"),  # names inside
+                   class_names=("background", *test.class_names))
         if args.export:
             results[name].update(export_agreement(name, model, train, test, args))
 

@@ -13,7 +13,7 @@ _SHORTCUTS = {"create": "kvision.models", "list_models": "kvision.models",
               "profile": "kvision.models", "get_info": "kvision.models"}
 _SUBMODULES = ("blocks", "data", "distribute", "evaluate", "export", "features", "layers",
                "losses", "metrics", "models", "ops", "predict", "registry", "retrieval",
-               "testing", "train", "transfer", "visualization", "weights")
+               "saving", "testing", "train", "transfer", "visualization", "weights")
 
 
 def __getattr__(name):

@@ -4,7 +4,13 @@ detections.
 The library behind ``kvision predict`` and ``kvision sort``. A trained model is found
 the way ``kvision train`` writes it: a ``.keras`` file, a run directory
 ``saved_models/NAME`` holding ``NAME.keras`` and ``class_names.txt``, or just ``NAME``
-meaning that directory.
+meaning that directory. A registry network with ImageNet weights is
+``NAME:imagenet``, or just ``NAME`` when no run of that name exists; a ``NAME`` that
+means both is an error that shows how to pick each, never a silent choice.
+
+Class names are the ones saved inside the ``.keras`` file
+(:func:`kvision.saving.save_model`, as ``kvision train`` saves), else
+``class_names.txt`` beside it, else the class numbers.
 
 A detector is a model whose outputs are ``boxes`` (xyxy pixels of its input),
 ``scores``, ``classes`` and ``num_detections`` (the ``inference_model`` of a
@@ -38,6 +44,7 @@ class Trained:
     model: object
     class_names: tuple
     path: str
+    names_from: str = ""  # where the class names came from (for describe())
 
     @property
     def image_size(self):
@@ -62,14 +69,33 @@ class Trained:
         """The name of class ``class_id`` (its number where no name is known)."""
         return _name(self.class_names, class_id)
 
+    def describe(self):
+        """One line naming the model that answers and where its class names came from,
+        e.g. ``saved_models/pets/pets.keras: classifier, 4 classes, names saved in the
+        model``."""
+        kind = ("segmenter" if self.segmenter else "detector" if self.detector
+                else "classifier")
+        count = f", {len(self.class_names)} classes" if self.class_names else ""
+        names = f", {self.names_from}" if self.names_from else ""
+        return f"{self.path}: {kind}{count}{names}"
+
+
+PRETRAINED = ":imagenet"  # NAME:imagenet, the registry network with ImageNet weights
+
 
 def find_model_file(ref) -> str:
     """The ``.keras`` file that ``ref`` (file, run directory or name) points to.
 
     A directory must hold ``NAME.keras`` (NAME its own name) or exactly one
-    ``.keras`` file; a bare name means ``saved_models/NAME/NAME.keras``.
+    ``.keras`` file; a bare name means the directory ``saved_models/NAME`` (so
+    ``lenet5-2``, a second run, is ``saved_models/lenet5-2/lenet5.keras``).
+    ``NAME:imagenet`` is a ValueError: it names a network, not a trained file.
     """
     ref = os.fspath(ref)
+    if ref.endswith(PRETRAINED) and not os.path.exists(ref):
+        raise ValueError(f"{ref!r} names the registry network {ref[:-len(PRETRAINED)]} "
+                         f"with ImageNet weights, not a trained model: expected a .keras "
+                         f"file, a run directory or a run name under saved_models/.")
     if os.path.isfile(ref):
         if not ref.endswith(".keras"):
             raise ValueError(f"Expected a .keras model file, got {ref!r}.")
@@ -84,47 +110,98 @@ def find_model_file(ref) -> str:
             return os.path.join(ref, found[0])
         raise FileNotFoundError(f"No {name}.keras in {ref!r} (found "
                                 f"{', '.join(found) or 'no .keras file'}).")
-    candidate = os.path.join("saved_models", ref, f"{ref}.keras")
-    if os.path.isfile(candidate):
-        return candidate
+    run = os.path.join("saved_models", ref)
+    if os.path.isdir(run):  # NAME.keras, or the one model of a run folder NAME-2
+        return find_model_file(run)
     raise FileNotFoundError(
         f"No trained model {ref!r}: expected a .keras file, a directory holding "
-        f"NAME.keras, or a name with {candidate} (train one with `kvision train {ref}`).")
+        f"NAME.keras, or the name of a run folder under saved_models/ (there is no "
+        f"{run}; train one with `kvision train {ref}`).")
 
 
 def read_class_names(model_path, classes):
-    """Class names from ``class_names.txt`` beside the model; None if it has none.
-    ``classes``: the count the model needs (None: any, as for a detector)."""
-    path = os.path.join(os.path.dirname(os.path.abspath(model_path)), "class_names.txt")
-    if not os.path.isfile(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        names = tuple(line.rstrip("\n") for line in f if line.strip())
+    """The model's class names: those saved inside the ``.keras`` file
+    (:func:`kvision.saving.save_model`), else ``class_names.txt`` beside it; None if
+    neither has them. ``classes``: the count the model needs (None: any, as for a
+    detector)."""
+    return _class_names(model_path, classes)[0]
+
+
+def _class_names(model_path, classes):
+    """``(names or None, where they came from)`` for :func:`read_class_names`."""
+    from kvision.saving import saved_class_names
+
+    names = saved_class_names(model_path)
+    where, source = f"saved in {model_path}", "names saved in the model"
+    if names is None:
+        where = os.path.join(os.path.dirname(os.path.abspath(model_path)),
+                             "class_names.txt")
+        source = "names from the class_names.txt beside it"
+        if not os.path.isfile(where):
+            return None, "no class names saved in the model or beside it: numbers"
+        with open(where, encoding="utf-8") as f:
+            names = tuple(line.rstrip("\n") for line in f if line.strip())
     if classes is not None and len(names) != classes:
-        raise ValueError(f"{path} lists {len(names)} class names but the model has "
+        raise ValueError(f"{len(names)} class names {where}, but the model has "
                          f"{classes} outputs.")
-    return names
+    return names, source
+
+
+def _pretrained_name(ref):
+    """The registry name ``ref`` means as a network with ImageNet weights (``NAME``
+    or ``NAME:imagenet``), or None. ``NAME:imagenet`` for a network without such
+    weights is a ValueError."""
+    from kvision.models import get_info, list_models
+
+    if not isinstance(ref, str):
+        return None
+    explicit = ref.endswith(PRETRAINED)
+    name = ref[:-len(PRETRAINED)] if explicit else ref
+    if name in list_models() and get_info(name).has_imagenet_weights:
+        return name
+    if explicit:
+        have = [n for n in list_models() if get_info(n).has_imagenet_weights]
+        raise ValueError(f"{ref!r}: {name!r} is not a registry network with ImageNet "
+                         f"weights; those that have them: {', '.join(have)}.")
+    return None
 
 
 def pretrained(ref):
     """A registry network with ImageNet weights and the ImageNet class names, when
-    ``ref`` names one (``kvision predict efficientnet_lite0 photo.jpg``); else None."""
-    from kvision.models import create, get_info, list_models
+    ``ref`` names one (``efficientnet_lite0`` or ``efficientnet_lite0:imagenet``);
+    else None."""
+    from kvision.models import create
 
-    if not isinstance(ref, str) or ref not in list_models() \
-            or not get_info(ref).has_imagenet_weights:
+    name = _pretrained_name(ref)
+    if name is None:
         return None
     from kvision.data import imagenet_class_names
 
-    return Trained(create(ref, weights="imagenet"), imagenet_class_names(),
-                   f"{ref} (ImageNet weights)")
+    return Trained(create(name, weights="imagenet"), imagenet_class_names(),
+                   f"{name} (ImageNet weights)", "ImageNet's names")
+
+
+def _refuse_two_meanings(ref, path):
+    """A plain ``ref`` that names both a trained run (found at ``path``) and a
+    registry network with ImageNet weights is a ValueError showing both spellings."""
+    if not isinstance(ref, str) or os.sep in ref or ref.endswith(".keras") \
+            or _pretrained_name(ref) is None:
+        return
+    # find_model_file took a folder ./NAME before saved_models/NAME.
+    run = os.path.join("." if os.path.exists(ref) else "saved_models", ref)
+    raise ValueError(f"{ref!r} means two models: the trained run {path} and the "
+                     f"registry network {ref} with ImageNet weights. Name the one you "
+                     f"mean: {run} (the run) or {ref}{PRETRAINED} (the ImageNet "
+                     f"network).")
 
 
 def load_trained(ref) -> Trained:
-    """Load a trained classifier or detector (``safe_mode=True``) with its class names.
+    """Load a trained model (``safe_mode=True``) with its class names.
 
     ``ref`` is a ``.keras`` file, a run directory, a run name under ``saved_models/``,
-    or, when no such run exists, a registry network with ImageNet weights.
+    or a registry network with ImageNet weights: ``NAME:imagenet``, or a plain
+    ``NAME`` when no run of that name exists (a plain ``NAME`` that means both is a
+    ValueError naming each spelling). :meth:`Trained.describe` says which model it is.
     """
     import keras
 
@@ -132,6 +209,8 @@ def load_trained(ref) -> Trained:
     import kvision.models  # noqa: F401  (and those of the task families)
     from kvision.export.parity import is_detector
 
+    if isinstance(ref, str) and ref.endswith(PRETRAINED) and not os.path.exists(ref):
+        return pretrained(ref)
     try:
         path = find_model_file(ref)
     except FileNotFoundError:
@@ -139,83 +218,163 @@ def load_trained(ref) -> Trained:
         if model is None:
             raise
         return model
+    _refuse_two_meanings(ref, path)
     model = keras.saving.load_model(path, safe_mode=True, compile=False)
     kind = segmentation_kind(model)
     if kind in ("semantic", "two_network"):
         output = model.output["semantic"] if kind == "two_network" else model.output
         # A binary (one sigmoid channel) segmenter has two classes: background, object.
         classes = max(int(output.shape[-1]), 2)
-        names = read_class_names(path, classes) or tuple(str(i) for i in range(classes))
-        return Trained(model, names, path)
-    if is_detector(model):
-        return Trained(model, read_class_names(path, None) or (), path)
-    classes = int(model.output_shape[-1])
-    names = read_class_names(path, classes) or tuple(str(i) for i in range(classes))
-    return Trained(model, names, path)
+    elif is_detector(model):
+        classes = None
+    else:
+        classes = int(model.output_shape[-1])
+    names, source = _class_names(path, classes)
+    if names is None:
+        names = () if classes is None else tuple(str(i) for i in range(classes))
+    return Trained(model, names, path, source)
+
+
+ON_ERROR = ("raise", "report")
 
 
 def load_images(paths, trained, on_error="raise"):
-    """Images at the model's size, ``(N, H, W, C)`` float32 0..255, and the paths kept.
+    """Images at the model's size, ``(N, H, W, C)`` float32 0..255, the paths kept and
+    ``{path: why}`` for those that were not.
 
     Decoding and resizing are :func:`kvision.data.load_image`'s, the same as the
-    training pipeline's. ``on_error="skip"`` leaves out (and returns) files that do
+    training pipeline's. ``on_error="skip"`` leaves out files that are missing or do
     not decode instead of raising.
     """
     from kvision.data import load_image
 
-    images, kept, failed = [], [], []
+    images, kept, failed = [], [], {}
     for path in paths:
         try:
             images.append(load_image(path, trained.image_size, trained.channels))
             kept.append(path)
-        except (ValueError, FileNotFoundError):
+        except (ValueError, FileNotFoundError) as error:
             if on_error != "skip":
                 raise
-            failed.append(path)
+            failed[path] = str(error)
     shape = (0, *trained.image_size, trained.channels)
     array = np.stack(images) if images else np.zeros(shape, "float32")
     return array, kept, failed
 
 
 def top_k(probabilities, class_names, k=5):
-    """Per row: ``[(label, probability), ...]`` best first, ``k`` at most."""
+    """Per row: ``[(label, probability), ...]`` best first, ``k`` at most (all the
+    classes when there are fewer: the default 5 must work for 3 classes)."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k (--top-k) must be an integer >= 1, got {k!r}.")
     k = min(k, probabilities.shape[-1])
     order = np.argsort(-probabilities, axis=-1, kind="stable")[:, :k]
     return [[(class_names[j], float(row[j])) for j in idx]
             for row, idx in zip(probabilities, order)]
 
 
-def predict_images(trained, paths, k=5, batch_size=32):
-    """``[{"path", "predictions": [{"label", "probability"}...]}]`` for image files."""
-    images, kept, _ = load_images(paths, trained)
-    probabilities = trained.model.predict(images, batch_size=batch_size, verbose=0)
-    return [{"path": path,
-             "predictions": [{"label": label, "probability": p} for label, p in best]}
-            for path, best in zip(kept, top_k(probabilities, trained.class_names, k))]
+def image_files(folder):
+    """``(image files, other files)`` under ``folder``, any depth, each sorted; image
+    files are those ending in :data:`IMAGE_EXTENSIONS` (any case)."""
+    files = sorted(os.path.join(root, f) for root, _, names in os.walk(folder)
+                   for f in names)
+    images = [f for f in files if f.lower().endswith(IMAGE_EXTENSIONS)]
+    return images, [f for f in files if not f.lower().endswith(IMAGE_EXTENSIONS)]
+
+
+def expand_images(paths):
+    """``kvision predict``'s IMAGE arguments as files: a folder stands for its image
+    files (:func:`image_files`). Returns ``(files, {argument: why})``: a folder with no
+    image in it is reported, not answered."""
+    files, problems = [], {}
+    for path in map(os.fspath, paths):
+        if not os.path.isdir(path):
+            files.append(path)
+            continue
+        found, _ = image_files(path)
+        files.extend(found)
+        if not found:
+            problems[path] = (f"No image files in the folder {path!r} (expected names "
+                              f"ending in {', '.join(IMAGE_EXTENSIONS)}).")
+    return files, problems
+
+
+def _check_on_error(on_error):
+    if on_error not in ON_ERROR:
+        raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}.")
+
+
+def _answer_in_chunks(trained, paths, batch_size, on_error, answer):
+    """``answer(images, kept_paths) -> [result per path]`` over ``paths`` loaded
+    ``batch_size`` at a time (a folder of photos never sits in memory at once).
+    With ``on_error="report"``, a file that is missing or does not decode gets
+    ``{"path", "error"}`` in its place and the others are answered."""
+    _check_on_error(on_error)
+    results = []
+    for start in range(0, len(paths), batch_size):
+        chunk = paths[start:start + batch_size]
+        images, kept, failed = load_images(
+            chunk, trained, on_error="skip" if on_error == "report" else "raise")
+        answered = iter(answer(images, kept) if kept else ())
+        results.extend({"path": p, "error": failed[p]} if p in failed
+                       else next(answered) for p in chunk)
+    return results
+
+
+def predict_images(trained, paths, k=5, batch_size=32, on_error="raise"):
+    """``[{"path", "predictions": [{"label", "probability"}...]}]`` for image files,
+    ``k`` best first. ``on_error="report"``: an unreadable file gets ``{"path",
+    "error"}`` instead of stopping the others."""
+    top_k(np.zeros((0, 1)), (), k)  # a bad k fails before any file is read
+
+    def answer(images, kept):
+        probabilities = trained.model.predict(images, batch_size=batch_size, verbose=0)
+        return [{"path": path, "predictions": [{"label": label, "probability": p}
+                                               for label, p in best]}
+                for path, best in zip(kept, top_k(probabilities, trained.class_names, k))]
+
+    return _answer_in_chunks(trained, list(paths), batch_size, on_error, answer)
 
 
 def _original_size(path):
-    """``(height, width)`` of an image file as it decodes."""
+    """``(height, width)`` of an image file as it decodes; the file's problem as
+    :func:`kvision.data.load_image` words it (one line) when it does not."""
     import tensorflow as tf
 
-    image = tf.io.decode_image(tf.io.read_file(path), expand_animations=False)
+    from kvision.data import load_image
+
+    try:
+        image = tf.io.decode_image(tf.io.read_file(path), expand_animations=False)
+    except tf.errors.OpError:
+        load_image(path, 1)  # raises its FileNotFoundError or ValueError
+        raise
     return tuple(int(d) for d in image.shape[:2])
 
 
-def detect_images(trained, paths, score_threshold=0.0, batch_size=8):
+def detect_images(trained, paths, score_threshold=0.0, batch_size=8, on_error="raise"):
     """A detector's detections in image files, boxes in each file's own pixels.
 
     The files are resized to the model's input as for classifiers
     (:func:`load_images`); its boxes are scaled back by the file's size over the
     input's. Returns ``[{"path", "image_size": [height, width], "detections":
     [{"label", "class", "score", "box": [x0, y0, x1, y1]}, ...]}]``, detections best
-    first, those scoring under ``score_threshold`` left out.
+    first, those scoring under ``score_threshold`` left out. ``on_error="report"``:
+    an unreadable file gets ``{"path", "error"}`` instead of stopping the others.
     """
     if not trained.detector:
         raise ValueError(f"{trained.path} is not a detector: its outputs are not boxes, "
                          f"scores, classes and num_detections.")
-    images, kept, _ = load_images(paths, trained)
-    outputs = trained.model.predict(images, batch_size=batch_size, verbose=0)
+
+    def answer(images, kept):
+        outputs = trained.model.predict(images, batch_size=batch_size, verbose=0)
+        return _detections(trained, outputs, kept, score_threshold)
+
+    return _answer_in_chunks(trained, list(paths), batch_size, on_error, answer)
+
+
+def _detections(trained, outputs, kept, score_threshold):
+    """:func:`detect_images`' results for the files ``kept`` from the model's
+    ``outputs`` on them."""
     height, width = trained.image_size
     results = []
     for i, path in enumerate(kept):
@@ -373,19 +532,35 @@ def _name(names, class_id):
     return names[class_id] if 0 <= class_id < len(names) else str(class_id)
 
 
-def _load_segmenter_inputs(trained, paths):
-    """``[(path, image (H, W, C) at the model's input size)]``; a model whose input
-    size is free takes each file at its own size."""
+def _segmenter_input(trained, path):
+    """One file as ``(H, W, C)`` pixels at the model's input size; a model whose input
+    size is free takes the file at its own size."""
     from kvision.data import load_image
 
-    if None not in trained.image_size:
-        images, kept, _ = load_images(paths, trained)
-        return list(zip(kept, images))
-    return [(path, load_image(path, _original_size(path), trained.channels))
-            for path in paths]
+    size = trained.image_size
+    return load_image(path, _original_size(path) if None in size else size,
+                      trained.channels)
 
 
-def segment_images(trained, paths, score_threshold=0.0, batch_size=8):
+def _segment_each(trained, paths, on_error, answer):
+    """``answer(path, image)`` for each file, one at a time (a segmenter's answers are
+    whole maps). With ``on_error="report"``, a file that is missing or does not
+    decode gets ``{"path", "error"}`` in its place and the others are answered."""
+    _check_on_error(on_error)
+    results = []
+    for path in paths:
+        try:
+            image = _segmenter_input(trained, path)
+        except (ValueError, FileNotFoundError) as error:
+            if on_error == "raise":
+                raise
+            results.append({"path": path, "error": str(error)})
+            continue
+        results.append(answer(path, image))
+    return results
+
+
+def segment_images(trained, paths, score_threshold=0.0, batch_size=8, on_error="raise"):
     """A segmenter's answer for image files, in each file's own pixels.
 
     Files are resized to the model's input as for classifiers (:func:`load_images`);
@@ -400,6 +575,8 @@ def segment_images(trained, paths, score_threshold=0.0, batch_size=8):
     bool}]``, instances best first, those scoring under ``score_threshold`` left out
     (``class`` numbers the object classes, background left out; ``box`` is the
     bounding box of the mask in the file's pixels, right/bottom exclusive).
+    ``on_error="report"``: an unreadable file gets ``{"path", "error"}`` instead of
+    stopping the others.
     """
     kind = segmentation_kind(trained.model)
     if kind is None:
@@ -408,13 +585,16 @@ def segment_images(trained, paths, score_threshold=0.0, batch_size=8):
                          f"({INSTANCE_MAP!r} with boxes, scores, classes, "
                          f"num_detections).")
     if kind == "semantic":
-        return _segment_semantic(trained, paths, batch_size)
-    return _segment_instances(trained, kind, paths, score_threshold, batch_size)
+        answer = _semantic_answer(trained, batch_size)
+    else:
+        answer = _instance_answer(trained, kind, score_threshold, batch_size)
+    return _segment_each(trained, list(paths), on_error, answer)
 
 
-def _segment_semantic(trained, paths, batch_size):
-    results = []
-    for path, image in _load_segmenter_inputs(trained, paths):
+def _semantic_answer(trained, batch_size):
+    """``answer(path, image)`` of a semantic segmenter (:func:`segment_images`)."""
+
+    def answer(path, image):
         probabilities = trained.model.predict(image[None], batch_size=batch_size,
                                               verbose=0)
         labels = _in_input_frame(_label_maps(probabilities)[0], image.shape[:2], -1)
@@ -425,9 +605,10 @@ def _segment_semantic(trained, paths, batch_size):
         classes = [{"label": trained.label(present[i]), "class": int(present[i]),
                     "pixels": int(counts[i]), "fraction": float(counts[i] / labels.size)}
                    for i in order]
-        results.append({"path": path, "image_size": list(size), "classes": classes,
-                        "label_map": labels})
-    return results
+        return {"path": path, "image_size": list(size), "classes": classes,
+                "label_map": labels}
+
+    return answer
 
 
 def _mask_box(mask):
@@ -440,14 +621,15 @@ def _mask_box(mask):
             float(rows.max() + 1)]
 
 
-def _segment_instances(trained, kind, paths, score_threshold, batch_size):
+def _instance_answer(trained, kind, score_threshold, batch_size):
+    """``answer(path, image)`` of an instance model (:func:`segment_images`)."""
     from kvision.models.segmentation import instance
 
     runner = trained.model if kind == "instances" else instance.inference_model(
         trained.model, score_threshold=0.0)
     names = object_names(trained)
-    results = []
-    for path, image in _load_segmenter_inputs(trained, paths):
+
+    def answer(path, image):
         (found,) = instance.to_instances(runner.predict(image[None],
                                                         batch_size=batch_size, verbose=0))
         keep = np.asarray(found["scores"]) >= score_threshold
@@ -459,9 +641,10 @@ def _segment_instances(trained, kind, paths, score_threshold, batch_size):
              "box": _mask_box(m), "pixels": int(m.sum())}
             for s, c, m in zip(np.asarray(found["scores"])[keep],
                                np.asarray(found["classes"])[keep], masks)]
-        results.append({"path": path, "image_size": list(size), "instances": instances,
-                        "masks": masks})
-    return results
+        return {"path": path, "image_size": list(size), "instances": instances,
+                "masks": masks}
+
+    return answer
 
 
 def draw_segmentation(path, result, out_path, class_names=None):
@@ -513,8 +696,9 @@ def sort_images(trained, input_dir, output_dir, threshold=0.5, batch_size=32,
     ``output_dir/_unsure/``; files that are not images, or do not decode, are
     reported and left alone.
 
-    Returns ``{"copied": {folder: count}, "skipped": [paths], "assignments": {path:
-    (folder, probability)}}``.
+    Returns ``{"copied": {folder: count}, "skipped": [paths], "errors": {path: why},
+    "assignments": {path: (folder, probability)}}``: ``skipped`` are the files left
+    alone, ``errors`` those of them named as images that did not decode.
     """
     from tqdm import tqdm
 
@@ -526,16 +710,14 @@ def sort_images(trained, input_dir, output_dir, threshold=0.5, batch_size=32,
     if output_abs == input_abs or output_abs.startswith(input_abs + os.sep):
         raise ValueError(f"The output folder {output_dir!r} must not be inside the input "
                          f"folder {input_dir!r}.")
-    files = sorted(os.path.join(root, f) for root, _, names in os.walk(input_dir)
-                   for f in names)
-    skipped = [f for f in files if not f.lower().endswith(IMAGE_EXTENSIONS)]
-    files = [f for f in files if f.lower().endswith(IMAGE_EXTENSIONS)]
-    copied, assignments = {}, {}
+    files, skipped = image_files(input_dir)
+    copied, assignments, errors = {}, {}, {}
     for start in tqdm(range(0, len(files), batch_size), desc="sorting",
                       disable=not progress):
         images, kept, failed = load_images(files[start:start + batch_size], trained,
                                            on_error="skip")
         skipped.extend(failed)
+        errors.update(failed)
         if not kept:
             continue
         probabilities = trained.model.predict(images, verbose=0)
@@ -547,4 +729,5 @@ def sort_images(trained, input_dir, output_dir, threshold=0.5, batch_size=32,
             shutil.copy2(path, _free_name(target_dir, os.path.basename(path)))
             copied[folder] = copied.get(folder, 0) + 1
             assignments[path] = (folder, float(row[best]))
-    return {"copied": copied, "skipped": sorted(skipped), "assignments": assignments}
+    return {"copied": copied, "skipped": sorted(skipped), "errors": errors,
+            "assignments": assignments}

@@ -108,8 +108,10 @@ def test_predict_command(run, trained, photos):
             probabilities.max(), abs=1e-5)
     text = run("predict", str(out), str(paths[0]))
     assert text.returncode == 0 and str(paths[0]) in text.stdout
-    missing = run("predict", str(out), str(paths[0].parent / "nope.png"))
-    assert missing.returncode == 2 and "nope.png" in missing.stderr
+    # A file that is not there is reported and the others answered; exit status 1.
+    missing = run("predict", str(out), str(paths[0].parent / "nope.png"), str(paths[1]))
+    assert missing.returncode == 1 and "nope.png" in missing.stderr
+    assert missing.stdout.startswith(f"{paths[1]}: ")
     assert "Traceback" not in missing.stderr
 
 

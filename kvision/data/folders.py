@@ -217,10 +217,18 @@ def load_image(path, image_size, channels=3):
     try:
         image = decode_and_resize(tf.io.read_file(path), size, channels)
     except tf.errors.OpError as err:
-        reason = err.message.splitlines()[0] if err.message else type(err).__name__
-        raise ValueError(f"Cannot decode {path!r} as an image (JPEG, PNG, GIF or BMP): "
-                         f"{reason}") from None
+        raise ValueError(f"Cannot decode {path!r}: expected a JPEG, PNG, GIF or BMP "
+                         f"image ({_plain_reason(err)}).") from None
     return image.numpy()
+
+
+def _plain_reason(err):
+    """The first sentence of a TensorFlow error, without its ``{{function_node …}}``
+    and ``[Op:…]`` internals: "Unknown image file format"."""
+    import re
+
+    text = re.sub(r"\{\{.*?\}\}|\[Op:.*", "", err.message or "").strip()
+    return text.split(". ")[0].rstrip(".") or type(err).__name__
 
 
 def image_dataset(paths, labels, image_size, channels=3):
