@@ -3,6 +3,11 @@
 ``kvision.create(name)``, ``kvision.list_models()`` and ``kvision.profile(model)``
 are the short forms of ``kvision.models``'; submodules load on first use, so that
 ``import kvision`` (and the command line) start without loading TensorFlow.
+
+``import kvision`` is also all that loading a saved kvision model needs: kvision's
+layers, losses and metrics register with Keras as soon as Keras is loaded (at once if
+it already is), so ``keras.saving.load_model(path, safe_mode=True)`` finds them
+(:mod:`kvision._serializable`).
 """
 
 import importlib
@@ -26,3 +31,9 @@ def __getattr__(name):
 
 def __dir__():
     return sorted([*globals(), *_SHORTCUTS, *_SUBMODULES])
+
+
+# Last: registering may import kvision's submodules, which need the names above.
+from kvision import _serializable  # noqa: E402
+
+_serializable.install()

@@ -14,7 +14,7 @@ The backbone is called with ``training=False`` and is an :class:`InferenceBackbo
 not, their moving statistics never drift on a small dataset, and unfrozen layers
 fine-tune against the statistics they were trained with. Freezing sets
 ``layer.trainable`` per layer inside the backbone. Loading a saved transfer model
-needs ``import kvision.layers`` first (it registers ``InferenceBackbone``).
+needs only ``import kvision`` (which registers ``InferenceBackbone`` with Keras).
 
 The data regimes (``regime=``), the transfer-learning rule of thumb ("small" is
 under about 10k images; "similar" means like the pretraining data, e.g. ImageNet
