@@ -110,6 +110,30 @@ def _ensure_loaded():
     import kvision.models  # noqa: F401
 
 
+def _plain(name: str) -> str:
+    """A name without case or separators: ``MobileNet-V2`` and ``mobilenet_v2`` meet."""
+    return "".join(c for c in name.lower() if c not in "_- ")
+
+
+def closest_names(name: str, names, n: int = 5, cutoff: float = 0.75) -> list[str]:
+    """Up to ``n`` of ``names`` a user typing ``name`` most likely meant.
+
+    Names that start with ``name`` (``resnet5`` -> ``resnet50``) come first, then the
+    most similar ones (difflib's ratio, separators and case ignored) above ``cutoff``:
+    high enough that a made-up word, which shares only common pieces such as "net"
+    with the zoo's names (ratio ~0.57), gets no suggestion.
+    """
+    plain = _plain(name)
+    scored = []
+    for candidate in names:
+        other = _plain(candidate)
+        prefix = len(plain) >= 3 and other.startswith(plain)
+        ratio = difflib.SequenceMatcher(None, plain, other).ratio()
+        if prefix or ratio >= cutoff:
+            scored.append((not prefix, -ratio, candidate))
+    return [candidate for *_, candidate in sorted(scored)[:n]]
+
+
 def get_info(name: str) -> ModelInfo:
     """Metadata of a registered network; unknown names raise ``ValueError``."""
     _ensure_loaded()
@@ -117,7 +141,7 @@ def get_info(name: str) -> ModelInfo:
         raise ValueError(f"A model name must be a string, got {type(name).__name__}.")
     key = name.lower()
     if key not in _REGISTRY:
-        close = difflib.get_close_matches(key, list(_REGISTRY), n=5, cutoff=0.5)
+        close = closest_names(key, _REGISTRY)
         hint = f" Closest matches: {', '.join(close)}." if close else ""
         raise ValueError(
             f"Unknown model {name!r}.{hint} "

@@ -36,6 +36,27 @@ def test_unknown_name_suggests_the_closest():
         get_info("no-such-net")
 
 
+@pytest.mark.parametrize("typed, suggested", [
+    ("resnet5", ["resnet50", "resnet50_v2"]),  # unfinished: its completions first
+    ("mobilnet_v2", ["mobilenet_v2", "mobilenet_v1"]),  # a missing letter
+    ("MobileNetV2", ["mobilenet_v2", "mobilenet_v1"]),  # the paper's spelling
+    ("yolo3", ["yolov3"]),
+])
+def test_typos_suggest_the_names_meant(typed, suggested):
+    with pytest.raises(ValueError) as error:
+        get_info(typed)
+    close = str(error.value).split("Closest matches: ")[1].split(".")[0].split(", ")
+    assert close[:len(suggested)] == suggested
+    assert "efficientnet_b7" not in close
+
+
+@pytest.mark.parametrize("typed", ["nonexistent_net", "banana", "mask_rcnn"])
+def test_made_up_names_suggest_nothing(typed):
+    with pytest.raises(ValueError, match=f"Unknown model '{typed}'") as error:
+        get_info(typed)
+    assert "Closest matches" not in str(error.value)
+
+
 def test_list_filters():
     assert list_models(pattern="vgg1?") == ["vgg11", "vgg13", "vgg16", "vgg19"]
     assert set(list_models(task="classification")) <= set(list_models())
