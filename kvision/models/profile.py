@@ -3,6 +3,8 @@
 FLOPs are counted the way the papers count them: one multiply-accumulate (MAC) of a
 convolution or a fully-connected layer is one "FLOP"; other layers (BatchNorm,
 activations, pooling, additions) are left out, as they are in the papers' tables.
+Each layer call is counted from the shapes it sees when the model runs at its input
+size, inside nested models too (:func:`layer_macs` gives the count per layer).
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import math
 
 import keras
 import numpy as np
+
+from kvision import features
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,26 +37,26 @@ class Profile:
         return {**dataclasses.asdict(self), "gflops": self.gflops}
 
 
+# The layers with multiply-accumulates (subclasses included: AtrousConv2D is a Conv2D).
+_COUNTED = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D,
+            keras.layers.Conv1DTranspose, keras.layers.Conv2DTranspose,
+            keras.layers.Conv3DTranspose, keras.layers.DepthwiseConv1D,
+            keras.layers.DepthwiseConv2D, keras.layers.SeparableConv2D,
+            keras.layers.Dense)
+
+
 def _spatial(shape):
     return math.prod(int(d) for d in shape[1:-1])
 
 
-def _layer_macs(layer) -> int:
-    """MACs of one layer for one sample; 0 for layers without multiplies."""
-    if isinstance(layer, keras.Model):
-        return sum(_layer_macs(sub) for sub in layer.layers)
-    if not layer.weights:
-        return 0
-    try:
-        in_shape = layer.input.shape
-        out_shape = layer.output.shape
-    except (AttributeError, ValueError):
-        return 0
+def _layer_macs(layer, in_shape, out_shape) -> int:
+    """MACs of one call of a ``_COUNTED`` layer for one sample, from the shapes that
+    call sees."""
     kernel = getattr(layer, "kernel_size", None)
     k = math.prod(kernel) if kernel else 1
     if isinstance(layer, keras.layers.SeparableConv2D):
-        depthwise = _spatial(out_shape) * in_shape[-1] * layer.depth_multiplier * k
-        return depthwise + _spatial(out_shape) * in_shape[-1] * layer.depth_multiplier * out_shape[-1]
+        depthwise = _spatial(out_shape) * in_shape[-1] * layer.depth_multiplier
+        return depthwise * k + depthwise * out_shape[-1]
     if isinstance(layer, (keras.layers.DepthwiseConv2D, keras.layers.DepthwiseConv1D)):
         return _spatial(out_shape) * out_shape[-1] * k
     if isinstance(layer, (keras.layers.Conv2DTranspose, keras.layers.Conv1DTranspose,
@@ -60,21 +64,66 @@ def _layer_macs(layer) -> int:
         return _spatial(in_shape) * in_shape[-1] * k * out_shape[-1]
     if isinstance(layer, (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)):
         return _spatial(out_shape) * out_shape[-1] * k * in_shape[-1] // layer.groups
-    if isinstance(layer, keras.layers.Dense):
-        return _spatial(out_shape) * in_shape[-1] * out_shape[-1] if len(out_shape) > 2 \
-            else in_shape[-1] * out_shape[-1]
-    return 0
+    # Dense, on (B, units) or on every position of a map
+    return _spatial(out_shape) * in_shape[-1] * out_shape[-1]
+
+
+def _calls(model):
+    """``(path, layer, input shape, output shape)`` of every call of a ``_COUNTED``
+    layer in ``model`` at its input size, nested models inlined.
+
+    The graph's own shapes are used where they hold; a nested model built for any
+    size (OverFeat's ``(None, None, 3)`` body) records ``None`` dimensions, so its
+    layers' shapes are computed (symbolically) from the tensors they are given.
+    """
+    g = features.graph(model)
+    values = {id(t): t for t in features.functional(model).inputs}
+    for step in g.steps:
+        feed = {raw: values[outer] for raw, outer in step.alias.items()}
+        if all(tuple(t.shape) == tuple(feed[id(t)].shape) for t in step.node.input_tensors):
+            outputs = step.node.outputs
+        else:
+            args, kwargs = step.node.arguments.fill_in(feed)
+            outputs = keras.tree.flatten(step.op.compute_output_spec(*args, **kwargs))
+        for t, value in zip(step.outputs, outputs):
+            values[t] = value
+        if isinstance(step.op, _COUNTED):
+            yield ("/".join(step.path), step.op,
+                   tuple(feed[id(step.node.input_tensors[0])].shape),
+                   tuple(outputs[0].shape))
+
+
+def _check_fixed_input(model):
+    shapes = [tuple(t.shape) for t in features.functional(model).inputs]
+    if any(d is None for shape in shapes for d in shape[1:]):
+        raise ValueError(
+            f"Counting FLOPs needs a fixed input size; {model.name} takes "
+            f"{shapes[0] if len(shapes) == 1 else shapes}. Build it with "
+            f"input_shape=(H, W, C)."
+        )
+
+
+def layer_macs(model) -> dict:
+    """``{layer path: MACs}`` of every convolution and Dense layer of ``model``, for
+    one sample at the model's input size.
+
+    A layer inside a nested model is named by its path (``"backbone/conv1"``); a
+    layer called several times counts every call.
+    """
+    _check_fixed_input(model)
+    macs = {}
+    for path, layer, in_shape, out_shape in _calls(model):
+        if None in in_shape[1:] or None in out_shape[1:]:
+            raise ValueError(f"Layer {path!r} of {model.name} sees shapes {in_shape} -> "
+                             f"{out_shape} at the model's fixed input size; its "
+                             f"multiply-accumulates cannot be counted.")
+        macs[path] = macs.get(path, 0) + _layer_macs(layer, in_shape, out_shape)
+    return macs
 
 
 def count_macs(model) -> int:
     """Multiply-accumulates of one forward pass of ``model`` on one sample."""
-    shapes = model.inputs[0].shape if model.inputs else None
-    if shapes is None or any(d is None for d in shapes[1:]):
-        raise ValueError(
-            f"Counting FLOPs needs a fixed input size; {model.name} takes "
-            f"{tuple(shapes) if shapes is not None else None}. Build it with input_shape=(H, W, C)."
-        )
-    return int(sum(_layer_macs(layer) for layer in model.layers))
+    return sum(layer_macs(model).values())
 
 
 def profile(model) -> Profile:

@@ -5,7 +5,8 @@ import keras
 import pytest
 
 import kvision
-from kvision.models import profile
+from kvision.models import list_models, profile
+from kvision.models.profile import layer_macs
 
 
 def _single(layer, shape):
@@ -39,6 +40,53 @@ def test_batchnorm_statistics_are_counted_apart():
     p = profile(kvision.create("vgg11_bn", input_shape=(32, 32, 3), classes=10))
     bn_channels = 64 + 128 + 256 * 2 + 512 * 4
     assert p.total_params - p.trainable_params == 2 * bn_channels
+
+
+def test_overfeat_counts_its_any_size_body_at_the_window_size():
+    """OverFeat's body is a nested model built for any size ((None, None, 3)): its
+    convolutions are counted at the shapes the 231x231 window gives them (small
+    heads: the body is what is tested)."""
+    model = kvision.create("overfeat", classes=9, units=(30, 40), box_units=(20, 10))
+    # conv1 11x11/4 valid -> 56x56, pool -> 28, conv2 5x5 valid -> 24, pool -> 12,
+    # conv3-5 3x3 same at 12x12, pool -> 6x6x1024 flattened.
+    body = {"backbone/conv1": 56 * 56 * 96 * 121 * 3,
+            "backbone/conv2": 24 * 24 * 256 * 25 * 96,
+            "backbone/conv3": 12 * 12 * 512 * 9 * 256,
+            "backbone/conv4": 12 * 12 * 1024 * 9 * 512,
+            "backbone/conv5": 12 * 12 * 1024 * 9 * 1024}
+    flat = 6 * 6 * 1024
+    heads = {"fc1": flat * 30, "fc2": 30 * 40, "fc3": 40 * 10,
+             "box_fc1": flat * 20, "box_fc2": 20 * 10, "box_fc3": 10 * 4}
+    assert layer_macs(model) == {**body, **heads}
+    assert profile(model).macs == sum(body.values()) + sum(heads.values())
+
+
+def test_a_shared_layer_counts_every_call():
+    conv = keras.layers.Conv2D(4, 3, padding="same")
+    inputs = keras.Input((8, 8, 2))
+    small = keras.layers.MaxPooling2D(2)(inputs)
+    model = keras.Model(inputs, [conv(inputs), conv(small)])
+    assert profile(model).macs == (8 * 8 + 4 * 4) * 4 * 9 * 2
+
+
+def _kernel_layers(model, prefix=()):
+    """Paths of the layers with a kernel, nested models entered (the test's own walk)."""
+    for layer in model.layers:
+        path = prefix + (layer.name,)
+        if isinstance(layer, keras.Model):
+            yield from _kernel_layers(layer, path)
+        elif hasattr(layer, "kernel") or hasattr(layer, "depthwise_kernel"):
+            yield "/".join(path)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_network_profiles_at_its_default_size(name):
+    """What `kvision list` does for each row: build at the default size, profile."""
+    model = kvision.create(name)
+    p = profile(model)
+    macs = layer_macs(model)
+    assert set(macs) == set(_kernel_layers(model))
+    assert min(macs.values()) > 0 and p.macs == sum(macs.values())
 
 
 def test_needs_a_fixed_input_size():
