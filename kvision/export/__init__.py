@@ -12,9 +12,9 @@ from its module of the same name.
 """
 
 from kvision.export.litert import TFLiteModel
-from kvision.export.parity import ExportResult, as_float32
+from kvision.export.parity import ExportResult, ParityError, as_float32
 from kvision.export.savedmodel import next_version, saved_model, serving_config
 from kvision.export.tflite import tflite  # noqa: E402  (after its module's import)
 
-__all__ = ["ExportResult", "TFLiteModel", "as_float32", "next_version", "saved_model",
-           "serving_config", "tflite"]
+__all__ = ["ExportResult", "ParityError", "TFLiteModel", "as_float32", "next_version",
+           "saved_model", "serving_config", "tflite"]

@@ -4,33 +4,55 @@
 
     kvision export MODEL [--format savedmodel,tflite] [--quantize none,float16,dynamic,int8]
                          [--data DIR|digits] [--out DIR] [--version N] [--int8-io] [--allow-flex]
+                         [--min-top1-agreement F | --min-pixel-agreement F |
+                          --min-detection-match F] [--max-accuracy-drop POINTS]
     kvision export --serving-config BASE_PATH
 
 MODEL is a ``.keras`` file, a directory ``saved_models/NAME`` holding ``NAME.keras``
 (and optionally ``class_names.txt``), or a name meaning ``saved_models/NAME/NAME.keras``.
-``--data`` gives the representative images (int8 calibration) and the held-out
-images with labels the exports are checked on. A detector (outputs ``boxes``,
-``scores``, ``classes``, ``num_detections``) is checked on the image files of a
-``--data`` folder (any layout, no labels), detection by detection; a segmenter (one
-per-pixel output ``(N, H, W, classes)``) on them too, pixel by pixel (TFLite: the
-argmax class of >= 99.5% of pixels float32, >= 97% int8, which calibrates on those
-images). The table printed
-has one row per file: format, size in MB, parity figures against the Keras model
-(for a detector: the largest score difference and the share of detections matched),
-batch-1 latency.
+``--data`` gives the representative images (int8 calibration) and the images with
+labels the exports are checked on: all of them, held-out and training images alike
+(agreement with the Keras model is not accuracy: any image the model may meet
+measures it), up to :func:`check_limit`. A detector (outputs ``boxes``, ``scores``,
+``classes``, ``num_detections``) is checked on the image files of a ``--data`` folder
+(any layout, no labels), detection by detection; a segmenter (one per-pixel output
+``(N, H, W, classes)``) on them too, pixel by pixel (TFLite: the argmax class of >=
+99.5% of pixels float32, >= 97% int8, which calibrates on those images).
+
+One invocation is all or nothing: every file is written into a staging folder inside
+the output folder and checked there; only when every check has passed are they moved
+into place (an existing file set aside first, and put back if a later move fails).
+A failure leaves the output folder as it was.
+
+The table printed has one row per file: format, size in MB, the number of images it
+was checked on, parity figures against the Keras model (top-1 agreement with its 95%
+Wilson interval; for a detector the share of detections matched) and batch-1 latency.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
+import shutil
+import tempfile
 
 FORMATS = ("savedmodel", "tflite")
 QUANTIZE = {"none": None, "float32": None, "float16": "float16", "dynamic": "dynamic",
             "int8": "int8"}
-# SavedModel checks run whole batches through TF's session loader: a few suffice.
+# SavedModel checks run whole batches through TF's session loader, and its float32
+# graph is the Keras one to 1e-4: a few images suffice.
 SAVEDMODEL_CHECK_IMAGES = 32
 NUM_CALIBRATION = 200      # int8 calibration images
-MAX_CHECK_IMAGES = 2_000   # held-out images each export is checked on
+MAX_CHECK_IMAGES = 2_000   # images each export is checked on, at most ...
+MAX_CHECK_BYTES = 2 ** 29  # ... and at most 512 MiB of float32 pixels (891 at 224x224x3)
+# Below this many check images a failure also suggests more data: at 300 images the
+# 95% interval of a 97% agreement is still about 94-98%.
+MIN_CONVINCING_IMAGES = 300
+# The agreement flag of each kind of model; all map onto tflite's min_top1_agreement.
+AGREEMENT_FLAGS = {"classifier": "--min-top1-agreement",
+                   "segmenter": "--min-pixel-agreement",
+                   "detector": "--min-detection-match"}
 
 
 def add_parser(subparsers):
@@ -57,6 +79,21 @@ def add_parser(subparsers):
     p.add_argument("--int8-io", action="store_true", help="int8 TFLite inputs and outputs")
     p.add_argument("--allow-flex", action="store_true",
                    help="allow TensorFlow (Flex) operators in TFLite files")
+    p.add_argument("--min-top1-agreement", type=_fraction, default=None, metavar="F",
+                   help="classifiers: share of images whose top-1 class every TFLite file "
+                        "must give as the Keras model does (default 0.99 float16, 0.97 "
+                        "dynamic and int8; float32 must match to 1e-4)")
+    p.add_argument("--min-pixel-agreement", type=_fraction, default=None, metavar="F",
+                   help="segmenters: share of pixels whose class every TFLite file must "
+                        "give as the Keras model does (default 0.995 float32, 0.99 "
+                        "float16, 0.97 dynamic and int8)")
+    p.add_argument("--min-detection-match", type=_fraction, default=None, metavar="F",
+                   help="detectors, float16 and dynamic: share of detections that must "
+                        "keep their twin (same class, IoU >= 0.99) (default 0.99 float16, "
+                        "0.97 dynamic; float32 must match every detection)")
+    p.add_argument("--max-accuracy-drop", type=_points, default=1.0, metavar="POINTS",
+                   help="classifiers with labelled --data: points of top-1 accuracy a "
+                        "TFLite file may lose to the Keras model (default 1.0)")
     p.add_argument("--serving-config", metavar="BASE_PATH", default=None,
                    help="write BASE_PATH/models.config for TensorFlow Serving")
     p.set_defaults(func=run)
@@ -73,13 +110,45 @@ def run(args) -> int:
                          quantize=[QUANTIZE[q] for q in
                                    _split(args.quantize, tuple(QUANTIZE), "--quantize")],
                          data=args.data, out=args.out, version=args.version,
-                         int8_io=args.int8_io, allow_flex=args.allow_flex)
+                         int8_io=args.int8_io, allow_flex=args.allow_flex,
+                         min_top1_agreement=args.min_top1_agreement,
+                         min_pixel_agreement=args.min_pixel_agreement,
+                         min_detection_match=args.min_detection_match,
+                         max_accuracy_drop=args.max_accuracy_drop)
         print(format_table(results))
     if args.serving_config is not None:
         from kvision.export import serving_config
 
         print(f"wrote {serving_config(args.serving_config)}")
     return 0
+
+
+def _fraction(text):
+    """An argparse type: a float in [0, 1]."""
+    import argparse
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value is None or not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction between 0 and 1 (0.95 for "
+                                         f"95%), got {text!r}")
+    return value
+
+
+def _points(text):
+    """An argparse type: points of accuracy, a float >= 0."""
+    import argparse
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value is None or not value >= 0.0:
+        raise argparse.ArgumentTypeError(f"expected points of accuracy >= 0 (1.0 for one "
+                                         f"point), got {text!r}")
+    return value
 
 
 def _split(value, allowed, option):
@@ -92,71 +161,275 @@ def _split(value, allowed, option):
 
 
 def export(model_spec, *, formats=FORMATS, quantize=(None,), data=None, out=None,
-           version=None, int8_io=False, allow_flex=False):
+           version=None, int8_io=False, allow_flex=False, min_top1_agreement=None,
+           min_pixel_agreement=None, min_detection_match=None, max_accuracy_drop=1.0):
     """Export the model ``model_spec`` names; a list of ``ExportResult``, one per file.
 
     TFLite files are ``<out>/<NAME>.tflite`` (float32) and
-    ``<out>/<NAME>.<variant>.tflite``; the SavedModel is ``<out>/<version>/``.
+    ``<out>/<NAME>.<variant>.tflite``; the SavedModel is ``<out>/<version>/``. All are
+    staged and checked first, then moved into place together; on any failure ``out``
+    is left as it was. ``min_top1_agreement`` (classifiers), ``min_pixel_agreement``
+    (segmenters) and ``min_detection_match`` (detectors) replace the TFLite checks'
+    default agreement; only the one of the model's kind may be given.
     """
     import keras
 
     import kvision.layers  # noqa: F401  (registers kvision's layers for loading)
     import kvision.models  # noqa: F401
     from kvision.export import saved_model, tflite
-    from kvision.export.parity import is_detector
+    from kvision.export.parity import ParityError
+    from kvision.export.savedmodel import _version
     from kvision.export.tflite import input_shape
-    from kvision.predict import find_model_file, read_class_names, segmentation_kind
+    from kvision.predict import find_model_file, read_class_names
 
     keras_path = find_model_file(model_spec)
     name = os.path.splitext(os.path.basename(keras_path))[0]
-    out = os.path.dirname(os.path.abspath(keras_path)) if out is None else os.fspath(out)
+    out = os.path.dirname(os.path.abspath(keras_path)) if out is None \
+        else os.path.abspath(os.fspath(out))
     if int8_io and "int8" not in quantize:
         raise ValueError("--int8-io needs --quantize int8.")
     if "tflite" in formats and "int8" in quantize and data is None:
         raise ValueError("--quantize int8 needs --data (images to calibrate on).")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"--out {out!r} is a file; expected a folder (or a path that "
+                         f"does not exist yet).")
     model = keras.saving.load_model(keras_path)
     shape = input_shape(model)
-    detector = is_detector(model)
-    segmenter = not detector and segmentation_kind(model) == "semantic"
-    class_names = read_class_names(keras_path, None if detector
+    kind = model_kind(model)
+    agreement = _agreement(kind, {"classifier": min_top1_agreement,
+                                  "segmenter": min_pixel_agreement,
+                                  "detector": min_detection_match})
+    class_names = read_class_names(keras_path, None if kind == "detector"
                                    else int(model.outputs[0].shape[-1]))
-    calibration = check_x = check_y = None
-    if detector:
-        if "tflite" in formats and "int8" in quantize:
-            raise ValueError("--quantize int8 is for classifiers; export a detector as "
-                             "none, float16 or dynamic.")
-        if data is not None:
-            check_x = detector_images(data, shape)
-    elif segmenter:
-        if data is not None:  # image files, no labels: checked (and calibrated) on them
-            check_x = detector_images(data, shape, limit=NUM_CALIBRATION, kind="segmenter")
-            calibration = check_x
-    elif data is not None:
-        calibration, (check_x, check_y), data_names = load_data(data, shape)
-        if class_names is None and len(data_names) == model.outputs[0].shape[-1]:
-            class_names = list(data_names)
+    if kind == "detector" and "tflite" in formats and "int8" in quantize:
+        raise ValueError("--quantize int8 is for classifiers; export a detector as "
+                         "none, float16 or dynamic.")
+    version = _version(out, version) if "savedmodel" in formats else None
+    targets = _targets(out, name, formats, quantize, version)
+    calibration, check_x, check_y, data_names = _check_data(kind, data, shape)
+    if class_names is None and data_names is not None \
+            and len(data_names) == model.outputs[0].shape[-1]:
+        class_names = list(data_names)
 
-    results = []
+    with _staging(out) as staging:
+        results = []
+        if "savedmodel" in formats:
+            check = None if check_x is None else check_x[:SAVEDMODEL_CHECK_IMAGES]
+            # Staged as <staging>/<basename of out>/<version>: the warm-up requests
+            # name the model after its folder, which must be the real one's name.
+            results.append(saved_model(model, os.path.join(staging, os.path.basename(out)),
+                                       version, class_names=class_names,
+                                       check_inputs=check))
+        for variant in quantize if "tflite" in formats else ():
+            try:
+                results.append(tflite(
+                    model, os.path.join(staging, tflite_name(name, variant)), variant,
+                    calibration, int8_io=int8_io and variant == "int8",
+                    allow_flex=allow_flex, class_names=class_names, check_data=check_x,
+                    check_labels=check_y, min_top1_agreement=agreement,
+                    max_accuracy_drop=max_accuracy_drop,
+                    # a segmenter: per-pixel class agreement, not atol
+                    **({"atol": None} if kind == "segmenter" else {})))
+            except ParityError as error:
+                raise ValueError(advice(error, kind, variant, out, calibration)) from None
+        moved = move_into_place(_moves(results, staging, targets), out)
+    return [dataclasses.replace(r, path=moved[r.path]) for r in results]
+
+
+def model_kind(model) -> str:
+    """``"detector"``, ``"segmenter"`` (per-pixel scores) or ``"classifier"``."""
+    from kvision.export.parity import is_detector
+    from kvision.predict import segmentation_kind
+
+    if is_detector(model):
+        return "detector"
+    return "segmenter" if segmentation_kind(model) == "semantic" else "classifier"
+
+
+def _agreement(kind, given):
+    """The agreement threshold given for ``kind``; a flag of another kind is an error."""
+    wrong = [AGREEMENT_FLAGS[k] for k, value in given.items() if k != kind and value is not None]
+    if wrong:
+        raise ValueError(f"{', '.join(wrong)} is not for this model: it is a {kind}, "
+                         f"whose agreement flag is {AGREEMENT_FLAGS[kind]}.")
+    return given[kind]
+
+
+def tflite_name(name, variant) -> str:
+    """``NAME.tflite`` for float32, ``NAME.<variant>.tflite`` for the others."""
+    return f"{name}.tflite" if variant is None else f"{name}.{variant}.tflite"
+
+
+def _targets(out, name, formats, quantize, version):
+    """The paths the export will take in ``out``, checked before any work is done."""
+    targets = {}
     if "savedmodel" in formats:
-        check = None if check_x is None else check_x[:SAVEDMODEL_CHECK_IMAGES]
-        results.append(saved_model(model, out, version, class_names=class_names,
-                                   check_inputs=check))
-    if "tflite" in formats:
-        for variant in quantize:
-            suffix = "" if variant is None else f".{variant}"
-            results.append(tflite(model, os.path.join(out, f"{name}{suffix}.tflite"),
-                                  variant, calibration, int8_io=int8_io and variant == "int8",
-                                  allow_flex=allow_flex, class_names=class_names,
-                                  check_data=check_x, check_labels=check_y,
-                                  # a segmenter: per-pixel class agreement, not atol
-                                  **({"atol": None} if segmenter else {})))
-    return results
+        targets["savedmodel"] = os.path.join(out, str(version))
+        if os.path.exists(targets["savedmodel"]):
+            raise ValueError(f"Version {version} already exists at "
+                             f"{targets['savedmodel']!r}; versions are never overwritten "
+                             f"(omit --version to take the next free one).")
+    for variant in quantize if "tflite" in formats else ():
+        target = os.path.join(out, tflite_name(name, variant))
+        if os.path.isdir(target):
+            raise ValueError(f"Cannot write {target!r}: it is a folder.")
+        targets[variant] = target
+    return targets
 
 
-def detector_images(folder, shape, limit=SAVEDMODEL_CHECK_IMAGES, kind="detector"):
-    """Up to ``limit`` image files under ``folder`` (sorted, any depth) as float32
-    ``(n, H, W, C)`` pixels at the model's size: a detector's (or segmenter's) check
-    images."""
+def _check_data(kind, data, shape):
+    """``(calibration, check_images, check_labels, class_names)`` from ``--data``
+    (Nones where it has none) for a model of ``kind``."""
+    if data is None:
+        return None, None, None, None
+    if kind == "classifier":
+        calibration, (images, labels), names = load_data(data, shape)
+        return calibration, images, labels, names
+    # A detector or segmenter: image files, no labels; a segmenter calibrates on them.
+    images = detector_images(data, shape, limit=check_limit(shape), kind=kind)
+    return (images if kind == "segmenter" else None), images, None, None
+
+
+# What is closer to float32 than a variant that failed its check.
+CLOSER = {"int8": ("float16", "dynamic"), "dynamic": ("float16",), "float16": ("none",)}
+
+
+def advice(error, kind, variant, out, calibration) -> str:
+    """The message of a TFLite file's failed check (``ParityError``), with how many
+    images it rests on and what to try."""
+    import math
+
+    from kvision.export.tflite import FORMATS as TFLITE_FORMATS
+
+    figures = error.figures
+    tries = []
+    if variant == "int8" and calibration is not None and len(calibration) < NUM_CALIBRATION:
+        tries.append(f"more calibration images through --data (it calibrated on "
+                     f"{len(calibration)}; it takes up to {NUM_CALIBRATION})")
+    if variant is not None:
+        tries.append(" or ".join(f"--quantize {q}" for q in CLOSER[variant])
+                     + " (closer to float32)")
+    if "accuracy_drop" in error.failed:
+        tries.append(f"--max-accuracy-drop {math.ceil(figures['accuracy_drop'] * 100) / 100:g}"
+                     f" to accept the accuracy lost")
+    if "top1_agreement" in error.failed and (variant is not None or kind == "segmenter"):
+        tries.append(f"{AGREEMENT_FLAGS[kind]} "
+                     f"{math.floor(figures['top1_agreement'] * 100) / 100:g} to accept the "
+                     f"agreement measured")
+    n = figures.get("num_images")
+    if n is not None and n < MIN_CONVINCING_IMAGES:
+        tries.append(f"more images in --data: the figures rest on {n} only")
+    lines = [str(error).removesuffix(" Nothing was written."),
+             f"Nothing was written: {out} is as it was ({TFLITE_FORMATS[variant]} failed "
+             f"its check, so no file of this export was kept)."]
+    if tries:
+        lines.append("To try: " + "; ".join(tries) + ".")
+    return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def _staging(out):
+    """A hidden folder inside ``out`` (same file system: moves are renames), removed
+    at the end; ``out`` itself is removed again if it was made here and is empty."""
+    created = not os.path.isdir(out)
+    os.makedirs(out, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".export-", dir=out)
+    try:
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        if created:
+            with contextlib.suppress(OSError):
+                os.rmdir(out)  # only if empty: it was ours
+
+
+def _moves(results, staging, targets):
+    """``[(staged, target)]`` for every file of ``results``; ``staged`` None means
+    the target goes (a labels file left over from a file being replaced)."""
+    from kvision.export.litert import labels_path
+
+    by_format = {"savedmodel": "savedmodel", "tflite": None, "tflite-float16": "float16",
+                 "tflite-dynamic": "dynamic", "tflite-int8": "int8"}
+    moves = []
+    for result in results:
+        target = targets[by_format[result.format]]
+        moves.append((result.path, target))
+        if result.format != "savedmodel":
+            staged_labels = labels_path(result.path)
+            moves.append((staged_labels if os.path.isfile(staged_labels) else None,
+                          labels_path(target)))
+    return [(staged, target) for staged, target in moves
+            if staged is not None or os.path.lexists(target)]
+
+
+def move_into_place(moves, out) -> dict:
+    """Rename each staged path onto its target; ``{staged: target}``.
+
+    An existing target is first set aside (renamed into a hidden folder of ``out``),
+    so that if any rename fails every step is undone and ``out`` is as it was. If
+    undoing fails too, the ``ValueError`` lists exactly what was written and where
+    the set-aside originals are.
+    """
+    aside = tempfile.mkdtemp(prefix=".replaced-", dir=out)
+    done = []  # [staged, target, set-aside path or None, placed?]
+    try:
+        for i, (staged, target) in enumerate(moves):
+            step = [staged, target, None, False]
+            done.append(step)
+            if os.path.lexists(target):
+                step[2] = os.path.join(aside, str(i))
+                os.rename(target, step[2])
+            if staged is not None:
+                os.rename(staged, target)
+                step[3] = True
+    except OSError as error:
+        stuck = _undo(done)
+        if not stuck:
+            shutil.rmtree(aside, ignore_errors=True)
+            raise ValueError(f"Could not move the checked exports into {out} ({error}); "
+                             f"every move was undone: {out} is as it was.") from None
+        raise ValueError(f"Could not move the checked exports into {out} ({error}), nor "
+                         f"undo every move. Written: {', '.join(stuck['written']) or 'none'}"
+                         f"; replaced or removed, kept in {aside}: "
+                         f"{', '.join(stuck['aside']) or 'none'}.") from None
+    shutil.rmtree(aside, ignore_errors=True)
+    return {staged: target for staged, target in moves if staged is not None}
+
+
+def _undo(done):
+    """Undo the steps of :func:`move_into_place`, last first; what could not be
+    undone (``{"written": [...], "aside": [...]}``), empty if everything was."""
+    stuck = {"written": [], "aside": []}
+    for staged, target, set_aside, placed in reversed(done):
+        try:
+            if placed:
+                os.rename(target, staged)
+        except OSError:
+            stuck["written"].append(target)
+            if set_aside is not None:
+                stuck["aside"].append(f"{target} as {set_aside}")
+            continue
+        try:
+            if set_aside is not None:
+                os.rename(set_aside, target)
+        except OSError:
+            stuck["aside"].append(f"{target} as {set_aside}")
+    return stuck if stuck["written"] or stuck["aside"] else {}
+
+
+def check_limit(shape) -> int:
+    """How many images of ``(H, W, C)`` an export is checked on at most:
+    ``MAX_CHECK_IMAGES``, fewer where their float32 pixels would pass
+    ``MAX_CHECK_BYTES``."""
+    height, width, channels = shape
+    return int(min(MAX_CHECK_IMAGES, max(1, MAX_CHECK_BYTES // (4 * height * width
+                                                                 * channels))))
+
+
+def detector_images(folder, shape, limit=None, kind="detector"):
+    """The image files under ``folder`` (sorted, any depth; at most ``limit``, default
+    :func:`check_limit`, spread evenly over the sorted list) as float32 ``(n, H, W,
+    C)`` pixels at the model's size: a detector's (or segmenter's) check images."""
     import numpy as np
 
     from kvision.data import load_image
@@ -166,30 +439,38 @@ def detector_images(folder, shape, limit=SAVEDMODEL_CHECK_IMAGES, kind="detector
         raise FileNotFoundError(f"--data {folder!r}: a {kind} is checked on the images "
                                 f"of a folder; no such folder.")
     files = sorted(os.path.join(root, f) for root, _, names in os.walk(folder)
-                   for f in names if f.lower().endswith(IMAGE_EXTENSIONS))[:limit]
+                   for f in names if f.lower().endswith(IMAGE_EXTENSIONS))
     if not files:
         raise ValueError(f"--data {folder!r} holds no image files "
                          f"({', '.join(IMAGE_EXTENSIONS)}).")
+    limit = check_limit(shape) if limit is None else limit
+    if len(files) > limit:  # every sub-folder keeps its share
+        files = [files[i] for i in np.linspace(0, len(files) - 1, limit).astype(int)]
     height, width, channels = shape
     return np.stack([load_image(f, (height, width), channels=channels) for f in files])
 
 
-def load_data(data, shape):
+def load_data(data, shape, limit=None):
     """``(calibration, (check_images, check_labels), class_names)`` at ``(H, W, C)``.
 
     Through ``kvision.data.load``: ``NUM_CALIBRATION`` training images (a random
-    sample of a folder's files: folders list their files class by class) and up to
-    ``MAX_CHECK_IMAGES`` held-out images with labels, as arrays, read once for every
-    export.
+    sample of a folder's files: folders list their files class by class) and, to check
+    on, every image ``data`` holds, held-out ones first, then training ones spread
+    over the classes, up to ``limit`` (default :func:`check_limit`), with labels, as
+    arrays read once for every export. Agreement with the Keras model is measured, not
+    accuracy, so training images count too: a folder of 80 images is checked on 80,
+    not on its 16 held out.
     """
     import numpy as np
 
     import kvision.data
     from kvision.export.tflite import images_from
 
+    limit = check_limit(shape) if limit is None else limit
     height, width, channels = shape
     size = height if height == width else (height, width)
-    dataset = kvision.data.load(data, image_size=size, channels=channels)
+    dataset = kvision.data.load(data, image_size=size, channels=channels,
+                                max_examples=limit)
     if dataset.train_files:
         files = list(dataset.train_files)
         pick = np.random.default_rng(0).permutation(len(files))[:NUM_CALIBRATION]
@@ -198,27 +479,41 @@ def load_data(data, shape):
     else:
         calibration, _, _ = images_from(dataset.train, shape, limit=NUM_CALIBRATION,
                                         what=f"--data {data}")
-    images, labels, _ = images_from(dataset.test, shape, limit=MAX_CHECK_IMAGES,
-                                    what=f"--data {data}")
+    parts = []
+    if dataset.num_test:
+        parts.append(images_from(dataset.test, shape, limit=limit, what=f"--data {data}"))
+    room = limit - sum(len(part[0]) for part in parts)
+    if room > 0 and dataset.num_train:
+        stride = -(-dataset.num_train // room)  # every stride-th: all classes, in order
+        parts.append(images_from(dataset.train.shard(stride, 0), shape, limit=room,
+                                 what=f"--data {data}"))
+    images = np.concatenate([part[0] for part in parts])
+    labels = np.concatenate([part[1] for part in parts])
     return calibration, (images, labels), list(dataset.class_names)
 
 
 def format_table(results) -> str:
-    """One row per export: format, size, parity figures, batch-1 latency, path."""
-    header = (f"{'format':<16}{'size MB':>10}{'max |diff|':>12}{'top-1 agree':>13}"
-              f"{'acc drop pt':>13}{'latency ms':>12}  path")
+    """One row per export: format, size, images checked on, parity figures (top-1
+    agreement with its 95% interval), batch-1 latency, path."""
+    header = (f"{'format':<16}{'size MB':>9}{'images':>8}{'max |diff|':>11}"
+              f"{'agreement':>11}{'95% interval':>15}{'acc drop pt':>13}"
+              f"{'latency ms':>12}  path")
     lines = [header, "-" * len(header)]
     for r in results:
         p = r.parity or {}
+        interval = p.get("top1_interval")
         lines.append(
-            f"{r.format:<16}{r.size_mb:>10.3f}"
-            f"{_fmt(p.get('max_abs_diff'), '.2e'):>12}"
-            f"{_fmt(p.get('top1_agreement'), '.2%'):>13}"
+            f"{r.format:<16}{r.size_mb:>9.3f}{_fmt(p.get('num_images'), 'd'):>8}"
+            f"{_fmt(p.get('max_abs_diff'), '.2e'):>11}"
+            f"{_fmt(p.get('top1_agreement'), '.2%'):>11}"
+            f"{'-' if interval is None else f'{interval[0]:.1%}-{interval[1]:.1%}':>15}"
             f"{_fmt(p.get('accuracy_drop'), '+.2f'):>13}"
             f"{_fmt(r.latency_ms, '.3f'):>12}  {r.path}")
-    lines.append("parity: the export against the Keras model on the check images "
-                 "(acc drop: points of top-1 accuracy lost, with labels); latency: one "
-                 "batch-1 call.")
+    lines.append("images: how many the export and the Keras model were compared on; "
+                 "agreement: share of top-1 classes alike\n(segmenters: of pixels, "
+                 "detectors: of detections matched) with its 95% Wilson interval; acc "
+                 "drop: points of top-1\naccuracy lost on those images (labelled data); "
+                 "latency: one batch-1 call.")
     return "\n".join(lines)
 
 

@@ -1,7 +1,8 @@
 """Proving an export: it must answer as the Keras model does before it is kept.
 
 :func:`compare` measures an export against the Keras model on the same inputs,
-:func:`check` turns the figures into a pass or a ``ValueError`` that reports them,
+:func:`check` turns the figures into a pass or a :class:`ParityError` (a
+``ValueError``) that reports them and the number of images they rest on,
 and :func:`as_float32` gives the float32 twin of a mixed-precision model (exports
 are float32 unless asked otherwise).
 """
@@ -50,6 +51,33 @@ def size_mb(path) -> float:
     return total / 1e6
 
 
+class ParityError(ValueError):
+    """An export that does not answer as the Keras model does: ``figures`` holds what
+    was measured, ``failed`` the names of the figures outside their thresholds
+    (``kvision export`` adds what to try to the message)."""
+
+    def __init__(self, message, figures, failed=()):
+        super().__init__(message)
+        self.figures = figures
+        self.failed = tuple(failed)
+
+
+# Agreement intervals are 95% Wilson score intervals: unlike the normal approximation
+# they stay inside [0, 1] and stay honest at 16 images or at 100% agreement.
+Z_95 = 1.959963984540054
+
+
+def wilson_interval(successes, n, z=Z_95) -> tuple:
+    """The Wilson score interval ``(low, high)`` of a proportion ``successes / n``
+    (95% by default); ``(0.0, 1.0)`` when ``n`` is 0."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, float(centre - half)), min(1.0, float(centre + half))
+
+
 def compare(reference, candidate, labels=None) -> dict:
     """Figures of ``candidate`` outputs against ``reference`` outputs.
 
@@ -70,11 +98,14 @@ def compare(reference, candidate, labels=None) -> dict:
     if reference.shape != candidate.shape:
         raise ValueError(f"The export's outputs have shape {candidate.shape}, the Keras "
                          f"model's {reference.shape}: they should be the same.")
-    figures = {"max_abs_diff": float(np.max(np.abs(reference - candidate), initial=0.0))}
+    figures = {"max_abs_diff": float(np.max(np.abs(reference - candidate), initial=0.0)),
+               "num_images": len(reference)}
     if reference.ndim == 2:
         ref_top = reference.argmax(-1)
         cand_top = candidate.argmax(-1)
         figures["top1_agreement"] = float(np.mean(ref_top == cand_top))
+        figures["top1_interval"] = wilson_interval(int(np.sum(ref_top == cand_top)),
+                                                   len(ref_top))
         if labels is not None:
             labels = np.asarray(labels).reshape(-1)
             figures["accuracy_reference"] = float(np.mean(ref_top == labels))
@@ -127,8 +158,9 @@ def compare_detections(reference, candidate) -> dict:
     Both are dicts of the four detection outputs for the same images. Each
     reference detection is matched to the candidate detection of the same class with
     the highest IoU, greedily by score (ties in NMS may order equal scores either
-    way). Returns ``{"num_detections", "matched", "top1_agreement"}`` (the share of
-    detections matched at IoU >= 0.99, 1.0 when there are none), ``"min_iou"`` and
+    way). Returns ``{"num_images", "num_detections", "matched", "top1_agreement"}``
+    (the share of detections matched at IoU >= 0.99, 1.0 when there are none),
+    ``"top1_interval"`` (its 95% Wilson interval over the detections), ``"min_iou"`` and
     ``"max_abs_diff"`` (the largest score difference of a matched pair), and
     ``"count_mismatch"`` (images whose ``num_detections`` differ).
     """
@@ -156,15 +188,16 @@ def compare_detections(reference, candidate) -> dict:
             min_iou = min(min_iou, float(options[c]))
             max_diff = max(max_diff, abs(float(reference["scores"][i][r])
                                          - float(candidate["scores"][i][c])))
-    return {"num_detections": total, "matched": matched,
-            "top1_agreement": matched / total if total else 1.0, "min_iou": min_iou,
+    return {"num_images": len(reference["num_detections"]), "num_detections": total,
+            "matched": matched, "top1_agreement": matched / total if total else 1.0,
+            "top1_interval": wilson_interval(matched, total), "min_iou": min_iou,
             "max_abs_diff": max_diff, "count_mismatch": mismatched}
 
 
 def check_detections(figures, *, what="The export", max_score_diff=MAX_SCORE_DIFF):
-    """Raise ``ValueError`` unless every detection has its twin (see
+    """Raise :class:`ParityError` unless every detection has its twin (see
     :func:`compare_detections`) with scores within ``max_score_diff``."""
-    failures = []
+    failures, failed = [], []
     if figures["count_mismatch"]:
         failures.append(f"{figures['count_mismatch']} images with another number of "
                         f"detections")
@@ -173,11 +206,14 @@ def check_detections(figures, *, what="The export", max_score_diff=MAX_SCORE_DIF
                         f"{figures['num_detections']} detections without a twin of the "
                         f"same class at IoU >= {MIN_MATCHED_IOU} (lowest IoU "
                         f"{figures['min_iou']:.4f})")
+        failed.append("top1_agreement")
     if max_score_diff is not None and figures["max_abs_diff"] > max_score_diff:
         failures.append(f"score diff {figures['max_abs_diff']:.3g} > {max_score_diff:g}")
+        failed.append("max_abs_diff")
     if failures:
-        raise ValueError(f"{what} does not detect what the Keras model detects: "
-                         f"{'; '.join(failures)}. Nothing was written.")
+        raise ParityError(f"{what} does not detect what the Keras model detects: "
+                          f"{'; '.join(failures)}{measured_on(figures)}. Nothing was "
+                          f"written.", figures, failed)
     return figures
 
 
@@ -187,22 +223,41 @@ def check(figures, *, what="The export", max_abs_diff=None, min_top1_agreement=N
 
     A threshold of None is not checked (``max_accuracy_drop`` also needs labels).
     """
-    failures = []
+    failures, failed = [], []
     if max_abs_diff is not None and figures["max_abs_diff"] > max_abs_diff:
         failures.append(f"max abs diff {figures['max_abs_diff']:.3g} > {max_abs_diff:g}")
+        failed.append("max_abs_diff")
     agreement = figures.get("top1_agreement")
     if min_top1_agreement is not None and agreement is not None \
             and agreement < min_top1_agreement:
-        failures.append(f"top-1 agreement {agreement:.2%} < {min_top1_agreement:.2%}")
+        failures.append(f"{'top-1' if 'num_detections' not in figures else 'detection'} "
+                        f"agreement {agreement:.2%} < {min_top1_agreement:.2%}")
+        failed.append("top1_agreement")
     drop = figures.get("accuracy_drop")
     if max_accuracy_drop is not None and drop is not None and drop > max_accuracy_drop:
         failures.append(f"accuracy {figures['accuracy_candidate']:.2%} is {drop:.2f} points "
                         f"below the Keras model's {figures['accuracy_reference']:.2%} "
                         f"(allowed {max_accuracy_drop:g})")
+        failed.append("accuracy_drop")
     if failures:
-        raise ValueError(f"{what} does not answer as the Keras model does: "
-                         f"{'; '.join(failures)}. Nothing was written.")
+        raise ParityError(f"{what} does not answer as the Keras model does: "
+                          f"{'; '.join(failures)}{measured_on(figures)}. Nothing was "
+                          f"written.", figures, failed)
     return figures
+
+
+def measured_on(figures) -> str:
+    """`` on N images (agreement's 95% interval a-b%)``: what the figures rest on."""
+    n = figures.get("num_images")
+    if n is None:
+        return ""
+    notes = []
+    if "num_detections" in figures:
+        notes.append(f"{figures['num_detections']} detections")
+    if figures.get("top1_interval") is not None:
+        low, high = figures["top1_interval"]
+        notes.append(f"agreement's 95% interval {low:.1%}-{high:.1%}")
+    return f" on {n} image{'s' * (n != 1)}" + (f" ({'; '.join(notes)})" if notes else "")
 
 
 def _float32_config(config):

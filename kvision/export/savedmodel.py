@@ -509,7 +509,8 @@ def _figures(reference, got, spec):
             _check_labels(got, spec.class_names)
         return figures
     per_output = [compare(reference[k], got[k]) for k in reference]
-    figures = {"max_abs_diff": max(f["max_abs_diff"] for f in per_output)}
+    figures = {"max_abs_diff": max(f["max_abs_diff"] for f in per_output),
+               "num_images": per_output[0]["num_images"]}
     # A segmenter's per-pixel class agreement (compare gives it for (N, H, W, C)).
     agreements = [f["top1_agreement"] for f in per_output if "top1_agreement" in f]
     if agreements:

@@ -19,8 +19,9 @@ decoding and NMS in the graph) converts the same way, NMS included as the builti
 Every export is written to a temporary file beside the target, run with
 :class:`~kvision.export.litert.TFLiteModel` and compared with the Keras model
 (:mod:`kvision.export.parity`); only then is it renamed into place, with its labels
-file. A failed check raises ``ValueError`` with the figures and leaves the target as it
-was.
+file. A failed check raises :class:`~kvision.export.parity.ParityError` (a
+``ValueError``) with the figures and the number of check images, and leaves the target
+as it was.
 """
 
 from __future__ import annotations
@@ -95,8 +96,9 @@ def tflite(model, path, quantize=None, representative_data=None, *, int8_io=Fals
         :class:`~kvision.export.ExportResult` with the parity figures and the
         batch-1 latency of the file (ms, 2 threads).
     Raises:
-        ValueError: bad arguments, Flex operators not allowed, or a failed check
-            (nothing is written then).
+        ValueError: bad arguments, or Flex operators not allowed.
+        ParityError: (a ``ValueError``) a failed check, with the figures, the number
+            of images they rest on and their ``failed`` names; nothing is written.
     """
     path = _check_path(path)
     if quantize not in QUANTIZE:
@@ -439,7 +441,6 @@ def _prove_detector(model, staged, quantize, images, min_top1_agreement):
         agreement = MIN_TOP1_AGREEMENT[quantize] if min_top1_agreement is None \
             else min_top1_agreement
         check(figures, what=what, min_top1_agreement=agreement)
-    figures["num_checked"] = len(images)
     return figures, latency
 
 
@@ -473,7 +474,6 @@ def _prove(model, staged, quantize, images, labels, *, atol, min_top1_agreement,
     check(figures, what=f"The {FORMATS[quantize]} export",
           max_abs_diff=atol if quantize is None else None,
           min_top1_agreement=agreement, max_accuracy_drop=max_accuracy_drop)
-    figures["num_checked"] = len(images)
     if flex:
         figures["flex_ops"] = flex
     return figures, runner.latency_ms(batch_size=1, x=images[:1])

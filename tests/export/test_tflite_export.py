@@ -152,7 +152,7 @@ def test_int8_from_a_folder(trained, data, tmp_path):
         (folder / f"{i}.png").write_bytes(png.numpy())
     result = tflite(trained, tmp_path / "folder.tflite", "int8", tmp_path / "images",
                     class_names=digits.CLASS_NAMES)
-    assert result.parity["num_checked"] == 256
+    assert result.parity["num_images"] == 256
     assert result.parity["top1_agreement"] >= 0.97
     # The check images are 256 of the folder's: the Keras accuracy on them is that of
     # the same images from the training arrays (PNG keeps the rounded pixels).
