@@ -19,50 +19,92 @@ def _profile_cache_path():
     return os.path.join(home, "kvision", f"profiles-{kvision.__version__}.json")
 
 
-def zoo_table(names=None, use_cache=True, progress=True):
-    """One row per network: name, year, key idea, params, GFLOPs, size MB.
+# What a cached profile holds; an entry missing one (an older cache) is profiled again.
+_PROFILE_KEYS = ("params", "trainable", "gflops", "size_mb", "input_shape")
 
-    Profiling builds each network at its default size once; results are cached in
-    the Keras home directory (``~/.keras/kvision``) per kvision version.
-    """
+
+def _read_profiles(path):
+    """The cached profiles, or none where the file is missing or unreadable."""
+    try:
+        with open(path) as f:
+            cache = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return cache if isinstance(cache, dict) else {}
+
+
+def _write_profiles(path, cache):
+    """Write the cache through a temporary file beside it: a reader (or a run killed
+    mid-write) sees the old file or the new one, never half of one."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".profiles-", suffix=".json",
+                               dir=os.path.dirname(path))
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(cache, f, indent=1)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+def _profile_network(name):
+    """The cache entry of one network, built at its default size."""
     import keras
+
+    from kvision.models import create, profile
+
+    p = profile(create(name))
+    keras.backend.clear_session()
+    return {"params": p.total_params, "trainable": p.trainable_params,
+            "gflops": p.gflops, "size_mb": p.size_mb,
+            "input_shape": list(p.input_shape)}
+
+
+def zoo_table(names=None, use_cache=True, progress=True):
+    """One row per network: name, task, year, key idea, input, params, GFLOPs, MB.
+
+    Profiling builds each network at its default size once; each result is cached
+    as soon as it is computed, in the Keras home directory (``~/.keras/kvision``) per
+    kvision version, so an interrupted ``kvision list`` keeps what it profiled.
+    """
     from tqdm import tqdm
 
-    from kvision.models import create, get_info, list_models, profile
+    from kvision.models import get_info, list_models
 
     names = names or list_models()
     path = _profile_cache_path()
-    cache = {}
-    if use_cache and os.path.isfile(path):
-        with open(path) as f:
-            cache = json.load(f)
+    cache = _read_profiles(path) if use_cache else {}
+    known = {n for n in names if isinstance(cache.get(n), dict)
+             and all(k in cache[n] for k in _PROFILE_KEYS)}
     rows = []
-    for name in tqdm(names, desc="profiling", disable=not progress or all(n in cache for n in names)):
-        if name not in cache:
-            p = profile(create(name))
-            cache[name] = {"params": p.total_params, "trainable": p.trainable_params,
-                           "gflops": p.gflops, "size_mb": p.size_mb}
-            keras.backend.clear_session()
+    for name in tqdm(names, desc="profiling", disable=not progress or len(known) == len(names)):
+        if name not in known:
+            cache[name] = _profile_network(name)
+            if use_cache:
+                _write_profiles(path, cache)
         info = get_info(name)
-        row = {"name": name, "year": info.year, "key_idea": info.key_idea,
-               "input": info.default_size, **cache[name]}
+        height, width = cache[name]["input_shape"][:2]
+        row = {"name": name, "task": info.task, "year": info.year,
+               "key_idea": info.key_idea,
+               "input": str(height) if height == width else f"{height}x{width}",
+               **cache[name]}
         # The count in the convention of the network's reference figure.
         row["counted"] = row["trainable" if info.params_convention == "trainable" else "params"]
         rows.append(row)
-    if use_cache:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(cache, f, indent=1)
-        os.replace(tmp, path)
     return rows
 
 
 def format_table(rows):
-    header = f"{'name':<22}{'year':>5}  {'key idea':<44}{'input':>6}{'params':>14}{'GFLOPs':>9}{'MB':>9}"
+    """The zoo table as plain text, one network a line."""
+    task = max([len("task")] + [len(r["task"]) for r in rows]) + 2
+    header = (f"{'name':<22}{'task':<{task}}{'year':>4}  {'key idea':<40}{'input':>8}"
+              f"{'params':>14}{'GFLOPs':>9}{'MB':>9}")
     lines = [header, "-" * len(header)]
     for r in rows:
-        lines.append(f"{r['name']:<22}{r['year']:>5}  {r['key_idea'][:43]:<44}{r['input']:>6}"
+        lines.append(f"{r['name']:<22}{r['task']:<{task}}{r['year']:>4}  "
+                     f"{r['key_idea'][:39]:<40}{r['input']:>8}"
                      f"{r['counted']:>14,}{r['gflops']:>9.2f}{r['size_mb']:>9.1f}")
     lines.append("params counted as each network's reference counts them (keras.applications: "
                  "all variables; torchvision/timm/papers: trainable only); GFLOPs = "
@@ -75,21 +117,23 @@ def format_markdown(rows):
     """The zoo table as Markdown, with each count's reference."""
     from kvision.models import get_info
 
-    lines = ["| name | year | key idea | input | params | GFLOPs | MB | = reference |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| name | task | year | key idea | input | params | GFLOPs | MB | = reference |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         info = get_info(r["name"])
         same = "yes" if r["counted"] == info.num_params else f"NO: {info.num_params:,}"
-        lines.append(f"| `{r['name']}` | {r['year']} | {r['key_idea']} | {r['input']} | "
-                     f"{r['counted']:,} | {r['gflops']:.2f} | {r['size_mb']:.1f} | "
-                     f"{same}, {info.params_source} |")
+        lines.append(f"| `{r['name']}` | {r['task']} | {r['year']} | {r['key_idea']} | "
+                     f"{r['input']} | {r['counted']:,} | {r['gflops']:.2f} | "
+                     f"{r['size_mb']:.1f} | {same}, {info.params_source} |")
     return "\n".join(lines)
 
 
 def cmd_list(args):
-    from kvision.models import list_models
+    from kvision.models import get_info, list_models
 
-    names = list_models(task=args.task)
+    # Grouped by task, classifiers first (the order of the README's table).
+    names = sorted(list_models(task=args.task),
+                   key=lambda n: (get_info(n).task != "classification", get_info(n).task, n))
     if args.names_only:
         print("\n".join(names))
         return 0
@@ -480,7 +524,8 @@ def main(argv=None):
         print(f"kvision {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        hint = " (run the same command again to resume)" if args.command == "train" else ""
+        hint = (" (run the same command again to resume)"
+                if args.command in ("train", "list") else "")
         print(f"kvision {args.command}: interrupted{hint}", file=sys.stderr)
         return 130
 

@@ -1,9 +1,11 @@
 import json
+import os
 import subprocess
 import sys
 
 import pytest
 
+import kvision.models
 from kvision import cli
 from kvision.models import create, profile
 
@@ -24,6 +26,56 @@ def test_zoo_table_profiles_and_caches(tmp_path, monkeypatch):
     assert set(cache) == {"lenet5", "squeezenet1_1"}
     table = cli.format_table(rows)
     assert "squeezenet1_1" in table and f"{expected.total_params:,}" in table
+
+
+def test_an_interrupted_list_keeps_what_it_profiled(tmp_path, monkeypatch):
+    """Each profile is cached as soon as it is computed (Ctrl-C at the third network
+    keeps the first two), atomically, and the next run profiles only what is missing."""
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    path = cli._profile_cache_path()
+    os.makedirs(os.path.dirname(path))
+    with open(path, "w") as f:
+        f.write('{"lenet5": {"par')  # half a file, as an interrupted writer leaves
+    built = []
+
+    def create_until_interrupted(name, **kwargs):
+        built.append(name)
+        if name == "squeezenet1_0":
+            raise KeyboardInterrupt
+        return create(name, **kwargs)
+
+    monkeypatch.setattr(kvision.models, "create", create_until_interrupted)
+    names = ["lenet5", "squeezenet1_1", "squeezenet1_0"]
+    with pytest.raises(KeyboardInterrupt):
+        cli.zoo_table(names, progress=False)
+    with open(path) as f:
+        assert set(json.load(f)) == {"lenet5", "squeezenet1_1"}
+    assert os.listdir(os.path.dirname(path)) == [os.path.basename(path)]  # no leftovers
+    built.clear()
+    monkeypatch.setattr(kvision.models, "create", lambda name, **kw: built.append(name)
+                        or create(name, **kw))
+    rows = cli.zoo_table(names, progress=False)
+    assert built == ["squeezenet1_0"] and [r["name"] for r in rows] == names
+
+
+def test_list_shows_each_network_task(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    rows = cli.zoo_table(["lenet5", "localizer"], progress=False)
+    assert [r["task"] for r in rows] == ["classification", "localization"]
+    header, _, lenet, localizer, *_ = cli.format_table(rows).splitlines()
+    column = header.index("task")
+    assert lenet[column:].startswith("classification ")
+    assert localizer[column:].startswith("localization ")
+    markdown = cli.format_markdown(rows).splitlines()
+    assert markdown[0].startswith("| name | task |")
+    assert markdown[3].startswith("| `localizer` | localization | ")
+
+
+def test_info_profiles_a_network_with_an_any_size_body():
+    """OverFeat's body takes any size ((None, None, 3)); info crashed in profile()."""
+    done = run("info", "overfeat", "--no-summary")
+    assert done.returncode == 0, done.stderr
+    assert "GFLOPs:       2.957" in done.stdout  # the hand count of test_profile.py
 
 
 def test_info_prints_the_network(tmp_path):
