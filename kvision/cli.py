@@ -427,8 +427,8 @@ def build_parser():
     p.add_argument("--no-augment", action="store_true")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="top-1/top-5, per-class precision/recall, "
-                                         "confusion matrix")
+    p = sub.add_parser("evaluate", help="top-1 (top-5 with more than 5 classes), "
+                                         "per-class precision/recall, confusion matrix")
     p.add_argument("model", help=".keras file, run directory or name under saved_models/")
     p.add_argument("--data", default="digits")
     p.add_argument("--seed", type=int, default=0, help="the split's seed (as in training)")
