@@ -5,7 +5,7 @@ import keras
 import pytest
 
 import kvision
-from kvision.models import list_models, profile
+from kvision.models import get_info, list_models, profile
 from kvision.models.profile import layer_macs
 
 
@@ -81,12 +81,17 @@ def _kernel_layers(model, prefix=()):
 
 @pytest.mark.parametrize("name", list_models())
 def test_every_network_profiles_at_its_default_size(name):
-    """What `kvision list` does for each row: build at the default size, profile."""
+    """What `kvision list` does for each row: build at the default size, profile;
+    every convolution and Dense layer counted, the parameters those of the table's
+    "= reference" column."""
     model = kvision.create(name)
     p = profile(model)
     macs = layer_macs(model)
     assert set(macs) == set(_kernel_layers(model))
     assert min(macs.values()) > 0 and p.macs == sum(macs.values())
+    info = get_info(name)
+    counted = p.trainable_params if info.params_convention == "trainable" else p.total_params
+    assert counted == info.num_params
 
 
 def test_needs_a_fixed_input_size():
