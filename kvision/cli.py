@@ -151,8 +151,8 @@ def cmd_info(args):
     print(f"{info.name}  ({info.builder.__name__}, family {info.family}, {info.year})")
     print(f"paper:        {info.paper}")
     print(f"key idea:     {info.key_idea}")
-    print(f"input:        {info.default_size}x{info.default_size}x{info.input_channels} "
-          f"(minimum {info.min_size})")
+    print(f"input:        {'x'.join(str(d) for d in p.input_shape)} "
+          f"(minimum {info.min_size})")  # SegNet's default is 352x480
     print(f"parameters:   {p.total_params:,} ({p.trainable_params:,} trainable); "
           f"reference {info.num_params:,} ({info.params_convention}, {info.params_source})")
     print(f"GFLOPs:       {p.gflops:.3f} (multiply-accumulates)")
