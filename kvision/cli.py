@@ -34,19 +34,10 @@ def _read_profiles(path):
 
 
 def _write_profiles(path, cache):
-    """Write the cache through a temporary file beside it: a reader (or a run killed
-    mid-write) sees the old file or the new one, never half of one."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".profiles-", suffix=".json",
-                               dir=os.path.dirname(path))
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(cache, f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
+    """Write the cache atomically: a run killed mid-write leaves the old file."""
+    from kvision._files import write_text_atomically
+
+    write_text_atomically(path, json.dumps(cache, indent=1))
 
 
 def _profile_network(name):

@@ -205,8 +205,6 @@ def load_trained(ref) -> Trained:
     """
     import keras
 
-    import kvision.layers  # noqa: F401  (registers kvision's layers for safe loading)
-    import kvision.models  # noqa: F401  (and those of the task families)
     from kvision.export.parity import is_detector
 
     if isinstance(ref, str) and ref.endswith(PRETRAINED) and not os.path.exists(ref):

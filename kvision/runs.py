@@ -26,6 +26,8 @@ import os
 import shutil
 import tempfile
 
+from kvision._files import write_text_atomically
+
 MANIFEST = "run.json"
 # Files of a run written before manifests existed: a folder holding one of these
 # is a run folder, which ``overwrite`` may replace.
@@ -139,10 +141,7 @@ def mark(path, state):
 
 def _write_manifest(path, manifest):
     """Through a temporary file and a rename, so a kill leaves the old or the new."""
-    target = os.path.join(path, MANIFEST)
-    with tempfile.NamedTemporaryFile("w", dir=path, suffix=".tmp", delete=False) as f:
-        json.dump(manifest, f, indent=1)
-    os.replace(f.name, target)
+    write_text_atomically(os.path.join(path, MANIFEST), json.dumps(manifest, indent=1))
 
 
 def _jsonable(settings):

@@ -37,13 +37,13 @@ import contextlib
 import dataclasses
 import logging
 import os
-import tempfile
 import time
 
 import keras
 import numpy as np
 
 from kvision import distribute, registry, runs
+from kvision._files import write_text_atomically
 
 log = logging.getLogger(__name__)
 
@@ -176,26 +176,6 @@ def _callbacks(out_dir, extra, chief=True):
             keras.callbacks.CSVLogger(os.path.join(out_dir, "training_log.csv"),
                                       append=True),
             *callbacks]
-
-
-def save_atomically(model, path):
-    """``model.save(path)`` through a temporary file beside it, then a rename."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=directory) as tmp:
-        staged = os.path.join(tmp, os.path.basename(path))
-        model.save(staged)
-        os.replace(staged, path)
-    return path
-
-
-def write_lines(path, lines):
-    """Text lines to ``path`` atomically."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        f.write("".join(f"{line}\n" for line in lines))
-    os.replace(tmp, path)
-    return path
 
 
 def _check_arguments(epochs, batch_size, steps_per_epoch):
@@ -404,7 +384,8 @@ def _save_run(model, name, bundle, run_dir, export):
     # The class names inside the .keras file too: they travel with a copied model.
     keras_path = save_model(model, os.path.join(run_dir, f"{name}.keras"),
                             class_names=bundle.class_names)
-    write_lines(os.path.join(run_dir, "class_names.txt"), bundle.class_names)
+    write_text_atomically(os.path.join(run_dir, "class_names.txt"),
+                          "".join(f"{name}\n" for name in bundle.class_names))
     log_path = os.path.join(run_dir, "training_log.csv")
     if os.path.isfile(log_path):
         plot_training_curves(log_path, os.path.join(run_dir, "training_curves.png"))

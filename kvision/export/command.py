@@ -174,8 +174,6 @@ def export(model_spec, *, formats=FORMATS, quantize=(None,), data=None, out=None
     """
     import keras
 
-    import kvision.layers  # noqa: F401  (registers kvision's layers for loading)
-    import kvision.models  # noqa: F401
     from kvision.export import saved_model, tflite
     from kvision.export.parity import ParityError
     from kvision.export.savedmodel import _version

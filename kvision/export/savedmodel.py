@@ -43,6 +43,7 @@ import time
 
 import numpy as np
 
+from kvision._files import write_text_atomically
 from kvision.export.parity import (DETECTION_OUTPUTS, ExportResult, as_float32, check,
                                    check_detections, compare, compare_detections,
                                    is_detector, size_mb)
@@ -183,7 +184,7 @@ def serving_config(base_path, output=None) -> str:
                   "  }"]
     lines.append("}")
     output = os.path.join(base, "models.config") if output is None else os.fspath(output)
-    _write_text_atomically(output, "\n".join(lines) + "\n")
+    write_text_atomically(output, "\n".join(lines) + "\n")
     return output
 
 
@@ -622,17 +623,3 @@ def _has_version(model_dir) -> bool:
     return any(re.fullmatch(r"\d+", d)
                and os.path.isfile(os.path.join(model_dir, d, "saved_model.pb"))
                for d in os.listdir(model_dir))
-
-
-def _write_text_atomically(path, text):
-    """Write ``text`` to ``path`` through a temporary file beside it."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}-", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise

@@ -236,8 +236,6 @@ def images_from(data, shape, limit=None, what="data"):
 
 
 def _is_dataset(data):
-    import sys
-
     tf = sys.modules.get("tensorflow")  # a Dataset can only exist if TF is loaded
     return tf is not None and isinstance(data, tf.data.Dataset)
 
