@@ -1,0 +1,89 @@
+"""``kvision train``: train a network with ``model.fit`` into a run folder, export it."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+
+
+def add_parser(subparsers):
+    """Add the ``train`` sub-command to an ``argparse`` sub-parser set."""
+    p = subparsers.add_parser("train", help="train a network with model.fit (from scratch or "
+                                            "by transfer learning)")
+    p.add_argument("model", help="registry name, keras.applications name or .keras file")
+    p.add_argument("--data", default="digits", help="digits, an image folder or tfds:NAME")
+    p.add_argument("--backbone-weights", default=None,
+                   help="imagenet, none or a weights file: transfer learning")
+    p.add_argument("--regime", default=None,
+                   choices=["small-similar", "large-similar", "small-different",
+                            "large-different"])
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=None,
+                   help="initial learning rate (default 3e-3 scratch, 1e-3 transfer)")
+    p.add_argument("--image-size", type=int, default=None)
+    p.add_argument("--out", default=None,
+                   help="the run folder (default saved_models/MODEL); one holding a "
+                        "finished run is not written into: the run goes to OUT-2, -3 …")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run in --out as a whole instead of using OUT-2 "
+                        "(an unfinished run of the same settings resumes either way)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps-per-epoch", type=int, default=None)
+    p.add_argument("--strategy", default=None, choices=["mirrored", "multiworker"])
+    p.add_argument("--mixed-precision", action="store_true",
+                   help="mixed_float16 compute, float32 outputs and export")
+    p.add_argument("--jit", action="store_true", help="XLA-compile the train step")
+    p.add_argument("--no-export", action="store_true")
+    p.add_argument("--no-augment", action="store_true")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args) -> int:
+    """Train through :func:`kvision.train.train_classifier`; print the held-out top-1
+    accuracy and where the run, its model and its export are."""
+    from kvision.train import train_classifier
+
+    with _train_log_on_stdout():  # the split and the run folder, before training
+        result = train_classifier(args.model, data=args.data, epochs=args.epochs,
+                                  batch_size=args.batch_size, learning_rate=args.lr,
+                                  image_size=args.image_size, out_dir=args.out,
+                                  overwrite=args.overwrite,
+                                  export=not args.no_export, seed=args.seed,
+                                  augment=not args.no_augment,
+                                  backbone_weights=args.backbone_weights,
+                                  regime=args.regime, strategy=args.strategy,
+                                  mixed_precision=args.mixed_precision,
+                                  jit_compile=args.jit,
+                                  steps_per_epoch=args.steps_per_epoch)
+    if result.initial_epoch:
+        print(f"resumed from epoch {result.initial_epoch} (of {args.epochs})")
+    print(f"test top-1 accuracy: {result.test_accuracy:.4f} "
+          f"(error {1 - result.test_accuracy:.4f}) after {result.seconds:.1f} s of training; "
+          f"{result.trainable_params:,} trainable parameters, "
+          f"{result.seconds_per_epoch:.2f} s per epoch")
+    if result.keras_path:
+        print(f"saved: {result.keras_path} (log, curves and checkpoints in {result.out_dir})")
+    if result.export_path:
+        print(f"exported for TensorFlow Serving: {result.export_path}")
+    return 0
+
+
+@contextlib.contextmanager
+def _train_log_on_stdout():
+    """What ``kvision.train`` logs (the split, the run folder chosen) on stdout."""
+    logger = logging.getLogger("kvision.train")
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    level, propagate = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate
