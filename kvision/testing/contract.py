@@ -1,7 +1,8 @@
 """Checks every registered network must pass; tests call them, one per model.
 
 - :func:`assert_param_count`: the count at the default size equals the metadata.
-- :func:`assert_stage_outputs`: each named stage output exists at its stride.
+- :func:`assert_stage_outputs`: each named stage output exists at its stride and is
+  the layer the graph analysis (:func:`kvision.features.stage_outputs`) finds.
 - :func:`assert_round_trip`: ``.keras`` save + ``safe_mode=True`` load, same outputs.
 - :func:`assert_keras_parity`: a keras.applications model's weights file loads into
   the kvision builder and both give the same outputs.
@@ -15,7 +16,7 @@ import tempfile
 import keras
 import numpy as np
 
-from kvision import registry
+from kvision import features, registry
 
 
 def counted_params(model, convention: str) -> int:
@@ -39,7 +40,9 @@ def assert_param_count(name: str, **kwargs):
 
 
 def assert_stage_outputs(name: str, **kwargs):
-    """Every stage output named in the metadata exists and has its stride.
+    """Every stage output named in the metadata exists, has its stride, and is the
+    layer :func:`kvision.features.stage_outputs` finds (one convention: a zoo name,
+    its keras.applications twin and a keras.Model of it tap the same layers).
 
     Returns the features model (``include_top=False``, any input size, ``kwargs``).
     The stride is measured, not guessed from one size: the features of a network
@@ -50,6 +53,10 @@ def assert_stage_outputs(name: str, **kwargs):
     info = registry.get_info(name)
     model = registry.create(name, include_top=False,
                             input_shape=(None, None, info.input_channels), **kwargs)
+    found = features.stage_outputs(model)
+    assert found == info.stage_outputs, (
+        f"{name}: the registry's stage outputs {info.stage_outputs} differ from the "
+        f"graph's last cut points {found}")
     if not info.stage_outputs:
         return model
     taps = keras.Model(model.input,

@@ -52,15 +52,14 @@ def _densenet(depth, args):
 
 
 def _register(depth, num_params):
-    last = BLOCKS[depth]
     return register(
         f"densenet{depth}", task="classification", family="densenet", year=2017,
         paper=PAPER, key_idea="dense connectivity (each layer sees all earlier maps)",
         default_size=224, min_size=32, num_params=num_params, params_convention="keras",
         params_source=f"keras.applications.DenseNet{depth}, count_params()",
-        stage_outputs={4: f"conv2_block{last[0]}_concat",
-                       8: f"conv3_block{last[1]}_concat",
-                       16: f"conv4_block{last[2]}_concat", 32: "relu"},
+        # The transition's 1x1 conv is the last cut point before its pooling halves
+        # the map (kvision.features.stage_outputs), after the dense block's concat.
+        stage_outputs={4: "pool2_conv", 8: "pool3_conv", 16: "pool4_conv", 32: "relu"},
         keras_application=f"DenseNet{depth}", preprocessing="torch")
 
 

