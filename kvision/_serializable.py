@@ -42,6 +42,7 @@ MODULES = (
     "kvision.losses.detection",
     "kvision.losses.segmentation",
     "kvision.metrics.segmentation",
+    "kvision.tasks.model",
     "kvision.models.detection.localization",
     "kvision.models.detection.yolo",
     "kvision.models.detection.yolo_v1",

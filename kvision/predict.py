@@ -34,6 +34,8 @@ import shutil
 
 import numpy as np
 
+from kvision.tasks import DETECTING, NOUNS, SEGMENTING, check_inference_model, task_of
+
 UNSURE = "_unsure"
 
 
@@ -55,15 +57,18 @@ class Trained:
         return int(self.model.input_shape[-1])
 
     @property
-    def detector(self):
-        from kvision.export.parity import is_detector
+    def task(self):
+        """The model's task (:func:`kvision.tasks.task_of`): what the model says."""
+        return task_of(self.model)
 
-        return is_detector(self.model)
+    @property
+    def detector(self):
+        return self.task in DETECTING
 
     @property
     def segmenter(self):
-        """Whether the model is a segmenter (:func:`segmentation_kind`)."""
-        return segmentation_kind(self.model) is not None
+        """Semantic or instance segmentation (an instance model answers boxes too)."""
+        return self.task in SEGMENTING
 
     def label(self, class_id):
         """The name of class ``class_id`` (its number where no name is known)."""
@@ -73,8 +78,7 @@ class Trained:
         """One line naming the model that answers and where its class names came from,
         e.g. ``saved_models/pets/pets.keras: classifier, 4 classes, names saved in the
         model``."""
-        kind = ("segmenter" if self.segmenter else "detector" if self.detector
-                else "classifier")
+        kind = NOUNS[self.task]
         count = f", {len(self.class_names)} classes" if self.class_names else ""
         names = f", {self.names_from}" if self.names_from else ""
         return f"{self.path}: {kind}{count}{names}"
@@ -195,6 +199,17 @@ def _refuse_two_meanings(ref, path):
                      f"network).")
 
 
+def _class_count(model, task):
+    """How many class names ``model`` needs; None where any count fits (detectors)."""
+    if task in SEGMENTING and segmentation_kind(model) in ("semantic", "two_network"):
+        output = model.output["semantic"] if isinstance(model.output, dict) else model.output
+        # A binary (one sigmoid channel) segmenter has two classes: background, object.
+        return max(int(output.shape[-1]), 2)
+    if task in SEGMENTING or task in DETECTING:
+        return None
+    return int(model.output_shape[-1])
+
+
 def load_trained(ref) -> Trained:
     """Load a trained model (``safe_mode=True``) with its class names.
 
@@ -204,8 +219,6 @@ def load_trained(ref) -> Trained:
     ValueError naming each spelling). :meth:`Trained.describe` says which model it is.
     """
     import keras
-
-    from kvision.export.parity import is_detector
 
     if isinstance(ref, str) and ref.endswith(PRETRAINED) and not os.path.exists(ref):
         return pretrained(ref)
@@ -218,15 +231,7 @@ def load_trained(ref) -> Trained:
         return model
     _refuse_two_meanings(ref, path)
     model = keras.saving.load_model(path, safe_mode=True, compile=False)
-    kind = segmentation_kind(model)
-    if kind in ("semantic", "two_network"):
-        output = model.output["semantic"] if kind == "two_network" else model.output
-        # A binary (one sigmoid channel) segmenter has two classes: background, object.
-        classes = max(int(output.shape[-1]), 2)
-    elif is_detector(model):
-        classes = None
-    else:
-        classes = int(model.output_shape[-1])
+    classes = _class_count(model, check_inference_model(model))
     names, source = _class_names(path, classes)
     if names is None:
         names = () if classes is None else tuple(str(i) for i in range(classes))
@@ -360,8 +365,7 @@ def detect_images(trained, paths, score_threshold=0.0, batch_size=8, on_error="r
     an unreadable file gets ``{"path", "error"}`` instead of stopping the others.
     """
     if not trained.detector:
-        raise ValueError(f"{trained.path} is not a detector: its outputs are not boxes, "
-                         f"scores, classes and num_detections.")
+        raise ValueError(f"{trained.path} is a {NOUNS[trained.task]}, not a detector.")
 
     def answer(images, kept):
         outputs = trained.model.predict(images, batch_size=batch_size, verbose=0)
@@ -425,7 +429,6 @@ def draw_detections(path, result, out_path, color=(255, 64, 64)):
 
 # --- segmenters --------------------------------------------------------------------
 
-INSTANCE_MAP = "instance_map"
 
 
 def segmentation_kind(model):
@@ -436,22 +439,19 @@ def segmentation_kind(model):
     ``"two_network"``: a dict with ``"semantic"`` (and ``"separation"``) outputs (a
     ``TwoNetworkInstance``), decoded into instances; ``"semantic"``: one output of
     rank 4, per-pixel probabilities ``(N, H, W, classes)`` (softmax, or one sigmoid
-    channel).
+    channel). The task is the model's own (:func:`kvision.tasks.task_of`).
     """
-    from kvision.export.parity import is_detector, output_names
-
     try:
-        names = output_names(model)
-        output = model.output
-    except (AttributeError, ValueError):
+        task = task_of(model)
+    except ValueError:
         return None
-    if INSTANCE_MAP in names and is_detector(model):
-        return "instances"
-    if isinstance(output, dict):
-        return "two_network" if "semantic" in output else None
-    if isinstance(output, (list, tuple)) or len(getattr(output, "shape", ())) != 4:
+    if task == "segmentation":
+        return "semantic"
+    if task != "instance_segmentation":
         return None
-    return "semantic"
+    output = model.output
+    return "two_network" if isinstance(output, dict) and "semantic" in output \
+        else "instances"
 
 
 def _nearest_indices(source, target):
@@ -494,9 +494,9 @@ def _label_maps(probabilities):
 
 
 def _instance_layer(model):
-    """The :class:`~kvision.models.segmentation.instance.InstanceLabeling` layer of an
+    """The :class:`~kvision.layers.labeling.InstanceLabeling` layer of an
     instance model, or None."""
-    from kvision.models.segmentation.instance import InstanceLabeling
+    from kvision.layers.labeling import InstanceLabeling
 
     found = [layer for layer in model.layers if isinstance(layer, InstanceLabeling)]
     return found[0] if found else None
@@ -578,10 +578,7 @@ def segment_images(trained, paths, score_threshold=0.0, batch_size=8, on_error="
     """
     kind = segmentation_kind(trained.model)
     if kind is None:
-        raise ValueError(f"{trained.path} is not a segmenter: expected one per-pixel "
-                         f"output (N, H, W, classes), or instance outputs "
-                         f"({INSTANCE_MAP!r} with boxes, scores, classes, "
-                         f"num_detections).")
+        raise ValueError(f"{trained.path} is a {NOUNS[trained.task]}, not a segmenter.")
     if kind == "semantic":
         answer = _semantic_answer(trained, batch_size)
     else:

@@ -18,6 +18,9 @@ from typing import Callable
 _REGISTRY: dict[str, "ModelInfo"] = {}
 # The modes of kvision.layers.ImagePreprocessing (not imported: it loads Keras).
 PREPROCESSING_MODES = ("caffe", "tf", "torch", "none")
+# What a network does; "segmentation" is semantic segmentation (a class per pixel).
+TASKS = ("classification", "localization", "detection", "segmentation",
+         "instance_segmentation")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,6 +96,8 @@ def register(name: str, **metadata):
                 f"params_convention must be 'keras' or 'trainable', "
                 f"got {info.params_convention!r} for {name!r}."
             )
+        if info.task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {info.task!r} for {name!r}.")
         if info.preprocessing not in PREPROCESSING_MODES:
             raise ValueError(
                 f"preprocessing must be one of {PREPROCESSING_MODES}, "

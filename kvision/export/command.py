@@ -235,13 +235,18 @@ def export(model_spec, *, formats=FORMATS, quantize=(None,), data=None, out=None
 
 
 def model_kind(model) -> str:
-    """``"detector"``, ``"segmenter"`` (per-pixel scores) or ``"classifier"``."""
-    from kvision.export.parity import is_detector
-    from kvision.predict import segmentation_kind
+    """How the model's task (:func:`kvision.tasks.task_of`) is exported and checked:
+    ``"detector"`` (the four detection outputs: detectors, localizers, instance
+    models), ``"segmenter"`` (per-pixel scores) or ``"classifier"``."""
+    from kvision.tasks import check_inference_model
 
-    if is_detector(model):
-        return "detector"
-    return "segmenter" if segmentation_kind(model) == "semantic" else "classifier"
+    task = check_inference_model(model)
+    if task == "instance_segmentation" and isinstance(model.output, dict):
+        raise ValueError(f"{model.name!r} is a two-network instance model (semantic and "
+                         f"separation maps decoded in Python); export its networks "
+                         f"one by one, each a segmenter.")
+    return {"classification": "classifier", "segmentation": "segmenter"}.get(task,
+                                                                              "detector")
 
 
 def _agreement(kind, given):

@@ -14,6 +14,8 @@ import os
 
 import numpy as np
 
+from kvision.tasks import DETECTION_OUTPUTS, output_names  # noqa: F401  (this API too)
+
 
 @dataclasses.dataclass
 class ExportResult:
@@ -118,19 +120,10 @@ def compare(reference, candidate, labels=None) -> dict:
     return figures
 
 
-DETECTION_OUTPUTS = ("boxes", "scores", "classes", "num_detections")
 # An export of a detector is the same detector when every detection finds its twin:
 # same class, boxes at IoU >= 0.99, scores within 1e-3 (float32).
 MIN_MATCHED_IOU = 0.99
 MAX_SCORE_DIFF = 1e-3
-
-
-def output_names(model) -> list:
-    """A Keras model's output names (dict keys for dict outputs)."""
-    output = getattr(model, "output", None)
-    if isinstance(output, dict):
-        return list(output)
-    return list(getattr(model, "output_names", None) or [])
 
 
 def is_detector(model) -> bool:
