@@ -39,6 +39,7 @@ import numpy as np  # noqa: E402
 
 import kvision  # noqa: E402
 from kvision.data.synthetic import digit_scenes  # noqa: E402
+from kvision.layers import InstanceLabeling  # noqa: E402
 from kvision.metrics import detection as det_metrics  # noqa: E402
 from kvision.metrics import segmentation as seg_metrics  # noqa: E402
 from kvision.models.segmentation import instance  # noqa: E402
@@ -206,7 +207,7 @@ def oracle_instances(test, width):
     """The combination step on the true class and separation maps."""
     probs = np.eye(CLASSES, dtype="float32")[test.semantic]
     targets = instance.training_targets(test.semantic, test.masks, width=width)
-    labeling = instance.InstanceLabeling(grow=width + 1, min_area=1)
+    labeling = InstanceLabeling(grow=width + 1, min_area=1)
     return instance.to_instances(labeling(probs, targets["separation"]))
 
 

@@ -32,6 +32,7 @@ MODULES = (
     "kvision.layers.atrous",
     "kvision.layers.backbone",
     "kvision.layers.detection",
+    "kvision.layers.labeling",
     "kvision.layers.normalization",
     "kvision.layers.overfeat",
     "kvision.layers.preprocessing",
@@ -43,10 +44,6 @@ MODULES = (
     "kvision.losses.segmentation",
     "kvision.metrics.segmentation",
     "kvision.tasks.model",
-    "kvision.models.detection.localization",
-    "kvision.models.detection.yolo",
-    "kvision.models.detection.yolo_v1",
-    "kvision.models.segmentation.instance",
 )
 
 _FILE_LOADERS = (importlib.machinery.SourceFileLoader,

@@ -3,6 +3,7 @@
 from kvision.layers.atrous import AtrousConv2D
 from kvision.layers.backbone import InferenceBackbone
 from kvision.layers.detection import NonMaxSuppression
+from kvision.layers.labeling import InstanceLabeling
 from kvision.layers.normalization import LocalResponseNormalization
 from kvision.layers.overfeat import LocalizerDecode, WindowDecode
 from kvision.layers.preprocessing import ImagePreprocessing
@@ -13,8 +14,8 @@ from kvision.layers.upsampling import (BilinearKernel, MaxPoolingWithArgmax2D,
 from kvision.layers.yolo import YOLOv1Decode, YOLOv1Output, YOLOv3Decode, YOLOv3Output
 
 __all__ = ["AtrousConv2D", "ChannelShuffle", "ChannelSplit", "ImagePreprocessing",
-           "InferenceBackbone", "LocalResponseNormalization", "NonMaxSuppression",
-           "ScaledResidual"]
+           "InferenceBackbone", "InstanceLabeling", "LocalResponseNormalization",
+           "NonMaxSuppression", "ScaledResidual"]
 __all__ += ["BilinearKernel", "LocalizerDecode", "MaxPoolingWithArgmax2D", "MaxUnpooling2D",
             "ResizeLike", "WindowDecode", "YOLOv1Decode", "YOLOv1Output", "YOLOv3Decode",
             "YOLOv3Output"]

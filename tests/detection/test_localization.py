@@ -7,6 +7,7 @@ from pycocotools import mask as mask_utils
 
 import kvision
 from kvision.data.synthetic import digit_scenes
+from kvision.losses.detection import BoxRegressionLoss
 from kvision.models.detection import localization as L
 from kvision.ops import boxes as box_ops
 
@@ -100,13 +101,13 @@ def test_box_losses_match_references_and_skip_empty_slots():
     y_true = np.concatenate([rng.uniform(0.2, 0.6, (3, 2, 4)), np.zeros((3, 1, 4))], 1)
     y_pred = rng.uniform(0.2, 0.6, (3, 3, 4))
     real_true, real_pred = y_true[:, :2].reshape(-1, 4), y_pred[:, :2].reshape(-1, 4)
-    l2 = float(L.BoxRegressionLoss("l2")(y_true, y_pred))
+    l2 = float(BoxRegressionLoss("l2")(y_true, y_pred))
     assert l2 == pytest.approx(np.mean(np.sum((real_true - real_pred) ** 2, -1)), rel=1e-5)
     beta = 0.05  # smooth-L1 = Huber / beta
     huber = keras.losses.Huber(beta, reduction=None)(real_true, real_pred) * 4 / beta
-    smooth = float(L.BoxRegressionLoss("smooth_l1", beta=beta)(y_true, y_pred))
+    smooth = float(BoxRegressionLoss("smooth_l1", beta=beta)(y_true, y_pred))
     assert smooth == pytest.approx(float(np.mean(huber)), rel=1e-5)
-    giou = float(L.BoxRegressionLoss("giou")(y_true, y_pred))
+    giou = float(BoxRegressionLoss("giou")(y_true, y_pred))
     reference = [1 - _giou(a, b) for a, b in zip(real_true, real_pred)]
     assert giou == pytest.approx(np.mean(reference), rel=1e-5)
 
@@ -172,7 +173,7 @@ def test_bad_arguments_say_what_was_expected():
     with pytest.raises(ValueError, match="num_classes"):
         L.encode_targets(np.zeros((1, 4)), [1], (8, 8), objects=2)
     with pytest.raises(ValueError, match="kind must be one of"):
-        L.BoxRegressionLoss("l1")
+        BoxRegressionLoss("l1")
     with pytest.raises(ValueError, match="outputs 'classes' and 'boxes'"):
         L.inference_model(kvision.create("lenet5"))
     with pytest.raises(ValueError, match="no object"):

@@ -11,6 +11,7 @@ import tensorflow as tf
 import kvision
 from kvision.data.synthetic import digit_scenes
 from kvision.layers.yolo import YOLOv3Decode
+from kvision.losses.detection import YOLOv3Loss
 from kvision.metrics.detection import evaluate
 from kvision.models.detection import yolo
 from kvision.ops import boxes as box_ops
@@ -159,7 +160,7 @@ def test_v3_loss_matches_a_numpy_reference():
     # ignored, not pushed to "no object".
     y_pred[0, 1, 2, 1, :4] = [np.log(0.34375 / 0.65625), np.log(1 / 3), np.log(22 / 40),
                               np.log(18 / 30)]
-    loss = yolo.YOLOv3Loss(anchors, (96, 96))
+    loss = YOLOv3Loss(anchors, (96, 96))
     per_image = loss.call(tf.constant(y_true), tf.constant(y_pred)).numpy()
     want = [_numpy_v3_loss(y_true[i], y_pred[i], anchors, (96, 96)) for i in range(2)]
     np.testing.assert_allclose(per_image, want, rtol=1e-5)

@@ -10,6 +10,7 @@ import kvision
 from kvision.blocks import conv_bn_act
 from kvision.data.synthetic import digit_scenes
 from kvision.layers.yolo import YOLOv1Decode
+from kvision.losses.detection import YOLOv1Loss
 from kvision.metrics.detection import evaluate
 from kvision.models.detection import yolo_v1
 
@@ -75,7 +76,7 @@ def test_loss_is_the_papers_equation():
     y_true[0, 2, 2] = [0.9, 0.1, 0.5, 0.3, 1, 1, 0, 0]
     y_true[1, 1, 0] = [0.5, 0.5, 0.25, 0.25, 1, 0, 0, 1]
     y_pred = rng.uniform(0.05, 0.9, (2, grid, grid, 5 * boxes + classes)).astype("float32")
-    loss = yolo_v1.YOLOv1Loss(boxes)
+    loss = YOLOv1Loss(boxes)
     got = loss.call(tf.constant(y_true), tf.constant(y_pred)).numpy()
     want = [_paper_loss(y_true[i], y_pred[i], boxes) for i in range(2)]
     np.testing.assert_allclose(got, want, rtol=1e-5)

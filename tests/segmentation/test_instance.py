@@ -11,6 +11,8 @@ from scipy import ndimage
 
 import kvision
 from kvision.data.synthetic import digit_scenes
+from kvision.layers import InstanceLabeling
+from kvision.losses.segmentation import SeparationLoss
 from kvision.metrics.detection import evaluate
 from kvision.models.segmentation import instance
 from kvision.visualization import masks as overlays
@@ -34,7 +36,7 @@ def _oracle(scenes, use_separation):
     """The combination step on exact maps: one-hot classes, true separation map."""
     probs = np.eye(CLASSES, dtype="float32")[scenes.semantic]
     separation = instance.training_targets(scenes.semantic, scenes.masks)["separation"]
-    labeling = instance.InstanceLabeling(min_area=1, grow=2)
+    labeling = InstanceLabeling(min_area=1, grow=2)
     return instance.to_instances(labeling(probs, separation if use_separation else None))
 
 
@@ -61,7 +63,7 @@ def test_separation_map_splits_touching_digits_of_one_class(touching):
 def test_labeling_layer_outputs(touching):
     probs = np.eye(CLASSES, dtype="float32")[touching.semantic[:2]] * 0.9 + 0.01
     sep = instance.training_targets(touching.semantic[:2], touching.masks[:2])["separation"]
-    out = instance.InstanceLabeling(min_area=1, max_detections=2)(probs, sep)
+    out = InstanceLabeling(min_area=1, max_detections=2)(probs, sep)
     # Two instances kept per image at most, scores = mean class probability (0.91).
     np.testing.assert_array_equal(out["num_detections"], [2, 2])
     np.testing.assert_allclose(out["scores"], 0.91, atol=1e-5)
@@ -129,9 +131,9 @@ def test_separation_loss_balances_rare_pixels():
     y[0, 0, :2] = 1.0
     p = np.full_like(y, 0.2)
     pos, neg = -np.log(0.2), -np.log(0.8)
-    balanced = float(instance.SeparationLoss()(y, p))
+    balanced = float(SeparationLoss()(y, p))
     assert balanced == pytest.approx(0.5 * pos + 0.5 * neg, rel=1e-5)
-    weighted = float(instance.SeparationLoss(positive_weight=3.0)(y, p))
+    weighted = float(SeparationLoss(positive_weight=3.0)(y, p))
     assert weighted == pytest.approx((3 * 2 * pos + 98 * neg) / 100, rel=1e-5)
 
 
@@ -182,7 +184,7 @@ def test_labeling_exports_to_tflite_builtins(touching):
     from kvision.export.litert import custom_ops
 
     inputs = keras.Input((48, 48, CLASSES + 1))
-    labeling = instance.InstanceLabeling(min_area=1, max_detections=4)
+    labeling = InstanceLabeling(min_area=1, max_detections=4)
     model = keras.Model(inputs, labeling(inputs[..., :CLASSES], inputs[..., CLASSES:]))
     archive = keras.export.ExportArchive()
     archive.track(model)

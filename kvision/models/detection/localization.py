@@ -30,16 +30,15 @@ from __future__ import annotations
 
 import keras
 import numpy as np
-from keras import ops
 
 from kvision import features, transfer
 from kvision.layers import ImagePreprocessing, InferenceBackbone
 from kvision.layers.overfeat import LocalizerDecode
-from kvision.losses import detection as box_losses
+from kvision.losses.detection import (  # noqa: F401  (their old home)
+    BOX_LOSSES, BoxRegressionLoss)
 from kvision.ops import boxes as box_ops
 from kvision.registry import register
 
-BOX_LOSSES = ("l2", "smooth_l1", "giou")
 HIDDEN_UNITS = 256
 
 
@@ -332,46 +331,6 @@ def to_dataset(dataset, *, objects=1, num_classes=None, batch_size=32):
     import tensorflow as tf
 
     return dataset.map(encode, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)
-
-
-@keras.saving.register_keras_serializable(package="kvision")
-class BoxRegressionLoss(keras.losses.Loss):
-    """Box regression of normalized center ``(x, y, w, h)`` boxes, empty slots skipped.
-
-    ``kind``: ``"l2"`` (squared error summed over the 4 numbers, the slides' L2
-    distance), ``"smooth_l1"`` (Fast R-CNN's, quadratic below ``beta``; 0.05 suits
-    coordinates in ``[0, 1]``) or ``"giou"`` (``1 - GIoU``, scale-invariant): the
-    per-box losses of :mod:`kvision.losses.detection`. Boxes whose target width is 0
-    (empty slots of the K-object variant, background windows of OverFeat) add
-    nothing, and the mean is over real boxes, so no ``sample_weight`` is needed.
-    """
-
-    def __init__(self, kind="l2", beta=0.05, name=None, **kwargs):
-        if kind not in BOX_LOSSES:
-            raise ValueError(f"Box loss kind must be one of {BOX_LOSSES}, got {kind!r}.")
-        super().__init__(name=name or f"box_{kind}", **kwargs)
-        self.kind = kind
-        self.beta = float(beta)
-        self._per_box = {"l2": lambda: box_losses.L2Loss(),
-                         "smooth_l1": lambda: box_losses.SmoothL1Loss(beta=self.beta),
-                         "giou": lambda: box_losses.GIoULoss(format="yolo")}[kind]()
-
-    def call(self, y_true, y_pred):
-        y_true = ops.cast(y_true, y_pred.dtype)
-        per_box = self._per_box.call(y_true, y_pred)
-        real = ops.cast(y_true[..., 2] > 0, per_box.dtype)
-        per_box = per_box * real
-        axes = tuple(range(1, len(per_box.shape)))
-        if not axes:
-            return per_box
-        # Scaled so that Keras' mean over the batch is the mean over real boxes.
-        total = ops.sum(per_box, axis=axes)
-        count = ops.sum(real, axis=axes)
-        share = ops.sum(count) / ops.cast(ops.shape(count)[0], count.dtype)
-        return total / ops.maximum(share, 1.0)
-
-    def get_config(self):
-        return {**super().get_config(), "kind": self.kind, "beta": self.beta}
 
 
 def losses(box_loss="l2", *, objects=1):

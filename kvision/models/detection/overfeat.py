@@ -31,8 +31,8 @@ import numpy as np
 
 from kvision import features
 from kvision.layers.overfeat import WindowDecode
-from kvision.models.detection.localization import (BoxRegressionLoss, _check_int,
-                                                    _nms_layer, backbone_graph)
+from kvision.losses.detection import BoxRegressionLoss
+from kvision.models.detection.localization import _check_int, _nms_layer, backbone_graph
 from kvision.ops import boxes as box_ops
 from kvision.registry import register
 

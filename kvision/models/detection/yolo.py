@@ -16,12 +16,8 @@ per scale (:class:`kvision.layers.yolo.YOLOv3Output` reshapes the last 1x1 conv'
     detector = yolo.inference_model(model, score_threshold=0.5)
     detector(images)  # {"boxes", "scores", "classes", "num_detections"}
 
-Loss (:class:`YOLOv3Loss`, per scale, summed over cells, averaged over images):
-the usual one of the reference Keras implementation (qqwweee/keras-yolo3) --
-binary cross-entropy on the ``sigmoid`` center offsets and squared error on the
-log-space sizes ``log(w / anchor_w)``, both weighted by ``2 - w*h/(W*H)`` (small
-boxes count more); objectness BCE, where predictions that overlap a ground-truth
-box by IoU > 0.5 without being assigned to it are not pushed to 0; class BCE.
+Loss: :class:`kvision.losses.detection.YOLOv3Loss`, one per scale, summed over cells,
+averaged over images (:func:`losses` makes them for ``model.compile``).
 """
 
 from __future__ import annotations
@@ -30,13 +26,14 @@ import dataclasses
 
 import keras
 import numpy as np
-from keras import ops
 
 from kvision import features, registry
 from kvision.blocks import conv_bn_act
 from kvision.layers import InferenceBackbone
 from kvision.layers.preprocessing import ImagePreprocessing
 from kvision.layers.yolo import YOLOv3Decode, YOLOv3Output
+from kvision.losses.detection import (  # noqa: F401  (their old home)
+    IGNORE_THRESHOLD, MAX_BOXES, YOLOv3Loss)
 from kvision.models.classification.darknet import CONV
 from kvision.registry import register
 
@@ -49,8 +46,6 @@ COCO_MASKS = ((6, 7, 8), (3, 4, 5), (0, 1, 2))
 # cfg/yolov3-tiny.cfg: its anchors and masks (the 26x26 scale uses anchors 1, 2, 3).
 TINY_ANCHORS = ((10, 14), (23, 27), (37, 58), (81, 82), (135, 169), (344, 319))
 TINY_MASKS = ((3, 4, 5), (1, 2, 3))
-IGNORE_THRESHOLD = 0.5
-MAX_BOXES = 100  # ground-truth boxes per image the ignore mask compares with
 
 
 # --- arguments ----------------------------------------------------------------------
@@ -492,80 +487,6 @@ def _sanitized(scenes, model):
 
 
 # --- the loss -----------------------------------------------------------------------
-
-def _bce(target, logits):
-    return ops.binary_crossentropy(target, logits, from_logits=True)
-
-
-def xyxy(center, size):
-    """Centers and sizes ``(..., 2)`` -> corners ``(..., 4)``."""
-    return ops.concatenate([center - size / 2, center + size / 2], axis=-1)
-
-
-@keras.saving.register_keras_serializable(package="kvision")
-class YOLOv3Loss(keras.losses.Loss):
-    """YOLOv3's loss for one scale (see the module docstring), summed per image.
-
-    ``y_true``: :func:`encode_targets`' ``(B, S, S, A, 5+C)``; ``y_pred``: the raw
-    output of the same shape. ``anchors``: this scale's ``(A, 2)`` pixels;
-    ``image_size``: the input ``(height, width)``.
-    """
-
-    def __init__(self, anchors, image_size, ignore_threshold=IGNORE_THRESHOLD,
-                 max_boxes=MAX_BOXES, name="yolov3_loss", **kwargs):
-        super().__init__(name=name, **kwargs)
-        self.anchors = [[float(w), float(h)] for w, h in anchors]
-        self.image_size = [int(s) for s in image_size]
-        self.ignore_threshold = float(ignore_threshold)
-        self.max_boxes = int(max_boxes)
-
-    def call(self, y_true, y_pred):
-        from kvision.layers.yolo import grid_geometry
-
-        y_true = ops.cast(y_true, "float32")
-        y_pred = ops.cast(y_pred, "float32")
-        shape = ops.shape(y_pred)
-        height, width = self.image_size
-        stride, anchors, offsets = grid_geometry(y_pred, self.image_size, self.anchors)
-        found = y_true[..., 4]
-        true_wh = y_true[..., 2:4]
-        weight = found * (2.0 - true_wh[..., 0] * true_wh[..., 1] / (height * width))
-        true_xy = y_true[..., 0:2] / stride - offsets
-        true_twh = ops.log(ops.maximum(true_wh, 1e-9) / anchors) * found[..., None]
-        xy_loss = weight * ops.sum(_bce(true_xy, y_pred[..., 0:2]), axis=-1)
-        wh_loss = weight * 0.5 * ops.sum(ops.square(true_twh - y_pred[..., 2:4]), -1)
-        ignore = self._ignore(y_true, y_pred, offsets, stride, anchors)
-        obj_logit = y_pred[..., 4]
-        obj_loss = (found * _bce(ops.ones_like(found), obj_logit)
-                    + (1.0 - found) * ignore * _bce(ops.zeros_like(found), obj_logit))
-        class_loss = found * ops.sum(_bce(y_true[..., 5:], y_pred[..., 5:]), axis=-1)
-        total = xy_loss + wh_loss + obj_loss + class_loss
-        return ops.sum(ops.reshape(total, (shape[0], -1)), axis=-1)
-
-    def _ignore(self, y_true, y_pred, offsets, stride, anchors):
-        """1 where a cell's prediction overlaps no ground-truth box by more than the
-        threshold (it is taught 'no object'); up to ``max_boxes`` boxes an image."""
-        from kvision.ops.boxes import iou
-
-        batch = ops.shape(y_pred)[0]
-        pred = xyxy((ops.sigmoid(y_pred[..., 0:2]) + offsets) * stride,
-                     anchors * ops.exp(ops.minimum(y_pred[..., 2:4], 10.0)))
-        pred = ops.reshape(pred, (batch, -1, 4))
-        truth = ops.reshape(xyxy(y_true[..., 0:2], y_true[..., 2:4]), (batch, -1, 4))
-        flags = ops.reshape(y_true[..., 4], (batch, -1))
-        k = min(self.max_boxes, int(np.prod(y_pred.shape[1:4])))
-        flags, index = ops.top_k(flags, k)
-        truth = ops.take_along_axis(truth, ops.expand_dims(index, -1), axis=1)
-        overlap = iou(pred, truth) * ops.expand_dims(flags, 1)
-        best = ops.max(overlap, axis=-1)
-        ignore = ops.cast(best < self.ignore_threshold, "float32")
-        return ops.stop_gradient(ops.reshape(ignore, ops.shape(y_pred)[:4]))
-
-    def get_config(self):
-        return {**super().get_config(), "anchors": self.anchors,
-                "image_size": self.image_size, "ignore_threshold": self.ignore_threshold,
-                "max_boxes": self.max_boxes}
-
 
 def losses(model, **kwargs):
     """One :class:`YOLOv3Loss` per output of ``model``, for ``model.compile``."""

@@ -8,34 +8,25 @@ The network (Figure 3) is 24 convolutions (LeakyReLU 0.1, no BatchNorm), the fir
 grid is input / 64, 7 at 448) and two fully connected layers (4096, dropout 0.5,
 then ``S*S*(5B+C)`` linear). Output ``(B, S, S, 5B+C)`` (30 deep for PASCAL VOC).
 
-Loss (:class:`YOLOv1Loss`), the paper's sum-squared error, summed per image::
-
-    l_coord * sum 1obj_ij [(x - x^)^2 + (y - y^)^2]
-  + l_coord * sum 1obj_ij [(sqrt w - sqrt w^)^2 + (sqrt h - sqrt h^)^2]
-  +           sum 1obj_ij (C - C^)^2 + l_noobj * sum 1noobj_ij (C - C^)^2
-  +           sum_i 1obj_i sum_c (p(c) - p^(c))^2
-
-with l_coord = 5, l_noobj = 0.5; the predictor ``j`` responsible for a cell's object
-is the one whose box has the highest IoU with it, and its target confidence is that
-IoU (confidence = Pr(object) * IoU); 1noobj_ij = 1 - 1obj_ij.
+Loss: :class:`kvision.losses.detection.YOLOv1Loss`, the paper's sum-squared error,
+summed per image (:func:`loss` makes it for ``model.compile``).
 """
 
 from __future__ import annotations
 
 import keras
 import tensorflow as tf
-from keras import ops
 
 from kvision import registry
 from kvision.blocks import conv_bn_act
 from kvision.layers.yolo import YOLOv1Decode, YOLOv1Output
+from kvision.losses.detection import (  # noqa: F401  (their old home)
+    LAMBDA_COORD, LAMBDA_NOOBJ, YOLOv1Loss)
 from kvision.models.classification.darknet import CONV
 from kvision.models.detection import yolo
 from kvision.registry import register
 
 PAPER = "You Only Look Once: Unified, Real-Time Object Detection"
-LAMBDA_COORD = 5.0
-LAMBDA_NOOBJ = 0.5
 # Figure 3's first 20 convolutions: (filters, kernel, stride), "M" a 2x2 max pool.
 BACKBONE = ((64, 7, 2), "M", (192, 3, 1), "M",
             (128, 1, 1), (256, 3, 1), (256, 1, 1), (512, 3, 1), "M",
@@ -176,55 +167,6 @@ def training_dataset(data, model, **kwargs):
 
 
 # --- the loss -----------------------------------------------------------------------
-
-@keras.saving.register_keras_serializable(package="kvision")
-class YOLOv1Loss(keras.losses.Loss):
-    """The paper's loss (module docstring), summed over an image's cells.
-
-    ``y_true``: :func:`encode_targets`' ``(B, S, S, 5+C)``; ``y_pred``: the raw
-    ``(B, S, S, 5B+C)`` output.
-    """
-
-    def __init__(self, boxes_per_cell=2, lambda_coord=LAMBDA_COORD,
-                 lambda_noobj=LAMBDA_NOOBJ, name="yolov1_loss", **kwargs):
-        super().__init__(name=name, **kwargs)
-        self.boxes_per_cell = int(boxes_per_cell)
-        self.lambda_coord = float(lambda_coord)
-        self.lambda_noobj = float(lambda_noobj)
-
-    def call(self, y_true, y_pred):
-        from kvision.ops.boxes import aligned_iou
-
-        y_true = ops.cast(y_true, "float32")
-        y_pred = ops.cast(y_pred, "float32")
-        b = self.boxes_per_cell
-        shape = ops.shape(y_pred)
-        pred = ops.reshape(y_pred[..., :5 * b], (shape[0], shape[1], shape[2], b, 5))
-        grid = ops.cast(shape[1], "float32")
-        found = y_true[..., 4]
-        truth = ops.expand_dims(y_true[..., :4], 3)  # (B, S, S, 1, 4)
-        # IoU of each predictor's box with the cell's object, in image units.
-        overlap = aligned_iou(
-            yolo.xyxy(pred[..., 0:2] / grid, ops.square(pred[..., 2:4])),
-            ops.broadcast_to(yolo.xyxy(truth[..., 0:2] / grid, truth[..., 2:4]),
-                             ops.shape(pred[..., :4])))
-        overlap = ops.stop_gradient(overlap)
-        responsible = ops.one_hot(ops.argmax(overlap, axis=-1), b) * found[..., None]
-        xy = ops.sum(ops.square(pred[..., 0:2] - truth[..., 0:2]), axis=-1)
-        wh = ops.sum(ops.square(pred[..., 2:4] - ops.sqrt(truth[..., 2:4])), axis=-1)
-        confidence = pred[..., 4]
-        total = (self.lambda_coord * ops.sum(responsible * (xy + wh), axis=-1)
-                 + ops.sum(responsible * ops.square(confidence - overlap), axis=-1)
-                 + self.lambda_noobj * ops.sum((1.0 - responsible)
-                                               * ops.square(confidence), axis=-1)
-                 + found * ops.sum(ops.square(y_pred[..., 5 * b:] - y_true[..., 5:]),
-                                   axis=-1))
-        return ops.sum(ops.reshape(total, (shape[0], -1)), axis=-1)
-
-    def get_config(self):
-        return {**super().get_config(), "boxes_per_cell": self.boxes_per_cell,
-                "lambda_coord": self.lambda_coord, "lambda_noobj": self.lambda_noobj}
-
 
 def loss(model, **kwargs):
     """The :class:`YOLOv1Loss` for ``model``, for ``model.compile``."""
