@@ -189,9 +189,12 @@ def _fake_tfds(boxes, labels, sizes):
     return as_dataset
 
 
-def test_tfds_detection_datasets_with_mocked_data():
+def test_tfds_detection_datasets_with_mocked_data(monkeypatch):
     import tensorflow_datasets as tfds
 
+    from kvision.data import sources
+
+    monkeypatch.setattr(sources, "_reachable", lambda host: True)  # mocked "downloads"
     boxes = [[[0.1, 0.2, 0.5, 0.6], [0.0, 0.0, 1.0, 1.0], [0.3, 0.3, 0.3, 0.5]], []]
     labels = [[3, 14, 7], []]
     fake = _fake_tfds(boxes, labels, [(30, 40), (50, 20)])
