@@ -12,9 +12,10 @@ log2), measured symbolically at a large probe size, so "valid"-padded networks
 strides. This works for keras.applications, kvision and user models, and looks
 inside nested models (a transfer model's ``"backbone"``).
 
-``extractor(model, layers=None, pooling="avg")`` returns a ``keras.Model`` on the
-same inputs whose output is the requested layer (default: the layer before the
-classifier), or a dict of them.
+``extractor(model, layers=None, pooling="avg")`` returns a ``keras.Model`` from raw
+images to the requested layer (default: the layer before the classifier), or a dict
+of them, on the backbone every task uses (:mod:`kvision.models.backbone`: a name with
+its own preprocessing, or a copy of a model).
 
 The graph is read from Keras 3's functional internals (``Functional._nodes_by_depth``,
 ``Node.arguments``), the same structures ``Functional.call`` runs through.
@@ -515,47 +516,53 @@ def _pool(tensor, pooling, label):
 
 
 def extractor(model, layers=None, pooling="avg", *, weights=None, input_shape=None,
-              **build_kwargs) -> keras.Model:
-    """A model on ``model``'s inputs that outputs features of chosen layers.
+              trainable=True, **build_kwargs) -> keras.Model:
+    """A model from raw images to features of chosen layers of a backbone.
+
+    The backbone is the one every task uses
+    (:func:`kvision.models.backbone.build_backbone`): a keras.Model is copied (its
+    variables never change through the extractor) and cut before its classifier; a
+    name is built without its top, with ``weights``, ``input_shape`` and
+    ``build_kwargs``; the extractor takes raw pixels in [0, 255] through the
+    backbone's own preprocessing (none for a keras.Model).
 
     Args:
         model: a functional ``keras.Model``, a kvision registry name or a
-            keras.applications name (built with ``include_top=True`` and
-            ``weights``, ``input_shape`` and ``build_kwargs`` as given).
-        layers: None (the layer before the classifier, :func:`feature_layer`), a
-            layer name (inside a nested model too: ``"conv1"`` or
-            ``"backbone/conv1"``), a stride 4/8/16/32 (its :func:`stage_outputs`
-            layer), ``"P2"``..``"P5"`` (strides 4..32), or a list of those.
+            keras.applications name.
+        layers: None (the backbone's output: a model's layer before its classifier,
+            :func:`feature_layer`, a named network's last layer), a layer name
+            (inside a nested model too: ``"conv1"`` or ``"backbone/conv1"``), a
+            stride 4/8/16/32 (its :func:`stage_outputs` layer), ``"P2"``..``"P5"``
+            (strides 4..32), or a list of those.
         pooling: "avg", "max" or None, applied to 4-D outputs ``(N, H, W, C)``,
             giving ``(N, C)``.
+        trainable: what of the backbone trains, as in every task (True, False, an
+            int of last blocks or a regime name).
 
     Returns:
-        A ``keras.Model`` sharing ``model``'s layers: one output for a single
+        A ``keras.Model`` on an input named "images": one output for a single
         request, a dict keyed by the requests for a list (ints stay ints when all
         requests are strides; mixed with names they become strings, ``"8"``; a
         None request is keyed by its layer's name).
     """
+    from kvision.models.backbone import build_backbone
+
     if pooling not in POOLINGS:
         raise ValueError(f"`pooling` must be one of {POOLINGS}, got {pooling!r}.")
-    if isinstance(model, str):
-        model = build_named(model, include_top=True, weights=weights,
-                            input_shape=input_shape, **build_kwargs)
-    elif not isinstance(model, keras.Model):
+    if not isinstance(model, (str, keras.Model)):
         raise ValueError(
             f"`model` must be a keras.Model or a model name, got {type(model).__name__}."
         )
     requests = list(layers) if isinstance(layers, (list, tuple)) else [layers]
     if not requests:
         raise ValueError("`layers` is an empty list; pass None, a request or a list.")
-    paths, stages = [], None
-    for request in requests:
-        if request is None:
-            paths.append(resolve_path(model, feature_layer(model)))
-        else:
-            path, stages = _request_path(model, request, stages)
-            paths.append(path)
-    tensors = tap(model, paths)
-    keys = [path[-1] if r is None else r for r, path in zip(requests, paths)]
+    images, tensors = build_backbone(model, requests, weights=weights,
+                                     input_shape=input_shape, trainable=trainable,
+                                     **build_kwargs)
+    tensors = tensors if len(requests) > 1 else [tensors]
+    tapped = [t._keras_history.operation.name
+              for t in functional(tensors[0]._keras_history.operation).outputs]
+    keys = [name if r is None else r for r, name in zip(requests, tapped)]
     labels = [f"stride{k}" if isinstance(k, int) else k.replace("/", "_") for k in keys]
     labels = [label if labels.count(label) == 1 else f"{label}_{i}"
               for i, label in enumerate(labels)]
@@ -568,4 +575,5 @@ def extractor(model, layers=None, pooling="avg", *, weights=None, input_shape=No
         outputs = dict(zip(keys, outputs))
     else:
         outputs = outputs[0]
-    return keras.Model(model_inputs(model), outputs, name=f"{model.name}_features")
+    label = model if isinstance(model, str) else model.name
+    return keras.Model(images, outputs, name=f"{label}_features")

@@ -1,20 +1,23 @@
 """Transfer learning: a pretrained backbone, a new head, and what to freeze.
 
 :func:`build_classifier` takes any keras.applications model name, any kvision
-registry name or a ``keras.Model`` (a network you trained, cut before its
-classifier) and returns::
+registry name or a ``keras.Model`` (a network you trained: a copy of it, cut before
+its classifier) and returns::
 
-    Input (raw pixels 0..255) -> ImagePreprocessing(the backbone's mode)
-        -> backbone (nested layer "backbone", called with training=False)
-        -> pooling -> head -> Dense(classes) "predictions"
+    "images" (raw pixels 0..255) -> ImagePreprocessing(the backbone's own mode)
+        -> backbone (nested layer "backbone") -> pooling -> head
+        -> Dense(classes) "predictions"
 
-The backbone is called with ``training=False`` and is an :class:`InferenceBackbone`
-(which keeps it so during ``fit``, where Keras 3 would otherwise pass
-``training=True`` down), so its BatchNorm layers run in inference mode: frozen or
-not, their moving statistics never drift on a small dataset, and unfrozen layers
-fine-tune against the statistics they were trained with. Freezing sets
-``layer.trainable`` per layer inside the backbone. Loading a saved transfer model
-needs only ``import kvision`` (which registers ``InferenceBackbone`` with Keras).
+The backbone is the one every task uses
+(:func:`kvision.models.backbone.build_backbone`, whose docstring has the rules). A
+pretrained one (``weights`` "imagenet" or a file, or a ``keras.Model``) is called
+with ``training=False`` and is an :class:`~kvision.layers.InferenceBackbone` (which
+keeps it so during ``fit``, where Keras 3 would otherwise pass ``training=True``
+down), so its BatchNorm layers run in inference mode: frozen or not, their moving
+statistics never drift on a small dataset, and unfrozen layers fine-tune against the
+statistics they were trained with. A random one (``weights=None``) is a plain nested
+model whose BatchNorm learns. Freezing sets ``layer.trainable`` per layer inside the
+backbone. Loading a saved transfer model needs only ``import kvision``.
 
 The data regimes (``regime=``), the transfer-learning rule of thumb ("small" is
 under about 10k images; "similar" means like the pretraining data, e.g. ImageNet
@@ -60,9 +63,9 @@ import keras
 import numpy as np
 
 from kvision import features
-from kvision.layers import InferenceBackbone
+from kvision.layers import InferenceBackbone  # noqa: F401  (part of this API)
 from kvision.features import keras_backbones  # noqa: F401  (part of this API)
-from kvision.layers.preprocessing import MODES, ImagePreprocessing, check_mode
+from kvision.layers.preprocessing import MODES
 
 HEADS = ("dense", "mlp")
 MLP_UNITS = 256
@@ -129,64 +132,6 @@ def keras_preprocessing(name) -> str:
         f"keras.applications.{name}'s preprocess_input matches none of {MODES}; "
         f"pass preprocessing= explicitly."
     )
-
-
-def _named_backbone(name, weights, input_shape, kwargs):
-    """``(model without top, preprocessing mode)`` of a keras/kvision name."""
-    from kvision import registry
-
-    model = features.build_named(name, include_top=False, weights=weights,
-                                 input_shape=input_shape, **kwargs)
-    if features.resolve_name(name) == "keras":
-        return model, keras_preprocessing(name)
-    return model, registry.get_info(name).preprocessing
-
-
-def _model_backbone(model, weights, input_shape):
-    """A copy of a user's ``keras.Model`` cut before its classifier (its own
-    weights kept; a weights file path loads into the copy first)."""
-    from kvision import weights as weights_lib
-
-    features.functional(model)  # a clear error for subclassed models
-    if input_shape is not None and tuple(input_shape) != tuple(model.input_shape[1:]):
-        raise ValueError(
-            f"input_shape={tuple(input_shape)} differs from the given model's input "
-            f"{tuple(model.input_shape[1:])}; leave input_shape=None."
-        )
-    copy = keras.models.clone_model(model)  # training must not touch the user's model
-    copy.set_weights(model.get_weights())
-    weights = features.check_weights(weights)
-    if weights not in (None, "imagenet"):
-        weights_lib.load_file(copy, weights)
-    cut = features.tap(copy, [(features.feature_layer(copy),)])[0]
-    return keras.Model(features.model_inputs(copy), cut, name=copy.name), "none"
-
-
-def _single_output(model):
-    outputs = features.functional(model).outputs
-    if len(outputs) != 1:
-        raise ValueError(f"A backbone needs one output; {model.name!r} has {len(outputs)}.")
-    return outputs[0]
-
-
-def _cut(model, stride):
-    """``model`` ended at its stage output at ``stride`` (else at its deepest stage
-    output below ``stride`` other than its last layer)."""
-    stages = features.stage_outputs(model)
-    last = features.feature_layer(model)
-    usable = {s: n for s, n in stages.items() if n != last}
-    if stride not in usable:
-        below = [s for s in usable if s < stride]
-        if not below:
-            raise ValueError(
-                f"Cannot cut {model.name!r} shallower at stride {stride} (regime "
-                f"'small-different'): its stage outputs are {stages}, {last!r} being "
-                f"its last layer. Use regime 'small-similar' or trainable_layers."
-            )
-        stride = max(below)
-    path = features.resolve_path(model, usable[stride])
-    return keras.Model(features.model_inputs(model), features.tap(model, [path])[0],
-                       name=model.name)
 
 
 # --- freezing -------------------------------------------------------------------
@@ -331,11 +276,12 @@ def build_classifier(backbone, classes, *, weights="imagenet", input_shape=None,
         backbone: a keras.applications name (exact CapWords: ``"ResNet50"``, all of
             :func:`keras_backbones`), a kvision registry name (``"resnet50"``), or
             a functional ``keras.Model`` (copied and cut before its classifier;
-            preprocessing "none").
+            preprocessing "none"): :func:`kvision.models.backbone.build_backbone`.
         classes: number of classes of the new ``"predictions"`` Dense layer.
         weights: "imagenet" (keras.applications' download; offline a
             ``ConnectionError``), None, or a local weights file of the backbone
-            without its top (``FileNotFoundError`` if missing). A ``keras.Model``
+            without its top (``FileNotFoundError`` if missing); None is a random
+            backbone (a plain nested model, BatchNorm learning). A ``keras.Model``
             keeps its own weights unless a file is given.
         input_shape: ``(H, W, C)`` of the raw images; default: the backbone's.
         regime: one of :data:`REGIMES` (see the module docstring).
@@ -345,38 +291,46 @@ def build_classifier(backbone, classes, *, weights="imagenet", input_shape=None,
             Dense), or a ``keras.Layer`` / callable ``f(x) -> x`` before the Dense.
         dropout: dropout rate before the classifier (0 for none).
         pooling: "avg", "max" or None (Flatten) on the backbone's feature map.
-        preprocessing: an ImagePreprocessing mode; default the backbone's.
+        preprocessing: an ImagePreprocessing mode; default the backbone's own.
         classifier_activation: activation of ``"predictions"``.
         name: the model's name.
         **backbone_kwargs: more builder arguments (``alpha`` for MobileNet).
 
     Returns:
         A functional ``keras.Model``: ``(N, H, W, C)`` raw pixels in ``[0, 255]``
-        -> ``(N, classes)``, its backbone nested as layer ``"backbone"``.
+        (input ``"images"``) -> ``(N, classes)``, its backbone nested as layer
+        ``"backbone"``.
     """
+    from kvision.models.backbone import build_backbone
+
     _check_arguments(classes, regime, trainable_layers, dropout, pooling)
-    if isinstance(backbone, keras.Model):
-        net, mode = _model_backbone(backbone, weights, input_shape)
-    elif isinstance(backbone, str):
-        net, mode = _named_backbone(backbone, weights, input_shape, backbone_kwargs)
-    else:
-        raise ValueError(f"backbone must be a model name or a keras.Model, got "
-                         f"{type(backbone).__name__}.")
-    if regime is not None and REGIMES[regime].cut_stride is not None:
-        net = _cut(net, REGIMES[regime].cut_stride)
-    label = net.name
-    net = InferenceBackbone(features.model_inputs(net), _single_output(net),
-                            name="backbone")
-    mode = check_mode(preprocessing) if preprocessing is not None else mode
-    inputs = keras.Input(shape=net.input_shape[1:], name="image")
-    x = ImagePreprocessing(mode, name="preprocessing")(inputs)
-    x = net(x, training=False)  # (and InferenceBackbone keeps it so under fit)
+    inputs, x = build_backbone(backbone, input_shape=input_shape, weights=weights,
+                               trainable=_backbone_trainable(regime, trainable_layers),
+                               preprocessing=preprocessing, **backbone_kwargs)
     x = _head(_pool(x, pooling), head, dropout)
     outputs = keras.layers.Dense(classes, activation=classifier_activation,
                                  name="predictions")(x)
+    label = backbone if isinstance(backbone, str) else backbone.name
     model = keras.Model(inputs, outputs, name=name or f"{label}_transfer")
-    set_trainable(model, trainable_layers, regime=regime)
+    if trainable_layers is not None and _backbone_trainable(None, trainable_layers) is False:
+        set_trainable(model, trainable_layers)  # a regex or layer names
     return model
+
+
+def _backbone_trainable(regime, trainable_layers):
+    """What :func:`~kvision.models.backbone.build_backbone` takes for these
+    arguments: the regime, True for "all", an int of blocks, else False (the head
+    only; a regex or layer names are then :func:`set_trainable`'s)."""
+    if regime is not None:
+        return regime
+    if trainable_layers == "all":
+        return True
+    if isinstance(trainable_layers, int) and not isinstance(trainable_layers, bool):
+        if trainable_layers < 0:
+            raise ValueError(
+                f"trainable_layers must be >= 0 blocks, got {trainable_layers}.")
+        return trainable_layers
+    return False
 
 
 # --- two-phase fine-tuning ------------------------------------------------------

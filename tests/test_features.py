@@ -207,12 +207,19 @@ def test_multi_scale_dict_and_pooling(resnet50, images):
 
 
 def test_extractor_from_names():
+    # A name is its backbone, as in every task: built without its top, raw pixels in
+    # through its own preprocessing.
     lenet = features.extractor("lenet5")
-    assert lenet.output_shape == (None, 84)  # LeNet-5's F6 has 84 units
-    assert lenet.get_layer("c1_conv") is not None
+    assert lenet.output_shape == (None, 16)  # LeNet-5's S4 (16 maps), averaged
+    assert lenet.get_layer("preprocessing").mode == registry.get_info("lenet5").preprocessing
     mobile = features.extractor("MobileNet", "P4", pooling=None, weights=None,
                                 input_shape=(64, 64, 3), alpha=0.25)
     assert mobile.output_shape == (None, 4, 4, 128)  # stride 16, 512 * 0.25 channels
+    from keras.applications import mobilenet
+
+    x = np.random.default_rng(2).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
+    expected = mobile.get_layer("backbone")(mobilenet.preprocess_input(x.copy()))
+    np.testing.assert_allclose(np.asarray(mobile(x)), np.asarray(expected), atol=1e-5)
 
 
 def test_extractor_errors(resnet50):

@@ -85,23 +85,27 @@ def _calibrate_batchnorm(backbone, x):
 
 
 @pytest.fixture(scope="module")
-def mobilenet():
-    """MobileNetV2 (alpha 0.35, BatchNorm everywhere) at 32x32, head only."""
-    model = transfer.build_classifier("MobileNetV2", 3, weights=None,
-                                      input_shape=(32, 32, 3), alpha=0.35)
+def mobilenet(tmp_path_factory):
+    """MobileNetV2 (alpha 0.35, BatchNorm everywhere) at 32x32, head only, pretrained:
+    its weights file holds calibrated BatchNorm statistics (a pretrained backbone is
+    one given weights; weights=None is a random one, whose BatchNorm learns)."""
+    net = keras.applications.MobileNetV2(include_top=False, weights=None, alpha=0.35,
+                                         input_shape=(32, 32, 3))
     pixels = _random_data(64, seed=1)[0]
-    _calibrate_batchnorm(model.get_layer("backbone"), pixels / 127.5 - 1.0)
-    transfer.set_trainable(model, None)
-    return model
+    _calibrate_batchnorm(net, pixels / 127.5 - 1.0)
+    path = str(tmp_path_factory.mktemp("mobilenet") / "backbone.weights.h5")
+    net.save_weights(path)
+    return transfer.build_classifier("MobileNetV2", 3, weights=path,
+                                     input_shape=(32, 32, 3), alpha=0.35)
 
 
 def test_layout_and_raw_pixel_input(mobilenet):
     assert [layer.name for layer in mobilenet.layers] == [
-        "image", "preprocessing", "backbone", "avg_pool", "head_dropout", "predictions"]
+        "images", "preprocessing", "backbone", "avg_pool", "head_dropout", "predictions"]
     assert mobilenet.get_layer("preprocessing").mode == "tf"
     backbone = mobilenet.get_layer("backbone")
     assert backbone._inbound_nodes[-1].arguments.kwargs["training"] is False
-    assert backbone.trainable and not _trainable_names(backbone)  # head only
+    assert not backbone.trainable_weights and not _trainable_names(backbone)  # head only
     assert {v.path for v in mobilenet.trainable_weights} == {
         "predictions/kernel", "predictions/bias"}
     x, _ = _random_data(2)

@@ -93,6 +93,28 @@ def make_input(info, input_tensor, input_shape, *, fixed_size, weights,
     return keras.utils.get_source_inputs(input_tensor), input_tensor
 
 
+def task_input(task, input_shape, *, multiple=1, fixed_size=False):
+    """The input of task model ``task`` (a registry name): ``keras.Input`` named
+    ``"images"``, the name of the export signatures' input.
+
+    ``input_shape`` defaults to the task's registered default size; the check is
+    the classifiers' (:func:`resolve_input_shape`: three entries, a channel count,
+    sides of at least the task's ``min_size``), plus sides that are multiples of
+    ``multiple`` (the task's output stride) and, with ``fixed_size``, known.
+    """
+    info = registry.get_info(task)
+    if input_shape is None:
+        input_shape = (info.default_size, info.default_size, info.input_channels)
+    shape = resolve_input_shape(info, input_shape, fixed_size=False, weights=None)
+    if fixed_size and None in shape[:2]:
+        raise ValueError(f"{info.name} needs a fixed input size (height, width, "
+                         f"channels), got input_shape={input_shape!r}.")
+    if any(side is not None and side % multiple for side in shape[:2]):
+        raise ValueError(f"{info.name}'s input height and width must be multiples of "
+                         f"{multiple} (its output stride), got {input_shape!r}.")
+    return keras.Input(shape=shape, name="images")
+
+
 def global_pool(x, pooling, name="pool"):
     """``pooling`` ("avg", "max" or None) applied to a feature map."""
     if pooling == "avg":

@@ -81,7 +81,7 @@ def test_skips_tap_pool3_and_pool4_of_vgg(fcn8s):
 
 
 def test_bad_arguments_are_clear_errors():
-    with pytest.raises(ValueError, match="at least 32 pixels"):
+    with pytest.raises(ValueError, match="at least 32x32 pixels"):  # every task's check
         create("fcn32s", input_shape=(16, 16, 3), fc_units=8)
     with pytest.raises(ValueError, match="classes"):
         create("fcn8s", classes=0)

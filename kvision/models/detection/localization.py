@@ -32,10 +32,10 @@ import keras
 import numpy as np
 
 from kvision import features, transfer
-from kvision.layers import ImagePreprocessing, InferenceBackbone
 from kvision.layers.overfeat import LocalizerDecode
 from kvision.losses.detection import (  # noqa: F401  (their old home)
     BOX_LOSSES, BoxRegressionLoss)
+from kvision.models.backbone import build_backbone
 from kvision.ops import boxes as box_ops
 from kvision.registry import register
 
@@ -44,63 +44,33 @@ HIDDEN_UNITS = 256
 
 # --- the backbone (shared with overfeat.py) ---------------------------------------
 
-def backbone_graph(backbone, input_shape, *, backbone_weights=None,
-                   trainable_backbone=True, regime=None, preprocessing=None,
-                   **backbone_kwargs):
-    """``(inputs, feature map)``: raw pixels -> preprocessing -> nested ``"backbone"``.
+def backbone_map(backbone, input_shape, *, task, backbone_weights=None,
+                 trainable_backbone=True, regime=None, preprocessing=None,
+                 **backbone_kwargs):
+    """``(images, feature map)``: the backbone's output, as every task builds it
+    (:func:`kvision.models.backbone.build_backbone`), which must be a map.
 
-    ``backbone`` is a kvision registry name, a keras.applications name (built without
-    its top, ``backbone_weights`` None, "imagenet" or a file) or a functional
-    ``keras.Model`` (its 4-D output is the feature map; a classifier is cut before
-    its classifier, as in :func:`kvision.transfer.build_classifier`). A pretrained
-    backbone (weights given, or a model) runs as an
-    :class:`~kvision.layers.InferenceBackbone` (BatchNorm statistics kept); a random
-    one trains like any layer. ``trainable_backbone=False`` freezes it all,
-    ``regime`` picks what trains as :data:`kvision.transfer.REGIMES` says.
+    ``input_shape`` defaults to the backbone's own default size (the heads flatten
+    the map, so it is fixed); ``regime`` is ``trainable_backbone`` given by name.
     """
-    if regime is not None and regime not in transfer.REGIMES:
-        raise ValueError(f"Unknown regime {regime!r}; expected one of "
-                         f"{sorted(transfer.REGIMES)}.")
-    if isinstance(backbone, keras.Model):
-        net, mode = _model_backbone(backbone, backbone_weights, input_shape)
-        pretrained = True
-    elif isinstance(backbone, str):
-        net, mode = transfer._named_backbone(backbone, backbone_weights, input_shape,
-                                             backbone_kwargs)
-        pretrained = backbone_weights is not None
-    else:
-        raise ValueError(f"backbone must be a model name or a keras.Model, got "
-                         f"{type(backbone).__name__}.")
-    if regime is not None and transfer.REGIMES[regime].cut_stride is not None:
-        net = transfer._cut(net, transfer.REGIMES[regime].cut_stride)
-    output = transfer._single_output(net)
-    if len(output.shape) != 4:
-        raise ValueError(f"The backbone {net.name!r} must end in a feature map (N, H, "
-                         f"W, C); it gives {tuple(output.shape)}.")
-    kind = InferenceBackbone if pretrained else keras.Model
-    net = kind(features.model_inputs(net), output, name="backbone")
-    inputs = keras.Input(shape=net.input_shape[1:], name="image")
-    x = ImagePreprocessing(preprocessing or mode, name="preprocessing")(inputs)
-    x = net(x, training=False) if pretrained else net(x)
-    if regime is not None:
-        transfer.set_trainable(net, regime=regime)
-    elif not trainable_backbone:
-        transfer.set_trainable(net, None)
-    return inputs, x
+    if regime is not None and trainable_backbone is not True:
+        raise ValueError("Pass either regime= or trainable_backbone=, not both.")
+    if input_shape is None and isinstance(backbone, str):
+        from kvision import registry
 
-
-def _model_backbone(model, weights, input_shape):
-    """A user's model as a backbone: its own 4-D output, else cut before its top."""
-    features.functional(model)
-    if len(transfer._single_output(model).shape) != 4:
-        return transfer._model_backbone(model, weights, input_shape)
-    copy = keras.models.clone_model(model)
-    copy.set_weights(model.get_weights())
-    if weights not in (None, "imagenet"):
-        from kvision import weights as weights_lib
-
-        weights_lib.load_file(copy, features.check_weights(weights))
-    return copy, "none"
+        input_shape = (224, 224, 3)  # keras.applications' usual size
+        if features.resolve_name(backbone) == "kvision":
+            info = registry.get_info(backbone)
+            input_shape = (info.default_size, info.default_size, info.input_channels)
+    images, x = build_backbone(backbone, input_shape=input_shape,
+                               weights=backbone_weights,
+                               trainable=trainable_backbone if regime is None else regime,
+                               preprocessing=preprocessing, task=task, **backbone_kwargs)
+    if len(x.shape) != 4:
+        raise ValueError(f"The backbone must end in a feature map (N, H, W, C); "
+                         f"{getattr(backbone, 'name', backbone)!r} gives "
+                         f"{tuple(x.shape)}.")
+    return images, x
 
 
 def _check_int(label, value, low=1):
@@ -136,7 +106,7 @@ def Localizer(backbone="vgg16", classes=1000, objects=1, *, input_shape=None,
             backbone's default size. Fixed: the heads flatten the feature map.
         weights: a ``.weights.h5`` file of this whole model, or None.
         backbone_weights, trainable_backbone, regime, preprocessing,
-            **backbone_kwargs: the backbone as :func:`backbone_graph` builds it.
+            **backbone_kwargs: the backbone as :func:`backbone_map` builds it.
         hidden_units: units of each branch's hidden Dense layer (0: none).
         dropout: dropout before each branch's output layer.
         pooling: None (flatten, keeps position), "avg" or "max".
@@ -151,17 +121,10 @@ def Localizer(backbone="vgg16", classes=1000, objects=1, *, input_shape=None,
     hidden_units = _check_int("hidden_units", hidden_units, low=0)
     if pooling not in (None, "avg", "max"):
         raise ValueError(f"`pooling` must be None, 'avg' or 'max'; got {pooling!r}.")
-    if isinstance(backbone, str) and input_shape is None:
-        from kvision import registry
-
-        if features.resolve_name(backbone) == "kvision":
-            info = registry.get_info(backbone)
-            input_shape = (info.default_size, info.default_size, info.input_channels)
-        else:
-            input_shape = (224, 224, 3)
-    inputs, x = backbone_graph(backbone, input_shape, backbone_weights=backbone_weights,
-                               trainable_backbone=trainable_backbone, regime=regime,
-                               preprocessing=preprocessing, **backbone_kwargs)
+    inputs, x = backbone_map(backbone, input_shape, task="localizer",
+                             backbone_weights=backbone_weights,
+                             trainable_backbone=trainable_backbone, regime=regime,
+                             preprocessing=preprocessing, **backbone_kwargs)
     if None in x.shape[1:] and pooling is None:
         raise ValueError("The localizer flattens the feature map, which needs a fixed "
                          "input size: pass input_shape=(H, W, C).")

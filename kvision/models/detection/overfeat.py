@@ -32,7 +32,8 @@ import numpy as np
 from kvision import features
 from kvision.layers.overfeat import WindowDecode
 from kvision.losses.detection import BoxRegressionLoss
-from kvision.models.detection.localization import _check_int, _nms_layer, backbone_graph
+from kvision.models._builder import task_input
+from kvision.models.detection.localization import _check_int, _nms_layer, backbone_map
 from kvision.ops import boxes as box_ops
 from kvision.registry import register
 
@@ -60,7 +61,7 @@ def _fast_body(channels, padding):
                 "Convolutional Networks",
           key_idea="a classifier made fully convolutional slides over several "
                    "scales in one pass; a box regressor per window",
-          default_size=231, min_size=71, default_classes=1000,
+          default_size=231, min_size=MIN_WINDOW, default_classes=1000,
           num_params=301_123_437, params_convention="keras",
           params_source="paper Table 1 (fast model, 145,920,872 with 1000 classes) "
                         "+ a background class (+4,097) + the regressor of section 4.2 "
@@ -82,7 +83,7 @@ def OverFeat(backbone=None, classes=1000, *, input_shape=None, weights=None,
         weights: a ``.weights.h5`` file of the whole model, or None.
         backbone_weights, trainable_backbone, regime, preprocessing,
             **backbone_kwargs: a named backbone, as
-            :func:`kvision.models.detection.localization.backbone_graph` builds it.
+            :func:`kvision.models.detection.localization.backbone_map` builds it.
         units: the class head's hidden Dense layers (the paper: 3072, 4096).
         box_units: the regressor's hidden Dense layers (the paper: 4096, 1024).
         dropout: before each hidden class layer's successor (the paper: 0.5).
@@ -99,24 +100,13 @@ def OverFeat(backbone=None, classes=1000, *, input_shape=None, weights=None,
     if padding not in ("same", "valid"):
         raise ValueError(f"`padding` must be 'same' or 'valid', got {padding!r}.")
     if backbone is None:
-        shape = tuple(input_shape or (231, 231, 3))
-        if len(shape) != 3 or None in shape or min(shape[:2]) < MIN_WINDOW:
-            raise ValueError(f"OverFeat's fast body takes windows (H, W, C) of at least "
-                             f"{MIN_WINDOW}x{MIN_WINDOW} pixels; got "
-                             f"input_shape={input_shape!r}.")
-        inputs = keras.Input(shape, name="image")
-        x = _fast_body(shape[-1], padding)(inputs)
-    else:
-        if isinstance(backbone, str) and input_shape is None \
-                and features.resolve_name(backbone) == "kvision":
-            from kvision import registry
-
-            info = registry.get_info(backbone)
-            input_shape = (info.default_size, info.default_size, info.input_channels)
-        inputs, x = backbone_graph(backbone, input_shape,
-                                   backbone_weights=backbone_weights,
-                                   trainable_backbone=trainable_backbone, regime=regime,
-                                   preprocessing=preprocessing, **backbone_kwargs)
+        inputs = task_input("overfeat", input_shape, fixed_size=True)
+        x = _fast_body(inputs.shape[-1], padding)(inputs)
+    else:  # (the fast body's 71-pixel minimum is not a named backbone's)
+        inputs, x = backbone_map(backbone, input_shape, task=None,
+                                 backbone_weights=backbone_weights,
+                                 trainable_backbone=trainable_backbone, regime=regime,
+                                 preprocessing=preprocessing, **backbone_kwargs)
     if None in x.shape[1:]:
         raise ValueError("OverFeat's window classifier needs a fixed window size: pass "
                          "input_shape=(S, S, C).")

@@ -27,13 +27,13 @@ import dataclasses
 import keras
 import numpy as np
 
-from kvision import features, registry
+from kvision import features
 from kvision.blocks import conv_bn_act
-from kvision.layers import InferenceBackbone
-from kvision.layers.preprocessing import ImagePreprocessing
 from kvision.layers.yolo import YOLOv3Decode, YOLOv3Output
 from kvision.losses.detection import (  # noqa: F401  (their old home)
     IGNORE_THRESHOLD, MAX_BOXES, YOLOv3Loss)
+from kvision.models._builder import task_input
+from kvision.models.backbone import build_backbone
 from kvision.models.classification.darknet import CONV
 from kvision.registry import register
 
@@ -54,25 +54,6 @@ def check_classes(classes):
     if not isinstance(classes, int) or isinstance(classes, bool) or classes < 1:
         raise ValueError(f"`classes` must be an integer >= 1, got {classes!r}.")
     return classes
-
-
-def check_input_shape(input_shape, default, multiple, name, min_size=None):
-    """``(H, W, 3)`` with H, W multiples of ``multiple`` (the network's stride) and
-    at least ``min_size`` (default ``multiple``)."""
-    min_size = min_size or multiple
-    shape = (default, default, 3) if input_shape is None else input_shape
-    try:
-        shape = tuple(int(d) for d in shape)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} needs a fixed input_shape (height, width, channels), "
-                         f"got {input_shape!r}.") from None
-    if len(shape) != 3 or shape[0] < min_size or shape[1] < min_size:
-        raise ValueError(f"{name} takes input_shape (height, width, channels) of at "
-                         f"least {min_size}x{min_size}, got {input_shape!r}.")
-    if shape[0] % multiple or shape[1] % multiple:
-        raise ValueError(f"{name}'s input height and width must be multiples of "
-                         f"{multiple} (its output stride), got {input_shape!r}.")
-    return shape
 
 
 def scale_anchors(anchors, default, masks):
@@ -109,78 +90,35 @@ def scale_anchors(anchors, default, masks):
 
 # --- backbones ----------------------------------------------------------------------
 
-def _named_backbone(name, input_shape, strides, backbone_weights):
-    net = features.build_named(name, include_top=False, weights=backbone_weights,
-                               input_shape=input_shape)
-    if features.resolve_name(name) == "keras":
-        from kvision.transfer import keras_preprocessing
-        mode, stages = keras_preprocessing(name), {}
-    else:
-        info = registry.get_info(name)
-        mode, stages = info.preprocessing, dict(info.stage_outputs)
-    if not all(s in stages for s in strides):
-        stages = features.stage_outputs(net)
-    return net, stages, mode
+def backbone_features(registry_name, backbone, input_shape, levels, *, backbone_weights,
+                      trainable_backbone, paper_body):
+    """``(images, [features at levels])`` of a YOLO model.
 
-
-def _tapped(net, stages, strides):
-    missing = [s for s in strides if s not in stages]
-    if missing:
-        raise ValueError(f"Backbone {net.name!r} has no stage output at stride(s) "
-                         f"{missing}; YOLO needs strides {list(strides)} (found "
-                         f"{sorted(stages)}).")
-    paths = [features.resolve_path(net, stages[s]) for s in strides]
-    return keras.Model(features.model_inputs(net), features.tap(net, paths),
-                       name=net.name)
-
-
-def backbone_model(backbone, input_shape, strides, *, backbone_weights=None,
-                   trainable_backbone=True, paper_body=None):
-    """The backbone as one nested model ``"backbone"`` with outputs at ``strides``.
-
-    Args:
-        backbone: None (the paper's ``paper_body(x) -> [features]``), a kvision
-            registry name, a keras.applications name or a functional keras.Model
-            (its own weights, called on raw pixels).
-        trainable_backbone: True (everything trains, BatchNorm included), False
-            (frozen, BatchNorm in inference mode) or what
-            :func:`kvision.transfer.set_trainable` takes (an int of last blocks, a
-            regex, layer names, or a regime name: ``"large-similar"``...).
-
-    Returns:
-        ``(backbone, preprocessing)``: the model and the layer that turns raw
-        pixels into its input.
+    ``backbone``: a zoo / keras.applications name or a keras.Model, as every task
+    takes it (:func:`kvision.models.backbone.build_backbone`, tapped at ``levels``);
+    None is the paper's body (``paper_body(x) -> [features]``, random, nested as
+    ``"backbone"`` after pixels scaled to [0, 1]). The input: every task's check
+    (sides multiples of the deepest level's stride).
     """
-    from kvision import transfer
-
-    if backbone is None:
-        inputs = keras.Input(input_shape, name="backbone_input")
-        net = keras.Model(inputs, paper_body(inputs), name="backbone")
-        preprocessing = keras.layers.Rescaling(1 / 255, name="preprocessing")
-    else:
-        if isinstance(backbone, keras.Model):
-            features.functional(backbone)
-            stages, mode = features.stage_outputs(backbone), "none"
-            net = backbone
-        elif isinstance(backbone, str):
-            net, stages, mode = _named_backbone(backbone, input_shape, strides,
-                                                backbone_weights)
-        else:
-            raise ValueError(f"backbone must be None, a model name or a keras.Model, "
-                             f"got {type(backbone).__name__}.")
-        net = _tapped(net, stages, strides)
-        preprocessing = ImagePreprocessing(mode, name="preprocessing")
-    if trainable_backbone is True:
-        net = keras.Model(net.inputs, net.outputs, name="backbone")
-        return net, preprocessing
-    net = InferenceBackbone(net.inputs, net.outputs, name="backbone")
+    multiple = max(features.PYRAMID_LEVELS[level] for level in levels)
+    if backbone is not None:
+        images, feats = build_backbone(
+            backbone, levels, input_shape=input_shape, weights=backbone_weights,
+            trainable=trainable_backbone, task=registry_name, multiple=multiple,
+            fixed_size=True)
+        return images, feats if isinstance(feats, list) else [feats]
+    images = task_input(registry_name, input_shape, multiple=multiple, fixed_size=True)
+    inputs = keras.Input(images.shape[1:], name="backbone_input")
+    net = keras.Model(inputs, paper_body(inputs), name="backbone")
     if trainable_backbone is False:
         net.trainable = False
-    elif isinstance(trainable_backbone, str) and trainable_backbone in transfer.REGIMES:
-        transfer.set_trainable(net, regime=trainable_backbone)
-    else:
-        transfer.set_trainable(net, trainable_backbone)
-    return net, preprocessing
+    elif trainable_backbone is not True:  # blocks or a regime, as for a named one
+        from kvision import transfer
+
+        regime = trainable_backbone if trainable_backbone in transfer.REGIMES else None
+        transfer.set_trainable(net, None if regime else trainable_backbone, regime=regime)
+    x = keras.layers.Rescaling(1 / 255, name="preprocessing")(images)
+    return images, keras.tree.flatten(net(x))
 
 
 def load_weights(model, weights):
@@ -262,16 +200,12 @@ def _tiny_head(feats, anchors, classes, width):
 
 def _build(name, registry_name, head, strides, *, classes, input_shape, backbone,
            backbone_weights, trainable_backbone, weights, paper_body):
-    info = registry.get_info(registry_name)
     check_classes(classes)
-    shape = check_input_shape(input_shape, info.default_size, max(strides),
-                              info.builder.__name__)
-    net, preprocessing = backbone_model(
-        backbone, shape, strides, backbone_weights=backbone_weights,
-        trainable_backbone=trainable_backbone, paper_body=paper_body)
-    inputs = keras.Input(shape, name="images")
-    feats = net(preprocessing(inputs))
-    model = keras.Model(inputs, head(list(feats)), name=name or registry_name)
+    inputs, feats = backbone_features(
+        registry_name, backbone, input_shape, [f"P{s.bit_length() - 1}" for s in strides],
+        backbone_weights=backbone_weights, trainable_backbone=trainable_backbone,
+        paper_body=paper_body)
+    model = keras.Model(inputs, head(feats), name=name or registry_name)
     return load_weights(model, weights)
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from kvision import registry
 from kvision.blocks import conv_bn_act
 from kvision.layers.yolo import YOLOv1Decode, YOLOv1Output
 from kvision.losses.detection import (  # noqa: F401  (their old home)
@@ -98,22 +97,16 @@ def YOLOv1(classes=20, input_shape=None, backbone=None, backbone_weights=None,
     paper's ImageNet-pretrained plain stack does not); a kvision / keras.applications name
     or a keras.Model is tapped at its stride-32 stage output.
     """
-    info = registry.get_info("yolov1")
     yolo.check_classes(classes)
     for label, value in (("grid", grid), ("boxes_per_cell", boxes_per_cell)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"`{label}` must be an integer >= 1, got {value!r}.")
     if not width > 0:
         raise ValueError(f"width must be > 0, got {width!r}.")
-    shape = yolo.check_input_shape(input_shape, info.default_size, 32, "YOLOv1",
-                                   min_size=info.min_size)
-    net, preprocessing = yolo.backbone_model(
-        backbone, shape, (32,), backbone_weights=backbone_weights,
+    inputs, (feature,) = yolo.backbone_features(
+        "yolov1", backbone, input_shape, ["P5"], backbone_weights=backbone_weights,
         trainable_backbone=trainable_backbone,
         paper_body=lambda x: darknet_v1_body(x, width, batch_norm))
-    inputs = keras.Input(shape, name="images")
-    feature = net(preprocessing(inputs))
-    feature = feature[0] if isinstance(feature, (list, tuple)) else feature
     outputs = _head(feature, grid=grid, boxes_per_cell=boxes_per_cell, classes=classes,
                     width=width, dropout=dropout, batch_norm=batch_norm)
     return yolo.load_weights(keras.Model(inputs, outputs, name=name or "yolov1"), weights)

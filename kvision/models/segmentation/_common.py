@@ -1,6 +1,7 @@
-"""What every segmentation builder shares: the input, the backbone (a zoo name, a
-keras.applications name or a keras.Model; pretrained or not, frozen or not), atrous
-("dilated") backbones, and the pixel-wise classifier.
+"""What every segmentation builder shares: the classes check, atrous ("dilated")
+backbones, the pixel-wise classifier and the weights. The input and the backbone are
+every task's (:func:`kvision.models._builder.task_input`,
+:func:`kvision.models.backbone.build_backbone`).
 
 A segmentation network maps raw pixels ``(N, H, W, C)`` in ``[0, 255]`` to per-pixel
 probabilities ``(N, H, W, classes)``: softmax over the classes, or one sigmoid channel
@@ -11,9 +12,7 @@ from __future__ import annotations
 
 import keras
 
-from kvision import features, registry
-from kvision.layers import InferenceBackbone
-from kvision.layers.preprocessing import ImagePreprocessing
+from kvision import features
 from kvision.layers.upsampling import ResizeLike
 
 _STRIDED = ("Conv2D", "SeparableConv2D", "DepthwiseConv2D", "MaxPooling2D",
@@ -28,74 +27,6 @@ def check_classes(classes, classifier_activation):
     if classes == 1 and classifier_activation == "softmax":
         return "sigmoid"  # a softmax over one channel is constantly 1
     return classifier_activation
-
-
-def make_input(registry_name, input_shape, *, multiple=1):
-    """``keras.Input`` of ``input_shape`` (default: the registry's default size),
-    checked: 3 entries, sides at least ``min_size`` and multiples of ``multiple``."""
-    info = registry.get_info(registry_name)
-    if input_shape is None:
-        input_shape = (info.default_size, info.default_size, info.input_channels)
-    try:
-        shape = tuple(None if d is None else int(d) for d in input_shape)
-    except (TypeError, ValueError):
-        raise ValueError(f"`input_shape` must be (height, width, channels), got "
-                         f"{input_shape!r}.") from None
-    if len(shape) != 3 or shape[2] is None or shape[2] < 1:
-        raise ValueError(f"`input_shape` must be (height, width, channels) with a known "
-                         f"channel count for {registry_name}, got {input_shape!r}.")
-    for side in shape[:2]:
-        if side is not None and (side < info.min_size or side % multiple):
-            raise ValueError(
-                f"{registry_name} takes sides of at least {info.min_size} pixels that are "
-                f"multiples of {multiple}; got input_shape={input_shape!r}.")
-    return keras.Input(shape=shape, name="image")
-
-
-def build_backbone(backbone, input_shape, *, backbone_weights=None, backbone_kwargs=None):
-    """``(model without top, preprocessing mode)`` for a zoo name, a keras.applications
-    name or a functional ``keras.Model`` (used as given, preprocessing "none").
-
-    A random-initialized named backbone takes inputs scaled to ``[-1, 1]`` ("tf"); a
-    pretrained one the preprocessing of its weights.
-    """
-    if isinstance(backbone, keras.Model):
-        features.functional(backbone)  # a clear error for subclassed models
-        return backbone, "none"
-    if not isinstance(backbone, str):
-        raise ValueError(f"backbone must be a model name (kvision zoo or "
-                         f"keras.applications) or a keras.Model, got "
-                         f"{type(backbone).__name__}.")
-    model = features.build_named(backbone, include_top=False, weights=backbone_weights,
-                                 input_shape=tuple(input_shape), **(backbone_kwargs or {}))
-    if backbone_weights is None:
-        return model, "tf"
-    if features.resolve_name(backbone) == "keras":
-        from kvision.transfer import keras_preprocessing
-        return model, keras_preprocessing(backbone)
-    return model, registry.get_info(backbone).preprocessing
-
-
-def preprocess(x, mode):
-    """Raw pixels -> what the backbone takes; modes that need RGB fall back to
-    ``[-1, 1]`` scaling for other channel counts."""
-    if mode in ("caffe", "torch") and x.shape[-1] != 3:
-        mode = "tf"
-    return ImagePreprocessing(mode, name="preprocessing")(x)
-
-
-def tap_backbone(model, layers, *, pretrained, trainable, name="backbone"):
-    """A nested model ``name`` of ``model`` that outputs the layers ``layers`` (names).
-
-    A pretrained backbone is an :class:`InferenceBackbone` (its BatchNorm keeps the
-    statistics it was trained with, frozen or not); ``trainable=False`` freezes it.
-    """
-    paths = [features.resolve_path(model, layer) for layer in layers]
-    outputs = features.tap(model, paths)
-    cls = InferenceBackbone if pretrained else keras.Model
-    net = cls(features.model_inputs(model), outputs, name=name)
-    net.trainable = bool(trainable)
-    return net
 
 
 def dilate(model, output_stride):

@@ -12,19 +12,21 @@
   stride-4 features reduced to 48 channels, refines with two 3x3 convs and upsamples
   4x to the input.
 
-Atrous backbones come from :func:`kvision.models.segmentation._common.dilate`: any
-functional network (kvision zoo, keras.applications, a keras.Model) with its strides
-past the output stride removed and later kernels dilated, weights unchanged.
+Atrous backbones come from :func:`kvision.models.backbone.build_backbone` with
+``output_stride`` (:func:`kvision.models.segmentation._common.dilate`): any functional
+network (kvision zoo, keras.applications, a keras.Model) with its strides past the
+output stride removed and later kernels dilated, weights unchanged; v3+ taps its
+output and its level P2 (stride 4).
 """
 
 from __future__ import annotations
 
 import keras
 
-from kvision import features
 from kvision.blocks.conv import conv_bn_act
 from kvision.layers.atrous import AtrousConv2D
 from kvision.layers.upsampling import ResizeLike
+from kvision.models.backbone import build_backbone
 from kvision.models.segmentation import _common
 from kvision.registry import register
 
@@ -32,27 +34,6 @@ PAPER_V1 = ("Semantic Image Segmentation with Deep Convolutional Nets and Fully 
             "Connected CRFs")
 PAPER_V3_PLUS = ("Encoder-Decoder with Atrous Separable Convolution for Semantic Image "
                  "Segmentation")
-
-
-def _atrous_backbone(backbone, inputs, output_stride, taps, *, backbone_weights,
-                     trainable_backbone, backbone_kwargs):
-    """``(nested backbone model, preprocessing mode)``: ``backbone`` made atrous at
-    ``output_stride``, outputting its last layer and the stage outputs ``taps``."""
-    net, mode = _common.build_backbone(backbone, inputs.shape[1:],
-                                       backbone_weights=backbone_weights,
-                                       backbone_kwargs=backbone_kwargs)
-    net = _common.dilate(net, output_stride)
-    layers = [features.feature_layer(net)]
-    if taps:
-        stages = features.stage_outputs(net)
-        missing = [s for s in taps if s not in stages]
-        if missing:
-            raise ValueError(f"DeepLab needs backbone outputs at strides {list(taps)}; "
-                             f"{net.name!r} has {sorted(stages)}.")
-        layers += [stages[s] for s in taps]
-    net = _common.tap_backbone(net, layers, pretrained=backbone_weights is not None,
-                               trainable=trainable_backbone)
-    return net, mode
 
 
 @register("deeplabv1", task="segmentation", family="deeplab", year=2015, paper=PAPER_V1,
@@ -73,11 +54,9 @@ def DeepLabV1(classes=21, input_shape=None, classifier_activation="softmax", wei
     keras.applications name or keras.Model (made atrous at stride 8).
     """
     activation = _common.check_classes(classes, classifier_activation)
-    inputs = _common.make_input("deeplabv1", input_shape)
-    net, mode = _atrous_backbone(backbone, inputs, 8, (), backbone_weights=backbone_weights,
-                                 trainable_backbone=trainable_backbone,
-                                 backbone_kwargs=backbone_kwargs)
-    x = keras.tree.flatten(net(_common.preprocess(inputs, mode)))[0]
+    inputs, x = build_backbone(backbone, (None,), input_shape=input_shape,
+                               weights=backbone_weights, trainable=trainable_backbone,
+                               task="deeplabv1", output_stride=8, **(backbone_kwargs or {}))
     x = AtrousConv2D(fc_units, 3, padding="same", dilation_rate=atrous_rate,
                      activation="relu", name="fc6")(x)
     x = keras.layers.Dropout(dropout, name="drop6")(x)
@@ -151,12 +130,10 @@ def DeepLabV3Plus(classes=21, input_shape=None, classifier_activation="softmax",
     if output_stride not in (8, 16):
         raise ValueError(f"output_stride must be 8 or 16, got {output_stride!r}.")
     rates = tuple(r * (16 // output_stride) for r in _check_rates(atrous_rates))
-    inputs = _common.make_input("deeplabv3_plus", input_shape)
-    net, mode = _atrous_backbone(backbone, inputs, output_stride, (4,),
-                                 backbone_weights=backbone_weights,
-                                 trainable_backbone=trainable_backbone,
-                                 backbone_kwargs=backbone_kwargs)
-    high, low = keras.tree.flatten(net(_common.preprocess(inputs, mode)))
+    inputs, (high, low) = build_backbone(
+        backbone, (None, "P2"), input_shape=input_shape, weights=backbone_weights,
+        trainable=trainable_backbone, task="deeplabv3_plus", output_stride=output_stride,
+        **(backbone_kwargs or {}))
     x = decoder(aspp(high, filters, rates), low, filters, low_level_filters)
     outputs = _common.classifier(x, classes, activation, reference=inputs)
     return _common.finish(inputs, outputs, name or "deeplabv3_plus", weights)

@@ -15,8 +15,8 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from kvision import features
 from kvision.layers.upsampling import BilinearKernel, ResizeLike
+from kvision.models.backbone import build_backbone
 from kvision.models.segmentation import _common
 from kvision.registry import register
 
@@ -28,18 +28,19 @@ PARAMS_SOURCE = ("wkentaro/pytorch-fcn torchfcn/models/{name}.py (= the Caffe "
                  "voc-{name} model), 21 classes, 500x500 input, all parameters")
 
 
-def _taps(backbone, strides):
-    """The backbone layers at ``strides``: VGG's pool3/pool4/pool5 by name, else the
-    stage outputs (:func:`kvision.features.stage_outputs`)."""
-    names = {layer.name for layer in backbone.layers}
-    if all(VGG_POOLS[s] in names for s in strides):
+def _levels(backbone, strides):
+    """What FCN taps at ``strides``: a VGG's pool3/pool4/pool5 by name (the paper's
+    taps, at the start of each stride), else the levels P3/P4/P5."""
+    if _is_vgg(backbone):
         return [VGG_POOLS[s] for s in strides]
-    stages = features.stage_outputs(backbone)
-    missing = [s for s in strides if s not in stages]
-    if missing:
-        raise ValueError(f"FCN needs backbone outputs at strides {list(strides)}; "
-                         f"{backbone.name!r} has {sorted(stages)}.")
-    return [stages[s] for s in strides]
+    return [f"P{s.bit_length() - 1}" for s in strides]
+
+
+def _is_vgg(backbone):
+    if isinstance(backbone, keras.Model):
+        names = {layer.name for layer in backbone.layers}
+        return set(VGG_POOLS.values()) <= names
+    return isinstance(backbone, str) and backbone.lower().startswith("vgg")
 
 
 def _upsample(x, classes, stride, name):
@@ -51,17 +52,12 @@ def _upsample(x, classes, stride, name):
 def _fcn(registry_name, *, classes, input_shape, classifier_activation, weights, backbone,
          backbone_weights, trainable_backbone, fc_units, dropout, backbone_kwargs, name):
     activation = _common.check_classes(classes, classifier_activation)
-    inputs = _common.make_input(registry_name, input_shape)
-    net, mode = _common.build_backbone(backbone, inputs.shape[1:],
-                                       backbone_weights=backbone_weights,
-                                       backbone_kwargs=backbone_kwargs)
     skips = SKIPS[registry_name]
-    strides = (32, *skips)
-    net = _common.tap_backbone(net, _taps(net, strides),
-                               pretrained=backbone_weights is not None,
-                               trainable=trainable_backbone)
-    x = _common.preprocess(inputs, mode)
-    pool5, *pools = keras.tree.flatten(net(x))
+    inputs, taps = build_backbone(backbone, _levels(backbone, (32, *skips)),
+                                  input_shape=input_shape, weights=backbone_weights,
+                                  trainable=trainable_backbone, task=registry_name,
+                                  **(backbone_kwargs or {}))
+    pool5, *pools = keras.tree.flatten(taps)
     x = keras.layers.Conv2D(fc_units, 7, padding="same", activation="relu", name="fc6")(pool5)
     x = keras.layers.Dropout(dropout, name="drop6")(x)
     x = keras.layers.Conv2D(fc_units, 1, activation="relu", name="fc7")(x)
@@ -120,8 +116,9 @@ _DOC = """{title} (Long et al., 2015): VGG16 convolutionalized, {what}.
     Input ``(H, W, C)`` raw pixels, default ``(512, 512, 3)``, sides multiples of 32
     ideally (others are resized back); output ``(N, H, W, classes)`` per-pixel
     softmax (sigmoid for ``classes=1``). ``backbone``: "vgg16" (the paper), any zoo /
-    keras.applications name or a keras.Model; ``backbone_weights`` for it
-    ("imagenet" downloads), ``trainable_backbone=False`` freezes it; ``fc_units`` is
+    keras.applications name or a keras.Model, with ``backbone_weights`` and
+    ``trainable_backbone`` (True, False, an int of last blocks or a regime), as
+    :func:`kvision.models.backbone.build_backbone` takes them; ``fc_units`` is
     the width of fc6/fc7 (4096 in the paper); ``weights`` a file of this model.
     """
 

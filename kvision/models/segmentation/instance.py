@@ -111,7 +111,9 @@ def TwoNetworkInstance(classes=11, input_shape=None, network="unet", separation_
     semantic = _network(network, classes, input_shape, network_kwargs, "semantic")
     separation = _network(separation_network or network, 1, input_shape, network_kwargs,
                           "separation")
-    image = keras.Input(shape=tuple(input_shape), name="image")
+    # Every task's input name; the size is checked by the networks' own builders
+    # (two keras.Models of the user's may take what they like).
+    image = keras.Input(shape=tuple(input_shape), name="images")
     model = keras.Model(image, {"semantic": semantic(image),
                                 "separation": separation(image)}, name=name)
     if weights is not None:

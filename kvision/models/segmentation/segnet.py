@@ -15,6 +15,7 @@ import keras
 
 from kvision.blocks.conv import conv_bn_act
 from kvision.layers.upsampling import MaxPoolingWithArgmax2D, MaxUnpooling2D
+from kvision.models._builder import task_input
 from kvision.models.classification.vgg import DEPTHS, WIDTHS
 from kvision.models.segmentation import _common
 from kvision.registry import register
@@ -82,7 +83,7 @@ def SegNet(classes=11, input_shape=None, classifier_activation="softmax", weight
         raise ValueError(f"width must be > 0, got {width!r}.")
     if input_shape is None:
         input_shape = (352, 480, 3)
-    inputs = _common.make_input("segnet", input_shape)
+    inputs = task_input("segnet", input_shape)
     widths = [max(1, int(round(w * width))) for w in WIDTHS]
     x = keras.layers.Rescaling(1 / 255, name="rescaling")(inputs)
     x, memory = encoder(x, widths)

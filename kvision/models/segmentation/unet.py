@@ -7,17 +7,19 @@ of four steps (2x2 up-convolution halving the filters, concatenation with the cr
 contracting feature map, two 3x3 convolutions + ReLU) and a 1x1 class convolution.
 ``padding="valid"`` is the paper's (572x572 in, 388x388 out); ``padding="same"`` (the
 default) keeps the input size. With ``encoder=`` any zoo / keras.applications network
-(or keras.Model) is the contracting path: its stage outputs at strides 4, 8, 16 are
-the skips, stride 32 the bottom.
+(or keras.Model) is the contracting path (:func:`kvision.models.backbone.
+build_backbone`): its levels P2, P3, P4 (strides 4, 8, 16) are the skips, P5 the
+bottom.
 """
 
 from __future__ import annotations
 
 import keras
 
-from kvision import features
-from kvision.models.segmentation import _common
 from kvision.layers.upsampling import ResizeLike
+from kvision.models._builder import task_input
+from kvision.models.backbone import build_backbone
+from kvision.models.segmentation import _common
 from kvision.registry import register
 
 PAPER = "U-Net: Convolutional Networks for Biomedical Image Segmentation"
@@ -87,11 +89,10 @@ def _paper(x, filters, padding):
     return x
 
 
-def _with_encoder(x, inputs, net, filters):
-    """Decoder on an encoder's stage outputs (strides 4, 8, 16 skips, 32 bottom), then
-    two up-steps without skip back to the input size."""
-    bottom, *skips = keras.tree.flatten(net(x))
-    x = bottom
+def _with_encoder(taps, inputs, filters):
+    """Decoder on an encoder's levels (P2, P3, P4 skips, P5 bottom), then two
+    up-steps without skip back to the input size."""
+    x, *skips = taps
     for level, skip in zip((4, 3, 2), skips):
         x = up_step(x, skip, filters * 2 ** (level - 1), "same", f"up{level}")
     for level in (1, 0):
@@ -118,30 +119,25 @@ def UNet(classes=2, input_shape=None, classifier_activation="softmax", weights=N
     classes)`` with ``padding="valid"`` (572 -> 388, the paper). ``filters`` is the
     first level's width (64 in the paper). ``encoder``: None (the paper's
     contracting path), a zoo / keras.applications name or a keras.Model, with
-    ``backbone_weights`` and ``trainable_backbone=False`` to freeze it.
+    ``backbone_weights`` and ``trainable_backbone`` (True, False, an int of last
+    blocks or a regime) as every task takes them.
     """
     activation = _common.check_classes(classes, classifier_activation)
     if padding not in PADDINGS:
         raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}.")
     if encoder is not None and padding != "same":
         raise ValueError("A U-Net on an encoder uses padding='same'.")
-    inputs = _common.make_input("unet", input_shape)
     if encoder is None:
+        inputs = task_input("unet", input_shape)
         if padding == "valid":
             _check_valid_size(inputs.shape[1:])
         x = keras.layers.Rescaling(1 / 255, name="rescaling")(inputs)
         x = _paper(x, filters, padding)
     else:
-        net, mode = _common.build_backbone(encoder, inputs.shape[1:],
-                                           backbone_weights=backbone_weights,
-                                           backbone_kwargs=backbone_kwargs)
-        stages = features.stage_outputs(net)
-        if any(s not in stages for s in (4, 8, 16, 32)):
-            raise ValueError(f"A U-Net encoder needs stage outputs at strides 4, 8, 16 and "
-                             f"32; {net.name!r} has {sorted(stages)}.")
-        net = _common.tap_backbone(net, [stages[s] for s in (32, 16, 8, 4)],
-                                   pretrained=backbone_weights is not None,
-                                   trainable=trainable_backbone)
-        x = _with_encoder(_common.preprocess(inputs, mode), inputs, net, filters)
+        inputs, taps = build_backbone(encoder, ("P5", "P4", "P3", "P2"),
+                                      input_shape=input_shape, weights=backbone_weights,
+                                      trainable=trainable_backbone, task="unet",
+                                      **(backbone_kwargs or {}))
+        x = _with_encoder(taps, inputs, filters)
     outputs = _common.classifier(x, classes, activation)
     return _common.finish(inputs, outputs, name or "unet", weights)
