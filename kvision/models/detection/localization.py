@@ -38,6 +38,7 @@ from kvision.losses.detection import (  # noqa: F401  (their old home)
 from kvision.models.backbone import build_backbone
 from kvision.ops import boxes as box_ops
 from kvision.registry import register
+from kvision.tasks.model import TaskModel
 
 HIDDEN_UNITS = 256
 
@@ -134,7 +135,7 @@ def Localizer(backbone="vgg16", classes=1000, objects=1, *, input_shape=None,
                                   (objects, slots), "softmax", objects),
                "boxes": _branch(x, "box", objects * 4, hidden_units, dropout,
                                 (objects, 4), "sigmoid", objects)}
-    model = keras.Model(inputs, outputs, name=name)
+    model = TaskModel(inputs, outputs, name=name, task="localization")
     if weights is not None:
         from kvision import weights as weights_lib
 
@@ -348,7 +349,7 @@ def inference_model(model, *, score_threshold=0.5, iou_threshold=0.5, max_detect
                                              name="decode")([raw["classes"], raw["boxes"]])
     detections = _nms_layer(score_threshold, iou_threshold, max_detections)(
         boxes, scores, classes)
-    return keras.Model(inputs, detections, name=f"{model.name}_detector")
+    return TaskModel(inputs, detections, name=f"{model.name}_detector", task="localization")
 
 
 def evaluate(model, images, targets, *, batch_size=32):

@@ -36,6 +36,7 @@ from kvision.models._builder import task_input
 from kvision.models.detection.localization import _check_int, _nms_layer, backbone_map
 from kvision.ops import boxes as box_ops
 from kvision.registry import register
+from kvision.tasks.model import TaskModel
 
 # The "fast" model of the paper's Table 1: (filters, kernel, stride, pool) of layers 1-5.
 FAST_BODY = ((96, 11, 4, 2), (256, 5, 1, 2), (512, 3, 1, 0), (1024, 3, 1, 0),
@@ -113,7 +114,7 @@ def OverFeat(backbone=None, classes=1000, *, input_shape=None, weights=None,
     x = keras.layers.Flatten(name="flatten")(x)
     outputs = {"classes": _head(x, "fc", units, classes + 1, "softmax", dropout),
                "boxes": _head(x, "box_fc", box_units, 4, "sigmoid", 0.0)}
-    model = keras.Model(inputs, outputs, name=name)
+    model = TaskModel(inputs, outputs, name=name, task="detection")
     if weights is not None:
         from kvision import weights as weights_lib
 
@@ -314,7 +315,7 @@ def inference_model(model, *, image_shape=None, scales=(1.0,), score_threshold=0
         for parts, label in zip(zip(*candidates), ("boxes", "scores", "classes")))
     detections = _nms_layer(score_threshold, iou_threshold, max_detections)(
         boxes, scores, classes)
-    return keras.Model(inputs, detections, name=f"{model.name}_detector")
+    return TaskModel(inputs, detections, name=f"{model.name}_detector", task="detection")
 
 
 def _label(scale):

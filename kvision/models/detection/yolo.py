@@ -36,6 +36,7 @@ from kvision.models._builder import task_input
 from kvision.models.backbone import build_backbone
 from kvision.models.classification.darknet import CONV
 from kvision.registry import register
+from kvision.tasks.model import TaskModel
 
 PAPER = "YOLOv3: An Incremental Improvement"
 # darknet's cfg/yolov3.cfg: COCO anchors (w, h) at 416x416, and which go to which
@@ -205,7 +206,7 @@ def _build(name, registry_name, head, strides, *, classes, input_shape, backbone
         registry_name, backbone, input_shape, [f"P{s.bit_length() - 1}" for s in strides],
         backbone_weights=backbone_weights, trainable_backbone=trainable_backbone,
         paper_body=paper_body)
-    model = keras.Model(inputs, head(feats), name=name or registry_name)
+    model = TaskModel(inputs, head(feats), name=name or registry_name, task="detection")
     return load_weights(model, weights)
 
 
@@ -443,7 +444,7 @@ def detector(model, decoded, *, score_threshold, iou_threshold, max_detections, 
         parts = list(decoded[0])
     nms = NonMaxSuppression(iou_threshold=iou_threshold, score_threshold=score_threshold,
                             max_detections=max_detections, name="nms")
-    return keras.Model(inputs, nms(*parts), name=f"{model.name}_detector")
+    return TaskModel(inputs, nms(*parts), name=f"{model.name}_detector", task="detection")
 
 
 def inference_model(model, *, objectness_threshold=0.5, score_threshold=0.5,

@@ -24,6 +24,7 @@ from kvision.losses.detection import (  # noqa: F401  (their old home)
 from kvision.models.classification.darknet import CONV
 from kvision.models.detection import yolo
 from kvision.registry import register
+from kvision.tasks.model import TaskModel
 
 PAPER = "You Only Look Once: Unified, Real-Time Object Detection"
 # Figure 3's first 20 convolutions: (filters, kernel, stride), "M" a 2x2 max pool.
@@ -109,7 +110,8 @@ def YOLOv1(classes=20, input_shape=None, backbone=None, backbone_weights=None,
         paper_body=lambda x: darknet_v1_body(x, width, batch_norm))
     outputs = _head(feature, grid=grid, boxes_per_cell=boxes_per_cell, classes=classes,
                     width=width, dropout=dropout, batch_norm=batch_norm)
-    return yolo.load_weights(keras.Model(inputs, outputs, name=name or "yolov1"), weights)
+    return yolo.load_weights(TaskModel(inputs, outputs, name=name or "yolov1", task="detection"),
+                             weights)
 
 
 # --- targets ------------------------------------------------------------------------

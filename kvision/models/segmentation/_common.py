@@ -14,6 +14,7 @@ import keras
 
 from kvision import features
 from kvision.layers.upsampling import ResizeLike
+from kvision.tasks.model import TaskModel
 
 _STRIDED = ("Conv2D", "SeparableConv2D", "DepthwiseConv2D", "MaxPooling2D",
             "AveragePooling2D")
@@ -108,7 +109,7 @@ def classifier(x, classes, classifier_activation, reference=None, name="predicti
 
 def finish(inputs, outputs, name, weights):
     """The model, with ``weights`` (None or a ``.weights.h5`` file) loaded."""
-    model = keras.Model(inputs, outputs, name=name)
+    model = TaskModel(inputs, outputs, name=name, task="segmentation")
     if weights is not None:
         weights = features.check_weights(weights)
         if weights == "imagenet":

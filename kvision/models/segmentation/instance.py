@@ -31,6 +31,7 @@ from kvision import registry
 from kvision.layers.labeling import InstanceLabeling
 from kvision.losses.segmentation import SeparationLoss
 from kvision.ops import masks as mask_ops
+from kvision.tasks.model import TaskModel
 
 OUTPUTS = ("instance_map", "boxes", "scores", "classes", "num_detections")
 
@@ -114,8 +115,8 @@ def TwoNetworkInstance(classes=11, input_shape=None, network="unet", separation_
     # Every task's input name; the size is checked by the networks' own builders
     # (two keras.Models of the user's may take what they like).
     image = keras.Input(shape=tuple(input_shape), name="images")
-    model = keras.Model(image, {"semantic": semantic(image),
-                                "separation": separation(image)}, name=name)
+    model = TaskModel(image, {"semantic": semantic(image), "separation": separation(image)},
+                      name=name, task="instance_segmentation")
     if weights is not None:
         from kvision import weights as weights_lib
         weights_lib.load_file(model, weights)
@@ -145,8 +146,8 @@ def inference_model(model, *, separation_threshold=0.5, score_threshold=0.5, min
     labeling = InstanceLabeling(separation_threshold=separation_threshold,
                                 score_threshold=score_threshold, min_area=min_area,
                                 grow=grow, max_detections=max_detections, name="instances")
-    return keras.Model(model.input, labeling(probabilities, separation),
-                       name=f"{model.name}_inference")
+    return TaskModel(model.input, labeling(probabilities, separation),
+                     name=f"{model.name}_inference", task="instance_segmentation")
 
 
 def to_instances(outputs):
