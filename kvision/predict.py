@@ -47,6 +47,7 @@ class Trained:
     class_names: tuple
     path: str
     names_from: str = ""  # where the class names came from (for describe())
+    source: str = ""  # which export answers, e.g. "(SavedModel version 2, the newest)"
 
     @property
     def image_size(self):
@@ -81,7 +82,8 @@ class Trained:
         kind = NOUNS[self.task]
         count = f", {len(self.class_names)} classes" if self.class_names else ""
         names = f", {self.names_from}" if self.names_from else ""
-        return f"{self.path}: {kind}{count}{names}"
+        source = f" {self.source}" if self.source else ""
+        return f"{self.path}{source}: {kind}{count}{names}"
 
 
 PRETRAINED = ":imagenet"  # NAME:imagenet, the registry network with ImageNet weights
@@ -102,7 +104,7 @@ def find_model_file(ref) -> str:
                          f"file, a run directory or a run name under saved_models/.")
     if os.path.isfile(ref):
         if not ref.endswith(".keras"):
-            raise ValueError(f"Expected a .keras model file, got {ref!r}.")
+            raise ValueError(f"Expected a .keras or .tflite model file, got {ref!r}.")
         return ref
     if os.path.isdir(ref):
         name = os.path.basename(os.path.normpath(ref))
@@ -113,7 +115,9 @@ def find_model_file(ref) -> str:
         if len(found) == 1:
             return os.path.join(ref, found[0])
         raise FileNotFoundError(f"No {name}.keras in {ref!r} (found "
-                                f"{', '.join(found) or 'no .keras file'}).")
+                                f"{', '.join(found) or 'no .keras file'}), and no "
+                                f"SavedModel: neither saved_model.pb nor numbered "
+                                f"versions <n>/saved_model.pb.")
     run = os.path.join("saved_models", ref)
     if os.path.isdir(run):  # NAME.keras, or the one model of a run folder NAME-2
         return find_model_file(run)
@@ -216,12 +220,16 @@ def load_trained(ref) -> Trained:
     ``ref`` is a ``.keras`` file, a run directory, a run name under ``saved_models/``,
     or a registry network with ImageNet weights: ``NAME:imagenet``, or a plain
     ``NAME`` when no run of that name exists (a plain ``NAME`` that means both is a
-    ValueError naming each spelling). :meth:`Trained.describe` says which model it is.
+    ValueError naming each spelling); or an export (:func:`load_exported`).
+    :meth:`Trained.describe` says which model it is.
     """
     import keras
 
     if isinstance(ref, str) and ref.endswith(PRETRAINED) and not os.path.exists(ref):
         return pretrained(ref)
+    exported = load_exported(ref)
+    if exported is not None:
+        return exported
     try:
         path = find_model_file(ref)
     except FileNotFoundError:
@@ -236,6 +244,53 @@ def load_trained(ref) -> Trained:
     if names is None:
         names = () if classes is None else tuple(str(i) for i in range(classes))
     return Trained(model, names, path, source)
+
+
+def _export_path(ref):
+    """``(path, source)`` of the export ``ref`` names: a ``.tflite`` file, a SavedModel
+    version directory, or a directory of numbered versions and no ``.keras`` file
+    (the newest version answers); None for anything else."""
+    from kvision.exported import is_saved_model, newest_version
+
+    path = os.fspath(ref)
+    if os.path.isfile(path) and path.endswith(".tflite"):
+        return path, "(TFLite)"
+    if not os.path.isdir(path):
+        return None
+    if is_saved_model(path):
+        return path, "(SavedModel)"
+    if any(f.endswith(".keras") for f in os.listdir(path)):
+        return None  # a run directory: its .keras file answers, as always
+    newest, versions = newest_version(path)
+    if newest is None:
+        return None
+    others = f", the newest of {', '.join(map(str, versions))}" if len(versions) > 1 \
+        else ""
+    return newest, f"(SavedModel version {versions[-1]}{others})"
+
+
+def load_exported(ref):
+    """A :class:`Trained` answering with an export (:mod:`kvision.exported`): a
+    ``.tflite`` file, a SavedModel version directory, or a model directory of
+    numbered versions (the newest); None when ``ref`` is none of these. Class names
+    come from the labels file the export wrote, else class numbers."""
+    from kvision import exported
+
+    found = _export_path(ref) if isinstance(ref, (str, os.PathLike)) else None
+    if found is None:
+        return None
+    path, source = found
+    load = exported.from_tflite if path.endswith(".tflite") else exported.from_saved_model
+    model = load(path)
+    classes = _class_count(model, check_inference_model(model))
+    names, where = model.class_names, ("names from its labels file"
+                                       if model.class_names else "no labels file: numbers")
+    if names is not None and classes is not None and len(names) != classes:
+        raise ValueError(f"{len(names)} class names in the labels file of {path}, but "
+                         f"the model has {classes} outputs.")
+    if names is None:
+        names = () if classes is None else tuple(str(i) for i in range(classes))
+    return Trained(model, tuple(names), path, where, source)
 
 
 ON_ERROR = ("raise", "report")

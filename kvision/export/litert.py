@@ -93,6 +93,9 @@ class TFLiteModel:
         quantization: ``{"input": (scale, zero_point), "output": (scale,
             zero_point)}``; ``(0.0, 0)`` means a float tensor.
         custom_ops: custom operators of the file (``Flex*`` need TensorFlow kernels).
+        output_names: the outputs' names in the file's signature, in the order
+            :meth:`predict` returns them.
+        output_shapes: their shapes, ``None`` for a free batch.
 
     Raises:
         FileNotFoundError: no file at ``path``.
@@ -139,6 +142,20 @@ class TFLiteModel:
                              "output": tuple(outputs[0]["quantization"])}
         self.class_names = read_labels(self.path)
         self._batch = int(self._input["shape"][0])
+        self.output_names = self._signature_names(outputs)
+        # (None, ...) where the batch is free, as Keras' output shapes.
+        self.output_shapes = [(self.input_shape[0], *(int(v) for v in d["shape"][1:]))
+                              for d in outputs]
+
+    def _signature_names(self, outputs):
+        """The outputs' names in the file's signature (a detector's ``boxes``,
+        ``scores``…), in :meth:`predict`'s order; ``output_0``… where it has none."""
+        try:
+            details = self._interpreter.get_signature_runner().get_output_details()
+        except (ValueError, KeyError):  # a file written without a signature
+            details = {}
+        by_index = {d["index"]: name for name, d in details.items()}
+        return [by_index.get(d["index"], f"output_{i}") for i, d in enumerate(outputs)]
 
     def __repr__(self):
         return (f"TFLiteModel({self.path!r}, input_shape={self.input_shape}, "
