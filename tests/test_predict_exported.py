@@ -116,3 +116,76 @@ def test_broken_exports_are_one_clear_error_line(exports, tmp_path, capsys):
         code, out, err = kvision(capsys, ["predict", str(ref), files[0]])
         assert code == 2 and out == ""
         assert err.count("\n") == 1 and words in err and str(ref) in err, err
+
+
+@pytest.fixture(scope="module")
+def task_exports(tmp_path_factory):
+    """A tiny OverFeat detector (NMS inside) and a tiny U-Net, each exported as a
+    SavedModel and a float32 ``.tflite``, with 2 scenes as 48x48 PNG files."""
+    from kvision.data.synthetic import digit_scenes
+    from kvision.models.detection import overfeat
+
+    root = tmp_path_factory.mktemp("tasks")
+    keras.utils.set_random_seed(0)
+    classifier = registry.create("overfeat", backbone="lenet5", classes=10,
+                                 input_shape=(32, 32, 1), units=(16,), box_units=(8,))
+    detector = overfeat.inference_model(classifier, image_shape=(48, 48, 1),
+                                        scales=(1.0, 0.8), score_threshold=0.1,
+                                        iou_threshold=0.5, max_detections=20)
+    segmenter = registry.create("unet", classes=3, input_shape=(48, 48, 1), filters=4)
+    images = digit_scenes(2, image_size=48, objects=(1, 2), channels=1,
+                          seed=4).images.astype("float32")
+    files = []
+    for i, image in enumerate(images):
+        path = root / f"scene{i}.png"
+        path.write_bytes(tf.io.encode_png(np.round(image).astype("uint8")).numpy())
+        files.append(str(path))
+    for name, model in [("det", detector), ("seg", segmenter)]:
+        saved_model(model, root / name, warmup=False, image_bytes=False,
+                    check_inputs=images)
+        tflite(model, root / f"{name}.tflite", check_data=images, atol=None)
+    return root, files, np.stack([load_image(f, (48, 48), 1) for f in files])
+
+
+def export_outputs(root, ref, pixels):
+    """The export's own outputs by name: the TFLite signature or serving_default."""
+    if ref.endswith(".tflite"):
+        from kvision.export.tflite import run_detector
+
+        return run_detector(root / ref, pixels)[0]
+    signature = tf.saved_model.load(str(root / ref / "1")).signatures["serving_default"]
+    return {k: v.numpy() for k, v in signature(images=tf.constant(pixels)).items()}
+
+
+@pytest.mark.parametrize("ref", ["det.tflite", "det"])
+def test_a_detectors_export_answers_its_detections(task_exports, ref, capsys):
+    root, files, pixels = task_exports
+    code, out, err = kvision(capsys, ["predict", str(root / ref), *files, "--json"])
+    assert code == 0, err
+    assert "detector" in err
+    expected = export_outputs(root, ref, pixels)
+    assert int(np.sum(expected["num_detections"])) > 0
+    for i, answer in enumerate(json.loads(out)):
+        n = int(expected["num_detections"][i])
+        found = answer["detections"]
+        assert [d["class"] for d in found] == expected["classes"][i][:n].astype(int).tolist()
+        np.testing.assert_allclose([d["box"] for d in found] or np.zeros((0, 4)),
+                                   expected["boxes"][i][:n], rtol=1e-5, atol=1e-3)
+        np.testing.assert_allclose([d["score"] for d in found],
+                                   expected["scores"][i][:n], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("ref", ["seg.tflite", "seg"])
+def test_a_segmenters_export_answers_its_label_map(task_exports, ref, capsys):
+    root, files, pixels = task_exports
+    code, out, err = kvision(capsys, ["predict", str(root / ref), *files, "--json"])
+    assert code == 0, err
+    assert "segmenter, 3 classes" in err
+    if ref.endswith(".tflite"):
+        maps = TFLiteModel(root / ref).predict(pixels)
+    else:  # the SavedModel answers the U-Net's one named output
+        (maps,) = export_outputs(root, ref, pixels).values()
+    for answer, scores in zip(json.loads(out), maps):
+        present, counts = np.unique(scores.argmax(-1), return_counts=True)
+        got = {int(c["class"]): c["pixels"] for c in answer["classes"]}
+        assert got == dict(zip(present.tolist(), counts.tolist()))
