@@ -189,3 +189,11 @@ def test_a_segmenters_export_answers_its_label_map(task_exports, ref, capsys):
         present, counts = np.unique(scores.argmax(-1), return_counts=True)
         got = {int(c["class"]): c["pixels"] for c in answer["classes"]}
         assert got == dict(zip(present.tolist(), counts.tolist()))
+
+
+def test_evaluate_refuses_a_detectors_export_in_one_line(task_exports, capsys):
+    root, _, _ = task_exports
+    code, out, err = kvision(capsys, ["evaluate", str(root / "det.tflite"), "--data",
+                                      "digits"])
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and "is a detector; kvision evaluate measures" in err

@@ -10,7 +10,9 @@ def add_parser(subparsers):
     """Add the ``evaluate`` sub-command to an ``argparse`` sub-parser set."""
     p = subparsers.add_parser("evaluate", help="top-1 (top-5 with more than 5 classes), "
                                                "per-class precision/recall, confusion matrix")
-    p.add_argument("model", help=".keras file, run directory or name under saved_models/")
+    p.add_argument("model", help=".keras file, run directory or name under saved_models/, "
+                                 "a .tflite file, or a SavedModel version directory (a "
+                                 "directory of numbered versions: the newest)")
     p.add_argument("--data", default="digits")
     p.add_argument("--seed", type=int, default=0, help="the split's seed (as in training)")
     p.add_argument("--confusion", default=None, help="PNG path (default beside the model)")
@@ -25,8 +27,12 @@ def run(args) -> int:
     from kvision.data import load
     from kvision.evaluate import evaluate
     from kvision.predict import load_trained
+    from kvision.tasks import NOUNS
 
     trained = load_trained(args.model)
+    if trained.task != "classification":
+        raise ValueError(f"{trained.path} is a {NOUNS[trained.task]}; kvision evaluate "
+                         f"measures classifiers.")
     data = load(args.data, image_size=trained.image_size[0], channels=trained.channels,
                 seed=args.seed)
     if tuple(data.class_names) != tuple(trained.class_names):

@@ -14,9 +14,11 @@ def add_parser(subparsers):
     p = subparsers.add_parser("predict", help="top-k labels of image files, a detector's "
                                               "boxes or a segmenter's masks (drawn with --out)")
     p.add_argument("model", help=".keras file, run directory, run name under "
-                                 "saved_models/, or NAME:imagenet (a registry network "
+                                 "saved_models/, NAME:imagenet (a registry network "
                                  "with ImageNet weights; plain NAME when no run has "
-                                 "that name)")
+                                 "that name), a .tflite file, or a SavedModel version "
+                                 "directory (a directory of numbered versions: the "
+                                 "newest)")
     p.add_argument("images", nargs="+", metavar="image",
                    help="image files, or folders standing for their images (any depth)")
     p.add_argument("--top-k", type=_at_least_one, default=5,
