@@ -6,7 +6,10 @@ the way ``kvision train`` writes it: a ``.keras`` file, a run directory
 ``saved_models/NAME`` holding ``NAME.keras`` and ``class_names.txt``, or just ``NAME``
 meaning that directory. A registry network with ImageNet weights is
 ``NAME:imagenet``, or just ``NAME`` when no run of that name exists; a ``NAME`` that
-means both is an error that shows how to pick each, never a silent choice.
+means both is an error that shows how to pick each, never a silent choice. An export
+answers too (:func:`load_exported`): a ``.tflite`` file or a SavedModel version
+directory (or a directory of numbered versions: the newest), wrapped by
+:mod:`kvision.exported` in the interface of a Keras model.
 
 Class names are the ones saved inside the ``.keras`` file
 (:func:`kvision.saving.save_model`, as ``kvision train`` saves), else
