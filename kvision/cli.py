@@ -4,13 +4,12 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
-import tempfile
 
 # Each command is a module of kvision/commands/ (add_parser + run); this module keeps
 # what they share. The list command's table functions stay importable from here.
+from kvision import _native
 from kvision.commands import COMMANDS
 from kvision.commands.list_ import (  # noqa: F401
     _profile_cache_path, format_markdown, format_table, zoo_table)
@@ -29,35 +28,15 @@ def build_parser():
     return parser
 
 
-@contextlib.contextmanager
-def _native_stderr_held():
-    """What native code writes to file descriptor 2 while the block runs goes to a
-    temporary file, shown only if the block fails.
-
-    TensorFlow's C++ start-up lines (absl's "All log messages before
-    absl::InitializeLog()", oneDNN's notice, the CUDA stub's and cuInit's) are written
-    whatever TF_CPP_MIN_LOG_LEVEL says, so only the file descriptor can hold them.
-    """
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as held:
-        os.dup2(held.fileno(), 2)
-        try:
-            yield
-        except BaseException:
-            os.dup2(saved, 2)
-            held.seek(0)
-            sys.stderr.write(held.read().decode("utf-8", "replace"))
-            raise
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
+# The one implementation, kept under its old name here (kvision._native).
+_native_stderr_held = _native.stderr_held
 
 
 def _quiet_start():
     """Load TensorFlow and find its devices without their start-up logging; absl's
     Python logging from errors up only."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    _native.QUIET = True  # LiteRT's delegate notice too, whenever an interpreter opens
     with _native_stderr_held():
         import tensorflow as tf
 

@@ -7,6 +7,8 @@ import re
 import subprocess
 import sys
 
+import numpy as np
+
 # An absl/glog line: severity letter, MMDD date, time, thread id, file:line]
 NATIVE_LOG_LINE = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ [\w.]+:\d+\]", re.M)
 
@@ -49,3 +51,22 @@ def test_held_logging_is_shown_when_the_import_fails(capfd):
     with _native_stderr_held():
         os.write(2, b"held back\n")
     assert "held back" not in capfd.readouterr().err
+
+
+def test_the_quiet_command_line_holds_litert_delegate_notices(tmp_path, monkeypatch, capfd):
+    """Opening a .tflite prints "INFO: Created TensorFlow Lite XNNPACK delegate" on
+    file descriptor 2 from C++; the quiet command line holds it back too."""
+    import keras
+    import tensorflow as tf
+
+    from kvision import _native
+    from kvision.export.litert import TFLiteModel
+
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(2)(inputs))
+    path = tmp_path / "tiny.tflite"
+    path.write_bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
+    capfd.readouterr()
+    monkeypatch.setattr(_native, "QUIET", True)
+    TFLiteModel(path).predict(np.zeros((3, 4), "float32"))
+    assert "XNNPACK" not in capfd.readouterr().err

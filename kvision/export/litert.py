@@ -14,6 +14,8 @@ import time
 
 import numpy as np
 
+from kvision import _native
+
 # The 4 bytes after the root offset of every TFLite flatbuffer.
 _IDENTIFIER = b"TFL3"
 
@@ -114,9 +116,10 @@ class TFLiteModel:
                              f"identifier; the file may be corrupt or of another format).")
         try:
             self.custom_ops = custom_ops(content)
-            self._interpreter = _interpreter_class()(model_content=content,
-                                                     num_threads=num_threads)
-            self._interpreter.allocate_tensors()
+            with _native.held_when_quiet():  # XNNPACK's "Created ... delegate" line
+                self._interpreter = _interpreter_class()(model_content=content,
+                                                         num_threads=num_threads)
+                self._interpreter.allocate_tensors()
         except Exception as error:  # the interpreter's own errors are opaque C++ text
             flex = [op for op in getattr(self, "custom_ops", []) if op.startswith("Flex")]
             if flex:

@@ -36,6 +36,7 @@ import warnings
 
 import numpy as np
 
+from kvision import _native
 from kvision.export.litert import TFLiteModel, custom_ops, labels_path
 from kvision.export.parity import (ExportResult, as_float32, check, check_detections,
                                    compare, compare_detections, is_detector, size_mb)
@@ -413,7 +414,9 @@ def run_detector(path, images, num_threads=2):
 
     from kvision.export.litert import _interpreter_class
 
-    interpreter = _interpreter_class()(model_path=os.fspath(path), num_threads=num_threads)
+    with _native.held_when_quiet():  # XNNPACK's "Created ... delegate" line
+        interpreter = _interpreter_class()(model_path=os.fspath(path),
+                                           num_threads=num_threads)
     runner = interpreter.get_signature_runner()
     (name,) = runner.get_input_details()
     images = np.asarray(images, "float32")
