@@ -191,9 +191,20 @@ def test_a_segmenters_export_answers_its_label_map(task_exports, ref, capsys):
         assert got == dict(zip(present.tolist(), counts.tolist()))
 
 
-def test_evaluate_refuses_a_detectors_export_in_one_line(task_exports, capsys):
+def test_evaluate_refuses_classifier_data_for_a_detectors_export_in_one_line(
+        task_exports, capsys):
     root, _, _ = task_exports
     code, out, err = kvision(capsys, ["evaluate", str(root / "det.tflite"), "--data",
                                       "digits"])
     assert code == 2 and out == ""
-    assert err.count("\n") == 1 and "is a detector; kvision evaluate measures" in err
+    assert err.count("\n") == 1 and "No detection data at 'digits'" in err
+
+
+@pytest.mark.parametrize("ref", ["det.tflite", "det"])
+def test_evaluate_measures_a_detectors_export(task_exports, ref, capsys):
+    root, _, _ = task_exports
+    code, out, err = kvision(capsys, ["evaluate", str(root / ref), "--max-images", "3",
+                                      "--json"])
+    assert code == 0, err
+    figures = json.loads(out)
+    assert figures["task"] == "detection" and figures["images"] == 3

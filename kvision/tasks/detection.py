@@ -1,0 +1,161 @@
+"""Measuring a detector or localizer: COCO mAP on labelled scenes (``kvision evaluate``).
+
+The data (:func:`load_data`) is a YOLO folder or a COCO JSON file
+(:func:`kvision.data.detection.load_detection`), or ``digit-scenes``: held-out
+:func:`kvision.data.synthetic.digit_scenes` (handwriting never seen in training, a
+fixed seed) at the model's input size. Each image is resized to the model's input as
+``kvision predict`` resizes a file (:func:`kvision.data.folders.resize`) and the boxes
+found are scaled back to the image's own pixels, where its ground truth is; the
+figures are :func:`kvision.metrics.detection.evaluate`'s (COCO's rules).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+DIGIT_SCENES = "digit-scenes"
+DIGIT_SCENES_COUNT = 200  # held-out scenes evaluated by default
+_SCENE_SIDE = 96          # digit_scenes' default canvas, whose digit sizes scale below
+
+
+@dataclasses.dataclass
+class Labelled:
+    """Images (each ``(H, W, C)`` float32 in [0, 255], its own size) with their
+    ``ground_truth`` (``[{"boxes", "classes"}]`` per image, xyxy pixels of the image),
+    the ``class_names`` and a ``description`` of where they came from."""
+
+    images: list
+    ground_truth: list
+    class_names: tuple
+    description: str
+
+
+@dataclasses.dataclass
+class Report:
+    """Detection figures (:func:`kvision.metrics.detection.evaluate`'s) with the
+    objects each class has in the ground truth."""
+
+    class_names: tuple
+    figures: dict
+    objects: np.ndarray
+    num_images: int
+
+    def format(self) -> str:
+        """The headline figures, then AP@[.5:.95] per class ("-" where the data has
+        no object of the class: COCO leaves it out of the mean)."""
+        f = self.figures
+        width = max(12, *(len(n) for n in self.class_names))
+        lines = [f"mAP@[.5:.95] {f['map']:.4f}  mAP@0.5 {f['map_50']:.4f}  "
+                 f"mAP@0.75 {f['map_75']:.4f}", "",
+                 f"{'class':<{width}} {'AP@[.5:.95]':>11} {'objects':>8}"]
+        for c, name in enumerate(self.class_names):
+            ap = f["per_class"].get(c)
+            shown = "-" if ap is None else f"{ap:.4f}"
+            lines.append(f"{name:<{width}} {shown:>11} {int(self.objects[c]):>8}")
+        return "\n".join(lines)
+
+    def as_dict(self) -> dict:
+        """The same figures for JSON; a class without objects has ``"ap": null``."""
+        f = self.figures
+        return {"task": "detection", "images": self.num_images, "map": f["map"],
+                "map_50": f["map_50"], "map_75": f["map_75"],
+                "per_class": {name: {"ap": f["per_class"].get(c),
+                                     "objects": int(self.objects[c])}
+                              for c, name in enumerate(self.class_names)}}
+
+
+def held_out_scenes(trained, count=DIGIT_SCENES_COUNT, seed=0):
+    """``count`` digit scenes of the ``"test"`` handwriting at the model's input size
+    (the longer side for a non-square input), digit sizes scaled from
+    ``digit_scenes``' 96-pixel default; shared with :mod:`kvision.tasks.segmentation`."""
+    from kvision.data.synthetic import digit_scenes
+
+    side = max(int(s) for s in trained.image_size)
+    digit_size = tuple(max(4, round(d * side / _SCENE_SIDE)) for d in (12, 32))
+    return digit_scenes(count, image_size=side, digit_size=digit_size,
+                        channels=trained.channels, subset="test", seed=seed)
+
+
+def load_data(source, trained, *, seed=0, max_images=None) -> Labelled:
+    """Labelled images for a detector: ``digit-scenes``, a YOLO folder or a COCO JSON
+    (a ValueError or FileNotFoundError naming those forms otherwise)."""
+    if source == DIGIT_SCENES:
+        scenes = held_out_scenes(trained, max_images or DIGIT_SCENES_COUNT, seed)
+        return Labelled(list(scenes.images.astype("float32")),
+                        [{"boxes": b, "classes": c} for b, c in
+                         zip(scenes.boxes, scenes.classes)],
+                        tuple(scenes.class_names),
+                        f"{len(scenes)} held-out scenes of {DIGIT_SCENES} (seed {seed})")
+    from kvision.data.detection import load_detection
+
+    _check_source(source)
+    data = load_detection(source, channels=trained.channels, max_examples=max_images)
+    images, truth = [], []
+    for example in data.dataset.as_numpy_iterator():
+        images.append(example["images"])
+        truth.append({"boxes": example["bounding_boxes"]["boxes"],
+                      "classes": example["bounding_boxes"]["labels"]})
+    return Labelled(images, truth, tuple(data.class_names),
+                    f"{data.num_examples} images of {source}")
+
+
+def _check_source(source):
+    """One line saying what a detector takes, for ``--data`` that is none of it (the
+    classifiers' ``digits``, a missing path, a folder without ``images/``)."""
+    import os
+
+    forms = (f"a detector or localizer is measured on a YOLO folder (with images/ and "
+             f"labels/), a COCO .json file or {DIGIT_SCENES}")
+    if str(source).startswith("tfds:"):
+        return
+    if not os.path.exists(source):
+        raise FileNotFoundError(f"No detection data at {source!r}: {forms}.")
+    if not (os.path.isfile(source) and source.lower().endswith(".json")
+            or os.path.isdir(os.path.join(source, "images"))):
+        raise ValueError(f"{source!r} is not detection data: {forms}.")
+
+
+def predict(trained, images, batch_size=8) -> list:
+    """The model's detections on ``images`` (each its own size), boxes in each image's
+    own pixels: ``[{"boxes", "scores", "classes"}]``, what ``evaluate`` takes."""
+    from kvision.data.folders import resize
+
+    height, width = trained.image_size
+    found = []
+    for start in range(0, len(images), batch_size):
+        chunk = images[start:start + batch_size]
+        batch = np.stack([np.asarray(resize(image, (height, width))) for image in chunk])
+        outputs = trained.model.predict(batch, batch_size=batch_size, verbose=0)
+        for i, image in enumerate(chunk):
+            n = int(np.asarray(outputs["num_detections"][i]))
+            scale = np.array([image.shape[1] / width, image.shape[0] / height] * 2)
+            found.append({"boxes": np.asarray(outputs["boxes"][i][:n], "float64") * scale,
+                          "scores": np.asarray(outputs["scores"][i][:n]),
+                          "classes": np.asarray(outputs["classes"][i][:n]).astype("int64")})
+    return found
+
+
+def check_classes(trained, class_names):
+    """A model whose saved names differ from the data's is measured against the wrong
+    classes: a ValueError naming both."""
+    if trained.class_names and tuple(trained.class_names) != tuple(class_names):
+        raise ValueError(f"The data's classes {list(class_names)} are not the model's "
+                         f"{list(trained.class_names)}.")
+
+
+def evaluate(trained, data: Labelled, batch_size=8) -> Report:
+    """COCO mAP of a detector (:class:`kvision.predict.Trained`) on ``data``."""
+    from kvision.metrics.detection import evaluate as coco_map
+
+    if not data.images:
+        raise ValueError(f"The evaluation data ({data.description}) holds no images.")
+    check_classes(trained, data.class_names)
+    detections = predict(trained, data.images, batch_size)
+    n = len(data.class_names)
+    figures = coco_map(data.ground_truth, detections, num_classes=n)
+    classes = np.concatenate([np.asarray(t["classes"], "int64").reshape(-1)
+                              for t in data.ground_truth])
+    return Report(data.class_names, figures, np.bincount(classes, minlength=n),
+                  len(data.images))
