@@ -200,3 +200,24 @@ def test_wrong_data_for_the_task_is_one_error_line(which, data, says, detector, 
     code, out, err = _run([model, "--data", data], capsys)
     assert code == 2 and out == ""
     assert err.count("\n") == 1 and says in err
+
+
+def test_a_yolo_folder_gives_the_coco_files_figures(detector, coco, tmp_path, capsys):
+    from kvision.data.detection import load_detection, write_yolo
+
+    root, _ = detector
+    path, reference = coco
+    data = load_detection(path, channels=1)
+    examples = list(data.dataset.as_numpy_iterator())
+    write_yolo(types.SimpleNamespace(
+        images=[e["images"].astype("uint8") for e in examples],
+        boxes=[e["bounding_boxes"]["boxes"] for e in examples],
+        classes=[e["bounding_boxes"]["labels"] for e in examples]),
+        str(tmp_path / "yolo"), class_names=data.class_names)
+    code, out, err = _run([str(root / "det.keras"), "--data", str(tmp_path / "yolo"),
+                           "--json"], capsys)
+    assert code == 0, err
+    figures = json.loads(out)
+    # YOLO's labels are normalized to 6 decimals: boxes move by under 1e-4 pixels.
+    for key in ("map", "map_50", "map_75"):
+        assert figures[key] == pytest.approx(reference[key], abs=1e-4), key
