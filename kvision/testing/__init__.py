@@ -2,9 +2,12 @@
 
 from kvision.testing.contract import (  # noqa: F401
     assert_keras_parity,
+    assert_no_lambda,
     assert_param_count,
     assert_round_trip,
     assert_stage_outputs,
+    assert_task_contract,
+    assert_trains,
     counted_params,
     randomize_weights,
 )

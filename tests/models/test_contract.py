@@ -1,18 +1,25 @@
-"""The contract every registered network keeps: one parametrized test per check."""
+"""The contract every registered network keeps: one parametrized test per check.
+
+The classifiers' counts, stages and metadata are checked here one by one; every
+network, classifiers and task models alike, keeps the task contract (build small,
+no Lambda, ``.keras`` round trip, one training step, the inference model), driven by
+its task's row in :mod:`kvision.testing.tasks`.
+"""
 
 import numpy as np
-import keras
 import pytest
 
 import kvision
-from kvision import testing
+from kvision import registry, testing
 from kvision.models import get_info, list_models
+from kvision.testing.tasks import TASKS
 
 NAMES = list_models(task="classification")
+EVERY = list_models()
 # The deeper members of a family are its smallest member's code with more repeats (same
-# builder, same layer classes): the .keras round trip of the smallest covers their
-# serialization, and saving 10-270 MB files cost minutes of the suite. Their counts,
-# stage outputs and metadata are still checked one by one above and below.
+# builder, same layer classes): the task contract of the smallest covers their
+# serialization and training, and saving 10-270 MB files cost minutes of the suite.
+# Their counts, stage outputs, Lambda check and metadata are still checked one by one.
 ROUND_TRIPPED_BY = {
     **{f"efficientnet_b{i}": "efficientnet_b0" for i in range(1, 8)},
     "efficientnet_lite1": "efficientnet_lite0", "efficientnet_lite2": "efficientnet_lite0",
@@ -23,16 +30,12 @@ ROUND_TRIPPED_BY = {
 }
 
 
-def _small_size(info):
-    return max(info.min_size, 32)
-
-
 @pytest.mark.parametrize("name", NAMES)
 def test_parameter_count_and_stages_at_default_size(name):
     model = testing.assert_param_count(name)
     info = get_info(name)
     assert model.output_shape == (None, info.default_classes)
-    assert not any(isinstance(layer, keras.layers.Lambda) for layer in model.layers)
+    testing.assert_no_lambda(model)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -41,10 +44,7 @@ def test_stages_and_pooled_features_at_any_size(name):
     have their strides, it runs at the minimum size, and a smaller size is refused.
     ("max" and unpooled features come from the same shared code: test_builder.py.)"""
     info = get_info(name)
-    model = testing.assert_stage_outputs(name, pooling="avg")
-    x = np.random.default_rng(0).uniform(0, 255, (2, info.min_size, info.min_size,
-                                                  info.input_channels))
-    features = np.asarray(model(x.astype("float32")))
+    _, features = testing.assert_stage_outputs(name, pooling="avg")
     assert features.ndim == 2 and features.shape[0] == 2
     assert np.all(np.isfinite(features))
     too_small = (info.min_size - 1, info.min_size - 1, info.input_channels)
@@ -60,18 +60,19 @@ def test_round_trip_stand_ins_share_the_builder():
         assert deep_info.builder.__module__ == sibling_info.builder.__module__
 
 
-@pytest.mark.parametrize("name", [n for n in NAMES if n not in ROUND_TRIPPED_BY])
-def test_keras_file_round_trip_with_other_classes(name):
-    info = get_info(name)
-    size = _small_size(info)
-    model = kvision.create(name, input_shape=(size, size, info.input_channels),
-                           classes=7)
-    x = np.random.default_rng(1).uniform(0, 255, (2, size, size, info.input_channels))
-    x = x.astype("float32")
-    probabilities = np.asarray(model(x))
-    assert probabilities.shape == (2, 7)
-    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
-    testing.assert_round_trip(model, x)
+def test_every_task_has_a_row_in_the_contract_table():
+    missing = set(registry.TASKS) - set(TASKS)
+    assert not missing, f"tasks without a row in kvision.testing.tasks: {missing}"
+    assert {get_info(name).task for name in EVERY} <= set(TASKS)
+    assert len(EVERY) > len(NAMES)  # the task models are in the contract too
+
+
+@pytest.mark.parametrize("name", [n for n in EVERY if n not in ROUND_TRIPPED_BY])
+def test_task_contract(name):
+    """Small build (classifiers with 7 classes), no Lambda, ``.keras`` round trip with
+    ``safe_mode=True``, one training step with the task's losses, and the task's
+    inference model in its documented structure."""
+    testing.assert_task_contract(name)
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -1,0 +1,296 @@
+"""The task table of the model contract: one row per task, used by one test over
+every registered network (``tests/models/test_contract.py``).
+
+A row says, for the models of one task, how to build them small, how to make one
+batch of inputs and training targets, which losses they train with, how to get the
+task's inference model and what that model must answer. The targets come from
+:func:`kvision.data.synthetic.digit_scenes` (exact boxes, masks and label maps) through
+the task's own target code, so the contract trains each model as a user would.
+
+A new task adds one row to :data:`TASKS`; a new network of a known task needs nothing
+here unless its builder has knobs that make it small (its row's ``small`` table;
+unlisted networks are built at their minimum size with their defaults).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from typing import Callable
+
+import keras
+import numpy as np
+
+from kvision import registry
+
+# The named backbone of the task models that take one: the registry's smallest network
+# with stage outputs at strides 4..32, so that the zoo-name path of every task builder
+# is exercised without paying for VGG16 or Darknet-53 again (the classification rows
+# of the contract build, save and train those).
+SMALL_BACKBONE = "shufflenet_v2_x1_0"
+BATCH = 2  # images per contract batch
+DETECTION_KEYS = ("boxes", "scores", "classes", "num_detections")
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskCase:
+    """How the contract test drives the models of one task.
+
+    Attributes:
+        small: ``name -> builder kwargs`` that make the network small (input shape
+            included); :func:`sizes` turns a table of them into one.
+        batch: ``(model, name) -> (x, y)``: ``BATCH`` raw-pixel inputs and their
+            training targets, in what ``model.fit`` takes.
+        loss: ``(model, name) -> what model.compile(loss=...) takes``.
+        inference: ``(model, name) -> the task's inference model``.
+        check: ``(inference model, images, its outputs on them)``: raises
+            AssertionError when the outputs are not the task's documented structure.
+    """
+
+    small: Callable
+    batch: Callable
+    loss: Callable
+    inference: Callable
+    check: Callable
+
+
+def default_small(name):
+    """A network at its minimum side (at least 32) with its default arguments."""
+    info = registry.get_info(name)
+    size = max(info.min_size, 32)
+    return {"input_shape": (size, size, info.input_channels)}
+
+
+def sizes(table):
+    """``name -> kwargs`` from ``table``, :func:`default_small` for names not in it."""
+    return lambda name: table[name] if name in table else default_small(name)
+
+
+def build_small(name):
+    """``(model, case)``: ``name`` built small, and its task's row."""
+    case = TASKS[registry.get_info(name).task]
+    return registry.create(name, **case.small(name)), case
+
+
+def _module(name):
+    """The module holding ``name``'s builder: where its targets, losses and inference
+    model live for the task models of today."""
+    return importlib.import_module(registry.get_info(name).builder.__module__)
+
+
+def _shape(model):
+    return tuple(int(d) for d in model.input_shape[1:])
+
+
+def inference_images(model):
+    """``BATCH`` digit scenes, float32 raw pixels, at ``model``'s input size: what an
+    inference model that is not its network itself answers in the contract (it may
+    take other images than the network: OverFeat's slides over whole scenes)."""
+    return _scenes(model).images.astype("float32")
+
+
+def _scenes(model, *, objects=(1, 2), size=None, seed=0):
+    """``BATCH`` digit scenes at the model's input size (or ``size``)."""
+    from kvision.data.synthetic import digit_scenes
+
+    height, _, channels = _shape(model)
+    size = size or height
+    return digit_scenes(BATCH, image_size=size, objects=objects,
+                        digit_size=(size // 3, size // 2), channels=channels, seed=seed)
+
+
+# --- classification -----------------------------------------------------------------
+
+CLASSIFIER_CLASSES = 7  # not the default 1000: the top is rebuilt at another size
+
+
+def _classification_batch(model, name):
+    rng = np.random.default_rng(1)
+    x = rng.uniform(0, 255, (BATCH, *_shape(model))).astype("float32")
+    return x, rng.integers(0, model.output_shape[-1], BATCH)
+
+
+def _check_probabilities(model, x, outputs):
+    """``(N, classes)`` (or ``(N, H, W, classes)``) probabilities: each row sums to 1."""
+    (probabilities,) = keras.tree.flatten(outputs)
+    probabilities = np.asarray(probabilities)
+    per = (len(x),) if probabilities.ndim == 2 else x.shape[:3]  # image or pixel
+    assert probabilities.shape[:-1] == per, \
+        f"{model.name}: probabilities of shape {probabilities.shape} for input {x.shape}"
+    assert np.all(probabilities >= 0) and np.all(np.isfinite(probabilities)), \
+        f"{model.name}: outputs are not probabilities (negative or not finite)"
+    if probabilities.shape[-1] > 1:  # softmax; one channel is a sigmoid
+        np.testing.assert_allclose(probabilities.sum(-1), 1.0, rtol=0,
+                                   atol=probabilities.shape[-1] * 1e-6)
+
+
+# --- localization and detection -----------------------------------------------------
+
+def _check_detections(model, x, outputs):
+    """The detector protocol: ``boxes (N, K, 4)``, ``scores (N, K)``, ``classes (N, K)``
+    int (-1 after the detections), ``num_detections (N,)`` in ``[0, K]``."""
+    assert set(DETECTION_KEYS) <= set(outputs), \
+        f"{model.name}: outputs {sorted(outputs)}, expected {DETECTION_KEYS}"
+    boxes, scores, classes, count = (np.asarray(outputs[k]) for k in DETECTION_KEYS)
+    k = boxes.shape[1]
+    assert boxes.shape == (len(x), k, 4) and scores.shape == classes.shape == (len(x), k)
+    assert count.shape == (len(x),) and np.all((count >= 0) & (count <= k))
+    assert np.issubdtype(classes.dtype, np.integer)
+    assert np.issubdtype(count.dtype, np.integer)
+    for i, n in enumerate(count):
+        assert np.all(classes[i, n:] == -1), f"{model.name}: image {i} pads wrongly"
+        assert np.all((scores[i, :n] >= 0) & (scores[i, :n] <= 1))
+        assert np.all(np.isfinite(boxes[i, :n])), f"{model.name}: boxes not finite"
+
+
+def _localization_batch(model, name):
+    from kvision.models.detection import localization
+
+    scenes = _scenes(model, objects=1)
+    classes = model.output["classes"].shape[-1]
+    y = localization.encode_scenes(scenes.boxes, scenes.classes, _shape(model)[:2],
+                                   num_classes=classes)
+    return scenes.images.astype("float32"), y
+
+
+def _yolo_batch(model, name):
+    """Boxes encoded by the model's own target encoder (YOLOv3 or v1)."""
+    scenes = _scenes(model)
+    encode = _module(name).target_encoder(model)
+    per_image = [encode(b, c) for b, c in zip(scenes.boxes, scenes.classes)]
+    y = keras.tree.map_structure(lambda *t: np.stack([np.asarray(a) for a in t]),
+                                 *per_image)
+    return scenes.images.astype("float32"), list(y) if isinstance(y, tuple) else y
+
+
+def _overfeat_batch(model, name):
+    """OverFeat trains on windows cut from scenes (one object, one background)."""
+    from kvision.models.detection import overfeat
+
+    window = _shape(model)
+    scenes = _scenes(model, objects=1, size=2 * window[0])
+    classes = model.output["classes"].shape[-1] - 1  # the last is background
+    x, y = overfeat.window_samples(scenes.images, scenes.boxes, scenes.classes,
+                                   window[:2], num_classes=classes, positives=1,
+                                   negatives=1, seed=0)
+    return x[:BATCH], {k: v[:BATCH] for k, v in y.items()}
+
+
+# Detectors differ in targets and losses by family module; a new detector in one of
+# these modules is covered, a new module adds an entry.
+_DETECTORS = {
+    "yolo": (_yolo_batch, lambda module, model: module.losses(model)),
+    "yolo_v1": (_yolo_batch, lambda module, model: module.loss(model)),
+    "overfeat": (_overfeat_batch, lambda module, model: module.losses()),
+}
+
+
+def _detector(name):
+    module = _module(name)
+    return module, _DETECTORS[module.__name__.rsplit(".", 1)[-1]]
+
+
+def _detection_batch(model, name):
+    return _detector(name)[1][0](model, name)
+
+
+def _detection_loss(model, name):
+    module, (_, loss) = _detector(name)
+    return loss(module, model)
+
+
+def _inference(model, name):
+    """The module's ``inference_model``, keeping every candidate (score threshold 0)
+    so that the check sees real detections from an untrained network."""
+    return _module(name).inference_model(model, score_threshold=0.0)
+
+
+# --- segmentation ---------------------------------------------------------------------
+
+SEGMENTATION_CLASSES = 11  # the digit scenes' label maps: background and 10 digits
+
+
+def _segmentation_batch(model, name):
+    scenes = _scenes(model)
+    return scenes.images.astype("float32"), scenes.semantic
+
+
+def _segmentation_loss(model, name):
+    from kvision.losses.segmentation import PixelCrossEntropy
+
+    return PixelCrossEntropy()
+
+
+def _instance_batch(model, name):
+    from kvision.models.segmentation import instance
+
+    scenes = _scenes(model, objects=2)
+    return scenes.images.astype("float32"), instance.training_targets(scenes.semantic,
+                                                                      scenes.masks)
+
+
+def _check_instances(model, x, outputs):
+    """The detector protocol plus ``instance_map (N, H, W)``: 0 or an instance's
+    number, never above its image's ``num_detections``."""
+    _check_detections(model, x, outputs)
+    instance_map = np.asarray(outputs["instance_map"])
+    assert instance_map.shape == x.shape[:3], \
+        f"{model.name}: instance_map {instance_map.shape} for images {x.shape}"
+    count = np.asarray(outputs["num_detections"])
+    assert np.all((instance_map >= 0) & (instance_map <= count[:, None, None]))
+
+
+def _small_segmenter(**kwargs):
+    return {"classes": SEGMENTATION_CLASSES, "input_shape": (32, 32, 3), **kwargs}
+
+
+_NAMED = {"backbone": SMALL_BACKBONE}
+
+TASKS = {
+    "classification": TaskCase(
+        small=lambda name: {**default_small(name), "classes": CLASSIFIER_CLASSES},
+        batch=_classification_batch,
+        loss=lambda model, name: keras.losses.SparseCategoricalCrossentropy(),
+        inference=lambda model, name: model,  # it answers probabilities itself
+        check=_check_probabilities),
+    "localization": TaskCase(
+        small=sizes({"localizer": dict(**_NAMED, classes=10, hidden_units=8,
+                                       input_shape=(32, 32, 3))}),
+        batch=_localization_batch,
+        loss=lambda model, name: _module(name).losses(),
+        inference=_inference,
+        check=_check_detections),
+    "detection": TaskCase(
+        small=sizes({
+            "yolov1": dict(classes=10, input_shape=(64, 64, 3), grid=2, width=1 / 16,
+                           dropout=0.0),
+            "yolov3": dict(**_NAMED, classes=10, input_shape=(32, 32, 3)),
+            "yolov3_tiny": dict(classes=10, input_shape=(32, 32, 3), width=1 / 8),
+            "overfeat": dict(classes=10, input_shape=(71, 71, 3), units=(16,),
+                             box_units=(16,)),
+        }),
+        batch=_detection_batch,
+        loss=_detection_loss,
+        inference=_inference,
+        check=_check_detections),
+    "segmentation": TaskCase(
+        small=sizes({
+            **{fcn: _small_segmenter(**_NAMED, fc_units=16)
+               for fcn in ("fcn8s", "fcn16s", "fcn32s")},
+            "deeplabv1": _small_segmenter(**_NAMED, fc_units=16, atrous_rate=2),
+            "deeplabv3_plus": _small_segmenter(**_NAMED, filters=16, low_level_filters=8),
+            "segnet": _small_segmenter(width=1 / 16),
+            "unet": _small_segmenter(filters=4),
+        }),
+        batch=_segmentation_batch,
+        loss=_segmentation_loss,
+        inference=lambda model, name: model,  # per-pixel probabilities
+        check=_check_probabilities),
+    "instance_segmentation": TaskCase(
+        small=sizes({"two_network_instance": _small_segmenter(network="unet",
+                                                               filters=4)}),
+        batch=_instance_batch,
+        loss=lambda model, name: _module(name).losses(),
+        inference=_inference,
+        check=_check_instances),
+}
