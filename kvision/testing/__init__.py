@@ -8,6 +8,7 @@ from kvision.testing.contract import (  # noqa: F401
     assert_stage_outputs,
     assert_task_contract,
     assert_trains,
+    built_at_once,
     counted_params,
     randomize_weights,
 )
