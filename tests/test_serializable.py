@@ -17,6 +17,7 @@ from kvision.losses.segmentation import DiceLoss, FocalLoss, PixelCrossEntropy
 from kvision.metrics.segmentation import MeanIoU
 from kvision.models.detection import localization, overfeat, yolo, yolo_v1
 from kvision.models.segmentation import instance
+from kvision.testing import tiny_encoder
 
 SOURCE = pathlib.Path(kvision.__file__).parent
 DECORATOR = "register_keras_serializable"
@@ -106,17 +107,6 @@ def test_a_registration_that_fails_warns_and_leaves_keras_working():
     assert "No module named 'kvision.no_such_module'" in warned[0]
 
 
-def _encoder(size):
-    """A small stride-32 functional backbone (five conv-BN-ReLU steps)."""
-    inputs = keras.Input((size, size, 3))
-    x = inputs
-    for b, width in enumerate((8, 8, 16, 16, 16), start=1):
-        x = keras.layers.Conv2D(width, 3, strides=2, padding="same", name=f"s{b}_conv")(x)
-        x = keras.layers.BatchNormalization(name=f"s{b}_bn")(x)
-        x = keras.layers.ReLU(name=f"s{b}_relu")(x)
-    return keras.Model(inputs, x, name="encoder")
-
-
 def _compiled(model, loss, metrics=None):
     model.compile(optimizer="adam", loss=loss, metrics=metrics)
     return model
@@ -128,7 +118,7 @@ def _models():
     yolo3 = create("yolov3_tiny", classes=2, input_shape=(64, 64, 3), width=0.125)
     yolo3.compile(optimizer="adam", loss=yolo.losses(yolo3))
     yolo1 = create("yolov1", classes=2, input_shape=(64, 64, 3), grid=2,
-                   backbone=_encoder(64), width=0.0625, batch_norm=True)
+                   backbone=tiny_encoder(64), width=0.0625, batch_norm=True)
     yolo1.compile(optimizer="adam", loss=yolo_v1.loss(yolo1))
     localizer = localization.compile_localizer(
         create("localizer", backbone="lenet5", classes=10, input_shape=(32, 32, 1),
@@ -155,11 +145,11 @@ def _models():
         "segnet": _compiled(create("segnet", classes=3, input_shape=(32, 32, 3),
                                    width=0.125), DiceLoss(), [MeanIoU(3)]),
         "fcn8s": _compiled(create("fcn8s", classes=3, input_shape=(32, 32, 3),
-                                  backbone=_encoder(32), fc_units=8),
+                                  backbone=tiny_encoder(32), fc_units=8),
                            FocalLoss(), [MeanIoU(3)]),
         "deeplabv3_plus": _compiled(
             create("deeplabv3_plus", classes=3, input_shape=(64, 64, 3),
-                   backbone=_encoder(64), filters=8, low_level_filters=4),
+                   backbone=tiny_encoder(64), filters=8, low_level_filters=4),
             "sparse_categorical_crossentropy", [MeanIoU(3)]),
         "two_network_instance": _compiled(
             instance.TwoNetworkInstance(3, (32, 32, 3), network="unet", filters=4),

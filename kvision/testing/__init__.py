@@ -11,5 +11,6 @@ from kvision.testing.contract import (  # noqa: F401
     built_at_once,
     counted_params,
     randomize_weights,
+    tiny_encoder,
 )
 from kvision.testing.numerics import EPS32, assert_float32_close, float32_atol  # noqa: F401

@@ -283,3 +283,15 @@ def assert_keras_parity(name: str, keras_builder, input_shape, *, classes=10,
         )
         worst = max(worst, diff / scale)
     return worst
+
+
+def tiny_encoder(size=64):
+    """A small functional backbone for task tests: five stride-2 conv-BN-ReLU steps
+    (stage outputs at strides 2..32), ``(size, size, 3)`` in."""
+    inputs = keras.Input((size, size, 3))
+    x = inputs
+    for b, width in enumerate((8, 8, 16, 16, 16), start=1):
+        x = keras.layers.Conv2D(width, 3, strides=2, padding="same", name=f"s{b}_conv")(x)
+        x = keras.layers.BatchNormalization(name=f"s{b}_bn")(x)
+        x = keras.layers.ReLU(name=f"s{b}_relu")(x)
+    return keras.Model(inputs, x, name="encoder")

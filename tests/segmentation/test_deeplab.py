@@ -8,6 +8,7 @@ import pytest
 import keras
 from kvision import create, get_info
 from kvision.models.segmentation._common import dilate
+from kvision.testing import tiny_encoder
 
 
 def test_deeplabv1_largefov_parameter_count():
@@ -38,21 +39,10 @@ def test_atrous_resnet50_is_the_original_on_every_other_pixel():
                                atol=1e-4)
 
 
-def _encoder(size=64):
-    """A small functional backbone: five stride-2 conv-BN-ReLU steps (stride 32)."""
-    inputs = keras.Input((size, size, 3))
-    x = inputs
-    for b, width in enumerate((8, 8, 16, 16, 16), start=1):
-        x = keras.layers.Conv2D(width, 3, strides=2, padding="same", name=f"s{b}_conv")(x)
-        x = keras.layers.BatchNormalization(name=f"s{b}_bn")(x)
-        x = keras.layers.ReLU(name=f"s{b}_relu")(x)
-    return keras.Model(inputs, x, name="encoder")
-
-
 @pytest.mark.parametrize("output_stride,rates", [(16, [6, 12, 18]), (8, [12, 24, 36])])
 def test_deeplabv3_plus_taps_and_atrous_rates(output_stride, rates):
     model = create("deeplabv3_plus", classes=5, input_shape=(64, 64, 3),
-                   backbone=_encoder(), filters=8, low_level_filters=4,
+                   backbone=tiny_encoder(), filters=8, low_level_filters=4,
                    output_stride=output_stride)
     assert model.output_shape == (None, 64, 64, 5)
     high, low = (tuple(t.shape[1:3]) for t in model.get_layer("backbone").outputs)
