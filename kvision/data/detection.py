@@ -7,13 +7,14 @@ sizes; resize with :class:`kvision.data.box_augment.ResizeWithBoxes`). ``source`
 
 * a YOLO folder: ``root/images/[SPLIT/]NAME.jpg`` with ``root/labels/[SPLIT/]NAME.txt``
   holding one ``class cx cy w h`` line per object, normalized to the image size (the
-  Ultralytics layout); class names from ``root/classes.txt`` (one per line) or the
-  ``names`` of ``root/data.yaml``; an image without a label file has no objects;
+  Ultralytics layout); class names from ``root/classes.txt`` or ``root/obj.names``
+  (darknet's file; one name per line) or the ``names`` of ``root/data.yaml``; an image
+  without a label file has no objects;
 * a COCO JSON file (``images``, ``annotations`` with ``bbox: [x, y, w, h]`` pixels,
   ``categories``); category ids are remapped to contiguous 0..C-1 in id order, and
   ``category_ids`` keeps the original id of each class; crowd annotations
-  (``iscrowd: 1``) are skipped; image files are found under ``image_dir`` (by default
-  the JSON's folder);
+  (``iscrowd: 1``) are skipped; image files are found under ``image_dir``, by default
+  beside the JSON or, when not there, in an ``images/`` folder next to it;
 * ``"tfds:NAME"`` or ``"tfds:NAME:SPLIT"``: a TFDS detection dataset whose examples
   hold ``objects/bbox`` (normalized ``yxyx``) and ``objects/label`` (``voc/2007``,
   ``coco/2017``, ...), downloaded on first use.
@@ -37,6 +38,8 @@ from typing import Any
 import numpy as np
 
 from kvision.data import folders
+
+NAMES_FILES = ("classes.txt", "obj.names")  # one class name a line; obj.names is darknet's
 
 FORMS = ("a YOLO folder (root/images/ and root/labels/ with 'class cx cy w h' lines)",
          "a COCO JSON file (images, annotations, categories)",
@@ -201,11 +204,20 @@ def _yaml_names(path):
     raise ValueError(f"{path}: no 'names:' entry (the class names).")
 
 
+def _names_file(root, names=NAMES_FILES):
+    """The lines of the first of ``names`` found in ``root`` (one class name a line),
+    or None."""
+    for name in names:
+        if os.path.isfile(os.path.join(root, name)):
+            with open(os.path.join(root, name), encoding="utf-8") as f:
+                return [line.strip() for line in f if line.strip()]
+    return None
+
+
 def _yolo_names(root):
-    classes_txt = os.path.join(root, "classes.txt")
-    if os.path.isfile(classes_txt):
-        with open(classes_txt, encoding="utf-8") as f:
-            return [line.strip() for line in f if line.strip()]
+    names = _names_file(root)
+    if names is not None:
+        return names
     for name in ("data.yaml", "dataset.yaml"):
         if os.path.isfile(os.path.join(root, name)):
             return _yaml_names(os.path.join(root, name))
@@ -283,7 +295,25 @@ def _read_yolo(root, split, class_names, num_classes):
 
 
 # -- COCO ----------------------------------------------------------------------------
-def _read_coco(path, image_dir, class_names, num_classes):
+def coco_image_path(json_path, file_name, image_dir=None):
+    """Where a COCO file's image is: under ``image_dir`` when given, else beside the
+    JSON or, when not there, in an ``images/`` folder next to it (a FileNotFoundError
+    naming the places looked at when none holds it)."""
+    folder = os.path.dirname(os.path.abspath(json_path))
+    places = ([image_dir] if image_dir is not None
+              else [folder, os.path.join(folder, "images")])
+    for place in places:
+        if os.path.isfile(os.path.join(place, file_name)):
+            return os.path.join(place, file_name)
+    raise FileNotFoundError(f"{json_path}: image file {file_name!r} is not in "
+                            f"{' nor '.join(repr(p) for p in places)} (pass image_dir= "
+                            f"where the images are).")
+
+
+def read_coco_json(path):
+    """``(coco, ids, names)``: a COCO file's dict, checked to hold ``images``,
+    ``annotations`` and ``categories``, and its category ids sorted with their names
+    (the contiguous class order)."""
     try:
         with open(path, encoding="utf-8") as f:
             coco = json.load(f)
@@ -295,17 +325,20 @@ def _read_coco(path, image_dir, class_names, num_classes):
         raise ValueError(f"{path}: a COCO file needs 'images', 'annotations' and "
                          f"'categories'; {missing} missing.")
     categories = sorted(coco["categories"], key=lambda c: c["id"])
-    ids = [c["id"] for c in categories]
+    return (coco, [c["id"] for c in categories],
+            [str(c.get("name", c["id"])) for c in categories])
+
+
+def _read_coco(path, image_dir, class_names, num_classes):
+    coco, ids, names = read_coco_json(path)
     index = {cid: i for i, cid in enumerate(ids)}
-    names = _check_names([str(c.get("name", c["id"])) for c in categories], class_names,
-                         num_classes, path)
+    names = _check_names(names, class_names, num_classes, path)
     if len(names) != len(ids):
         raise ValueError(f"{path}: {len(ids)} categories but {len(names)} class names.")
-    image_dir = os.path.dirname(os.path.abspath(path)) if image_dir is None else image_dir
     images, order = {}, []
     for number, image in enumerate(coco["images"]):
         try:
-            images[image["id"]] = (os.path.join(image_dir, image["file_name"]),
+            images[image["id"]] = (coco_image_path(path, image["file_name"], image_dir),
                                    (int(image["height"]), int(image["width"])), [], [])
         except (KeyError, TypeError, ValueError):
             raise ValueError(f"{path}: images[{number}] needs id, file_name, height and "
@@ -332,9 +365,6 @@ def _read_coco(path, image_dir, class_names, num_classes):
     records = []
     for image_id in order:
         file, shape, boxes, classes = images[image_id]
-        if not os.path.isfile(file):
-            raise FileNotFoundError(f"{path}: image {image_id}'s file {file!r} does not "
-                                    f"exist (pass image_dir= where the images are).")
         records.append((file, np.array(boxes, "float64").reshape(-1, 4),
                         np.array(classes, "int64"), shape, path))
     return records, names, ids

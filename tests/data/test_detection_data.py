@@ -92,6 +92,28 @@ def test_coco_json_round_trip_agrees_with_pycocotools(scenes, tmp_path):
     _assert_same(data, scenes)
 
 
+def test_yolo_names_from_darknet_obj_names(scenes, tmp_path):
+    root = str(tmp_path / "yolo")
+    write_yolo(scenes, root)
+    os.remove(os.path.join(root, "classes.txt"))
+    _write(os.path.join(root, "obj.names"), "".join(f"digit {i}\n" for i in range(10)))
+    data = load_detection(root, num_classes=10)
+    assert data.class_names == tuple(f"digit {i}" for i in range(10))
+    _assert_same(data, scenes)
+
+
+def test_coco_images_in_an_images_folder_next_to_the_json(scenes, tmp_path):
+    path = str(tmp_path / "coco" / "annotations.json")
+    write_coco(scenes, path, image_dir=str(tmp_path / "coco" / "images"))
+    data = load_detection(path)
+    assert data.files[0] == str(tmp_path / "coco" / "images" / "00000.png")
+    _assert_same(data, scenes)
+    os.remove(tmp_path / "coco" / "images" / "00002.png")
+    with pytest.raises(FileNotFoundError, match=r"'00002\.png' is not in .*coco' nor "
+                                                r".*coco/images'"):
+        load_detection(path)
+
+
 def test_bad_boxes_are_clipped_or_dropped_with_one_counted_warning(tmp_path):
     from PIL import Image
 
