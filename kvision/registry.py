@@ -19,8 +19,24 @@ _REGISTRY: dict[str, "ModelInfo"] = {}
 # The modes of kvision.layers.ImagePreprocessing (not imported: it loads Keras).
 PREPROCESSING_MODES = ("caffe", "tf", "torch", "none")
 # What a network does; "segmentation" is semantic segmentation (a class per pixel).
-TASKS = ("classification", "localization", "detection", "segmentation",
-         "instance_segmentation")
+# A list: a task module may add its own (kvision.tasks.base.register_task).
+TASKS = ["classification", "localization", "detection", "segmentation",
+         "instance_segmentation"]
+_BUILTIN_TASKS = tuple(TASKS)
+
+
+def add_task(name: str):
+    """Let networks register with task ``name`` (:func:`kvision.tasks.base.register_task`)."""
+    if not isinstance(name, str) or not name.isidentifier() or name != name.lower():
+        raise ValueError(f"A task name is a lower-case identifier, got {name!r}.")
+    if name not in TASKS:
+        TASKS.append(name)
+
+
+def remove_task(name: str):
+    """Undo :func:`add_task` for a task of one's own (tests); kvision's stay."""
+    if name in TASKS and name not in _BUILTIN_TASKS:
+        TASKS.remove(name)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +124,13 @@ def register(name: str, **metadata):
         return builder
 
     return decorator
+
+
+def unregister(name: str):
+    """Remove a network registered with :func:`register` (a test's own network)."""
+    info = _REGISTRY.pop(name, None)
+    if info is None:
+        raise ValueError(f"No model named {name!r} is registered.")
 
 
 def _ensure_loaded():

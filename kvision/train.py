@@ -80,6 +80,14 @@ class ModelPlan:
     channels: int
 
 
+def task_of_name(model) -> str:
+    """The task of what ``kvision train`` is given: a registry name's registered task;
+    keras.applications names and ``.keras`` files are classifiers to transfer from."""
+    if isinstance(model, str) and model in registry.list_models():
+        return registry.get_info(model).task
+    return "classification"
+
+
 def plan_model(model, data, *, backbone_weights=None, regime=None, image_size=None):
     """Decide scratch vs transfer, the input size and channels for ``model``."""
     from kvision import models, transfer
@@ -162,8 +170,10 @@ class _TrainingEnded(keras.callbacks.Callback):
         runs.mark(self.run_dir, "saving")
 
 
-def _callbacks(out_dir, extra, chief=True):
-    callbacks = list(extra)
+def _callbacks(out_dir, extra, chief=True, first=()):
+    """The run folder's callbacks around ``extra``; ``first`` run before the CSV log
+    and the checkpoint (a held-out figure they should record)."""
+    callbacks = [*first, *extra]
     if not out_dir:
         return callbacks
     os.makedirs(os.path.join(out_dir, "checkpoints"), exist_ok=True)
@@ -171,11 +181,12 @@ def _callbacks(out_dir, extra, chief=True):
     # run killed in between resumes no earlier than its log says.
     return [*([_TrainingEnded(out_dir)] if chief else []),
             keras.callbacks.BackupAndRestore(os.path.join(out_dir, "backup")),
+            *first,
             keras.callbacks.ModelCheckpoint(os.path.join(out_dir, "checkpoints",
                                                          "last.keras")),
             keras.callbacks.CSVLogger(os.path.join(out_dir, "training_log.csv"),
                                       append=True),
-            *callbacks]
+            *extra]
 
 
 def _check_arguments(epochs, batch_size, steps_per_epoch):

@@ -9,19 +9,28 @@ import sys
 
 def add_parser(subparsers):
     """Add the ``train`` sub-command to an ``argparse`` sub-parser set."""
-    p = subparsers.add_parser("train", help="train a network with model.fit (from scratch or "
-                                            "by transfer learning)")
+    p = subparsers.add_parser("train", help="train a network with model.fit: a classifier "
+                                            "(from scratch or by transfer learning), a "
+                                            "detector or a segmenter")
     p.add_argument("model", help="registry name, keras.applications name or .keras file")
-    p.add_argument("--data", default="digits", help="digits, an image folder or tfds:NAME")
+    p.add_argument("--data", default=None,
+                   help="classifiers: digits (default), an image folder or tfds:NAME; "
+                        "detectors: digit-scenes (default), a YOLO folder, a COCO .json "
+                        "or tfds:NAME; segmenters: digit-scenes (default), a folder of "
+                        "images/ and masks/, a COCO .json with masks or tfds:NAME")
     p.add_argument("--backbone-weights", default=None,
                    help="imagenet, none or a weights file: transfer learning")
     p.add_argument("--regime", default=None,
                    choices=["small-similar", "large-similar", "small-different",
                             "large-different"])
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--epochs", type=int, default=None,
+                   help="default 30 for classifiers, the task's otherwise (detectors "
+                        "12, segmenters 20)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="default 32 for classifiers, 16 for detectors and segmenters")
     p.add_argument("--lr", type=float, default=None,
-                   help="initial learning rate (default 3e-3 scratch, 1e-3 transfer)")
+                   help="initial learning rate (default 3e-3 scratch, 1e-3 transfer, "
+                        "2e-3 detectors and segmenters)")
     p.add_argument("--image-size", type=int, default=None)
     p.add_argument("--out", default=None,
                    help="the run folder (default saved_models/MODEL); one holding a "
@@ -29,6 +38,14 @@ def add_parser(subparsers):
     p.add_argument("--overwrite", action="store_true",
                    help="replace the run in --out as a whole instead of using OUT-2 "
                         "(an unfinished run of the same settings resumes either way)")
+    p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="detectors and segmenters: one more argument of the network's "
+                        "builder, a Python literal or a string (--model-arg width=0.5); "
+                        "repeat for more")
+    p.add_argument("--max-images", type=int, default=None,
+                   help="detectors and segmenters: train on this many images at most "
+                        "(digit-scenes: generate this many; default 8000 scenes for "
+                        "detectors, 2000 for segmenters)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps-per-epoch", type=int, default=None)
     p.add_argument("--strategy", default=None, choices=["mirrored", "multiworker"])
@@ -42,13 +59,22 @@ def add_parser(subparsers):
 
 
 def run(args) -> int:
-    """Train through :func:`kvision.train.train_classifier`; print the held-out top-1
-    accuracy and where the run, its model and its export are."""
-    from kvision.train import train_classifier
+    """Train by the network's task: classifiers through
+    :func:`kvision.train.train_classifier`, every other task through
+    :func:`kvision.tasks.training.train_task`; print the held-out figure and where the
+    run, its model and its export are."""
+    from kvision.train import task_of_name, train_classifier
 
+    task = task_of_name(args.model)
+    if task != "classification":
+        return _run_task(args, task)
+    if args.model_arg or args.max_images is not None:
+        raise ValueError(f"--model-arg and --max-images are for detectors and segmenters; "
+                         f"{args.model} is a classifier.")
     with _train_log_on_stdout():  # the split and the run folder, before training
-        result = train_classifier(args.model, data=args.data, epochs=args.epochs,
-                                  batch_size=args.batch_size, learning_rate=args.lr,
+        result = train_classifier(args.model, data=args.data or "digits",
+                                  epochs=args.epochs or 30,
+                                  batch_size=args.batch_size or 32, learning_rate=args.lr,
                                   image_size=args.image_size, out_dir=args.out,
                                   overwrite=args.overwrite,
                                   export=not args.no_export, seed=args.seed,
@@ -69,6 +95,57 @@ def run(args) -> int:
     if result.export_path:
         print(f"exported for TensorFlow Serving: {result.export_path}")
     return 0
+
+
+def _run_task(args, task) -> int:
+    """A detector or segmenter: :func:`kvision.tasks.training.train_task`; the task's
+    report on the held-out data, then where the run is."""
+    from kvision.tasks.training import train_task
+
+    refused = [flag for flag, given in (("--strategy", args.strategy),
+                                        ("--mixed-precision", args.mixed_precision),
+                                        ("--no-augment", args.no_augment)) if given]
+    if refused:
+        raise ValueError(f"{' '.join(refused)}: for classifiers only so far; {args.model} "
+                         f"is a {task} model.")
+    with _train_log_on_stdout():
+        result = train_task(args.model, args.data, epochs=args.epochs,
+                            batch_size=args.batch_size, learning_rate=args.lr,
+                            image_size=args.image_size, out_dir=args.out,
+                            overwrite=args.overwrite, export=not args.no_export,
+                            seed=args.seed, backbone_weights=args.backbone_weights,
+                            regime=args.regime, model_args=parse_model_args(args.model_arg),
+                            max_images=args.max_images, jit_compile=args.jit,
+                            steps_per_epoch=args.steps_per_epoch)
+    if result.initial_epoch:
+        print(f"resumed from epoch {result.initial_epoch}")
+    print(f"held-out {result.metric_label}: {result.figure:.4f} after {result.seconds:.1f} s "
+          f"of training; {result.trainable_params:,} trainable parameters, "
+          f"{result.seconds_per_epoch:.2f} s per epoch")
+    print(result.report.format())
+    if result.keras_path:
+        print(f"saved: {result.keras_path} (log, curves and checkpoints in "
+              f"{result.out_dir})")
+    if result.export_path:
+        print(f"exported for TensorFlow Serving: {result.export_path}")
+    return 0
+
+
+def parse_model_args(pairs) -> dict:
+    """``["width=0.5", "padding=same"]`` -> ``{"width": 0.5, "padding": "same"}``: a
+    value is a Python literal when it reads as one, else a string."""
+    import ast
+
+    arguments = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise ValueError(f"--model-arg takes KEY=VALUE (e.g. width=0.5), got {pair!r}.")
+        try:
+            arguments[key.strip()] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            arguments[key.strip()] = value
+    return arguments
 
 
 @contextlib.contextmanager

@@ -15,6 +15,8 @@ import dataclasses
 
 import numpy as np
 
+from kvision.tasks import base
+
 DIGIT_SCENES = "digit-scenes"
 DIGIT_SCENES_COUNT = 200  # held-out scenes evaluated by default
 _SCENE_SIDE = 96          # digit_scenes' default canvas, whose digit sizes scale below
@@ -159,3 +161,160 @@ def evaluate(trained, data: Labelled, batch_size=8) -> Report:
                               for t in data.ground_truth])
     return Report(data.class_names, figures, np.bincount(classes, minlength=n),
                   len(data.images))
+
+
+# --- the task: training from the command line ------------------------------------------
+
+DIGIT_SCENES_TRAIN = 8000    # training scenes of `kvision train DETECTOR --data digit-scenes`
+DIGIT_SCENES_DISTORTION = 0.5  # each training digit warped: 899 source digits, not learnt by heart
+MAX_VALIDATION = 500         # held-out images measured after every epoch, at most
+SCORE_THRESHOLD = 0.1        # kept in the saved detector: low, since mAP ranks by score
+
+
+@dataclasses.dataclass(frozen=True)
+class _Shape:
+    """What :func:`held_out_scenes` and :func:`load_data` read off a model."""
+
+    image_size: tuple
+    channels: int
+    class_names: tuple = ()
+
+
+class DetectionTask(base.Task):
+    """Detectors (YOLO v1, v3, v3-tiny): boxes, classes and scores; COCO mAP.
+
+    A network trains from the command line when its model module provides
+    ``training_dataset(data, model, batch_size=, seed=)``, ``losses(model)`` and
+    ``inference_model(model, score_threshold=)``, and optionally
+    ``data_arguments(name, box_sizes)`` (builder arguments fitted to the data: YOLO's
+    anchors by k-means).
+    """
+
+    name, noun, metric, metric_label = "detection", "detector", "map_50", "mAP@0.5"
+    default_epochs = 12  # 8,000 digit scenes: ~1.3 min an epoch for a width-0.5 tiny
+
+    def default_image_size(self, info, data):
+        return 96 if data == DIGIT_SCENES else info.default_size
+
+    def check_trainable(self, name):
+        module = self.model_module(name)
+        missing = [f for f in ("training_dataset", "losses", "inference_model")
+                   if not hasattr(module, f)]
+        if missing:
+            raise ValueError(f"{name} cannot be trained from the command line yet (its "
+                             f"module {module.__name__} has no {', '.join(missing)}); "
+                             f"train it from Python as its docstring shows.")
+
+    def training_data(self, source, *, image_size, channels, seed, max_images=None):
+        shape = _Shape((image_size, image_size), channels)
+        if source == DIGIT_SCENES:
+            return self._digit_scenes(shape, seed, max_images)
+        return self._files(source, shape, seed, max_images)
+
+    def _digit_scenes(self, shape, seed, max_images):
+        from kvision.data.synthetic import digit_scenes
+
+        side = shape.image_size[0]
+        digit_size = tuple(max(4, round(d * side / _SCENE_SIDE)) for d in (12, 32))
+        scenes = digit_scenes(max_images or DIGIT_SCENES_TRAIN, image_size=side,
+                              digit_size=digit_size, channels=shape.channels,
+                              distortion=DIGIT_SCENES_DISTORTION, subset="train",
+                              seed=seed + 1)
+        validation = load_data(DIGIT_SCENES, shape, seed=seed)
+        wh = np.concatenate([b[:, 2:] - b[:, :2] for b in scenes.boxes])
+        return base.TrainingData(
+            scenes, len(scenes), validation, tuple(scenes.class_names), DIGIT_SCENES,
+            f"{DIGIT_SCENES}: {len(scenes)} training scenes (handwriting of the train "
+            f"half, warped by {DIGIT_SCENES_DISTORTION}), {validation.description}",
+            {"box_sizes": wh})
+
+    def _files(self, source, shape, seed, max_images):
+        import os
+
+        from kvision.data.box_augment import ResizeWithBoxes
+        from kvision.data.detection import load_detection
+
+        _check_source(source)
+        data = load_detection(source, channels=shape.channels, max_examples=max_images)
+        val_dir = os.path.join(str(source), "images", "val")
+        if os.path.isdir(val_dir):  # a YOLO folder's own split
+            train, n_train = data.dataset, data.num_examples
+            held = load_detection(source, split="val", channels=shape.channels,
+                                  class_names=data.class_names,
+                                  max_examples=MAX_VALIDATION).dataset
+            where = "its val split"
+        else:
+            train, held, n_train, n_held = base.hold_out(data.dataset, data.num_examples,
+                                                         seed=seed)
+            where = f"{n_held} images held out at random (seed {seed})"
+        resize = ResizeWithBoxes(*shape.image_size, pad_to_aspect_ratio=False)
+        train = train.map(lambda example: resize(example, training=False))
+        validation = _labelled(held.take(MAX_VALIDATION), data.class_names,
+                               f"{where} of {source}")
+        return base.TrainingData(train, n_train, validation, tuple(data.class_names),
+                                 data.source, f"{source}: {n_train} training images, "
+                                 f"{validation.description}",
+                                 {"box_sizes": _box_sizes(train)})
+
+    def build(self, name, data, *, input_shape, model_args, backbone_weights=None,
+              regime=None):
+        module = self.model_module(name)
+        fitted = getattr(module, "data_arguments", None)
+        arguments = dict(fitted(name, data.extras["box_sizes"]) if fitted else {})
+        arguments.update(model_args)  # what the user says wins
+        return super().build(name, data, input_shape=input_shape, model_args=arguments,
+                             backbone_weights=backbone_weights, regime=regime)
+
+    def losses(self, name, model):
+        return self.model_module(name).losses(model)
+
+    def fit_dataset(self, name, model, data, *, batch_size, seed, shuffle=True):
+        return self.model_module(name).training_dataset(
+            data.train, model, batch_size=batch_size, shuffle=shuffle, seed=seed)
+
+    def inference_model(self, name, model):
+        import inspect
+
+        build = self.model_module(name).inference_model
+        thresholds = {"score_threshold": SCORE_THRESHOLD}
+        if "objectness_threshold" in inspect.signature(build).parameters:
+            thresholds["objectness_threshold"] = SCORE_THRESHOLD  # YOLOv3's gate too
+        return build(model, **thresholds)
+
+    def load_data(self, source, trained, *, seed=0, max_images=None):
+        return load_data(source, trained, seed=seed, max_images=max_images)
+
+    def evaluate(self, trained, data, batch_size=8):
+        return evaluate(trained, data, batch_size)
+
+
+def _labelled(dataset, class_names, description):
+    """Examples of a detection dataset -> :class:`Labelled` (each image its own size)."""
+    images, truth = [], []
+    for example in dataset.as_numpy_iterator():
+        images.append(example["images"])
+        truth.append({"boxes": example["bounding_boxes"]["boxes"],
+                      "classes": example["bounding_boxes"]["labels"]})
+    return Labelled(images, truth, tuple(class_names),
+                    f"{len(images)} images ({description})")
+
+
+def _box_sizes(train, most=2000):
+    """(w, h) of the boxes of the first ``most`` training examples, at the model's size."""
+    sizes = [example["bounding_boxes"]["boxes"] for example in
+             train.take(most).as_numpy_iterator()]
+    boxes = np.concatenate([np.reshape(b, (-1, 4)) for b in sizes]) if sizes else \
+        np.zeros((0, 4))
+    if not len(boxes):
+        raise ValueError("The training data holds no boxes: a detector needs some.")
+    return boxes[:, 2:] - boxes[:, :2]
+
+
+class LocalizationTask(DetectionTask):
+    """Localizers (a fixed number of boxes per image): measured as detectors."""
+
+    name, noun = "localization", "localizer"
+
+
+TASK = base.register_task(DetectionTask())
+LOCALIZATION = base.register_task(LocalizationTask())

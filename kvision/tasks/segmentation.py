@@ -14,6 +14,7 @@ import dataclasses
 
 import numpy as np
 
+from kvision.tasks import base, detection
 from kvision.tasks.detection import DIGIT_SCENES, DIGIT_SCENES_COUNT, held_out_scenes
 
 UNLABELLED = -1  # a pixel the model gives no class
@@ -74,11 +75,16 @@ def _shown(value):
 
 
 def load_data(source, trained, *, seed=0, max_images=None) -> Labelled:
-    """Label maps for a semantic segmenter: ``digit-scenes`` (a ValueError for any
-    other ``source``)."""
+    """Label maps for a semantic segmenter at the model's input size: ``digit-scenes``,
+    a VOC-style folder (``images/`` and ``masks/``), a COCO JSON with masks or
+    ``tfds:NAME`` (:func:`kvision.data.segmentation.load_segmentation`); pixels
+    labelled :data:`IGNORED` are left out of every figure."""
     if source != DIGIT_SCENES:
-        raise ValueError(f"--data {source!r} is not segmentation data: a semantic "
-                         f"segmenter is measured on {DIGIT_SCENES} (label maps).")
+        from kvision.data.segmentation import load_segmentation
+
+        data = load_segmentation(source, channels=trained.channels, max_examples=max_images)
+        return _labelled(data.dataset.map(_resizer(trained.image_size)), data.class_names,
+                         f"{source}")
     if trained.image_size[0] != trained.image_size[1]:
         raise ValueError(f"{DIGIT_SCENES} are square; the model's input is "
                          f"{trained.image_size}.")
@@ -117,3 +123,116 @@ def evaluate(trained, data: Labelled, batch_size=8) -> Report:
     figures = segmentation_figures(truth, np.maximum(predicted, 0), n,
                                    ignore_index=UNLABELLED, class_names=data.class_names)
     return Report(data.class_names, figures, len(data.images))
+
+
+# --- the task: training from the command line ------------------------------------------
+
+DIGIT_SCENES_TRAIN = 2000  # training scenes of `kvision train SEGMENTER --data digit-scenes`
+MAX_VALIDATION = 500       # held-out images measured after every epoch, at most
+IGNORED = 255              # a label no loss or figure counts (VOC's void)
+
+
+class SegmentationTask(base.Task):
+    """Semantic segmenters (FCN, U-Net, SegNet, DeepLab): a class per pixel; mIoU.
+
+    Trained with per-pixel cross-entropy that skips :data:`IGNORED` pixels; a network
+    whose output is smaller than its input (a ``padding="valid"`` U-Net) is trained
+    on the centre of each label map.
+    """
+
+    name, noun, metric, metric_label = "segmentation", "segmenter", "mean_iou", "mIoU"
+    export_labels = False  # per-pixel scores: the names are in the .keras file
+    default_epochs = 20
+
+    def default_image_size(self, info, data):
+        return 64 if data == DIGIT_SCENES else info.default_size
+
+    def training_data(self, source, *, image_size, channels, seed, max_images=None):
+        shape = detection._Shape((image_size, image_size), channels)
+        if source == DIGIT_SCENES:
+            return self._digit_scenes(shape, seed, max_images)
+        return self._files(source, shape, seed, max_images)
+
+    def _digit_scenes(self, shape, seed, max_images):
+        from kvision.data.synthetic import digit_scenes
+
+        scenes = digit_scenes(max_images or DIGIT_SCENES_TRAIN, image_size=shape.image_size[0],
+                              objects=(2, 4), channels=shape.channels, subset="train",
+                              seed=seed + 1)
+        validation = load_data(DIGIT_SCENES, shape, seed=seed)
+        return base.TrainingData(
+            scenes.as_dataset(), len(scenes), validation, validation.class_names,
+            DIGIT_SCENES, f"{DIGIT_SCENES}: {len(scenes)} training scenes (handwriting of "
+            f"the train half), {validation.description}")
+
+    def _files(self, source, shape, seed, max_images):
+        from kvision.data.segmentation import load_segmentation
+
+        data = load_segmentation(source, channels=shape.channels, max_examples=max_images)
+        train, held, n_train, n_held = base.hold_out(data.dataset, data.num_examples,
+                                                     seed=seed)
+        resize = _resizer(shape.image_size)
+        train = train.map(resize)
+        validation = _labelled(held.take(MAX_VALIDATION).map(resize), data.class_names,
+                               f"{n_held} images of {source} held out at random (seed "
+                               f"{seed})")
+        return base.TrainingData(train, n_train, validation, tuple(data.class_names),
+                                 data.source, f"{source}: {n_train} training images, "
+                                 f"{validation.description}")
+
+    def losses(self, name, model):
+        import keras
+
+        return keras.losses.SparseCategoricalCrossentropy(ignore_class=IGNORED)
+
+    def fit_dataset(self, name, model, data, *, batch_size, seed, shuffle=True):
+        import tensorflow as tf
+
+        out_h, out_w = (int(d) for d in model.output_shape[1:3])
+
+        def pair(example):
+            labels = example["segmentation_masks"]
+            top = (tf.shape(labels)[0] - out_h) // 2
+            left = (tf.shape(labels)[1] - out_w) // 2
+            return example["images"], labels[top:top + out_h, left:left + out_w]
+
+        dataset = data.train
+        if shuffle:
+            dataset = dataset.shuffle(min(data.num_train, 4096), seed=seed)
+        return (dataset.map(pair, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)
+                .prefetch(tf.data.AUTOTUNE))
+
+    def load_data(self, source, trained, *, seed=0, max_images=None):
+        return load_data(source, trained, seed=seed, max_images=max_images)
+
+    def evaluate(self, trained, data, batch_size=8):
+        return evaluate(trained, data, batch_size)
+
+
+def _resizer(image_size):
+    """An example -> the same at ``image_size``: bilinear pixels (as predict resizes a
+    file), nearest labels."""
+    import tensorflow as tf
+
+    def resize(example):
+        labels = tf.image.resize(example["segmentation_masks"], image_size,
+                                 method="nearest")
+        return {"images": tf.image.resize(example["images"], image_size),
+                "segmentation_masks": tf.cast(labels, tf.int32)}
+
+    return resize
+
+
+def _labelled(dataset, class_names, description):
+    """Examples at the model's size -> :class:`Labelled`, ignored pixels unlabelled."""
+    images, labels = [], []
+    for example in dataset.as_numpy_iterator():
+        images.append(example["images"])
+        labels.append(example["segmentation_masks"][..., 0])
+    labels = np.asarray(labels, "int64")
+    return Labelled(np.asarray(images, "float32"),
+                    np.where(labels == IGNORED, UNLABELLED, labels), tuple(class_names),
+                    f"{len(images)} images ({description})")
+
+
+TASK = base.register_task(SegmentationTask())

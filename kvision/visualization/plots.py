@@ -33,22 +33,27 @@ def read_log(path) -> dict:
         rows = list(csv.DictReader(f))
     if not rows:
         return {}
-    return {key: [float(row[key]) for row in rows if row.get(key) not in (None, "")]
+    # CSVLogger writes "NA" for a figure an epoch did not log.
+    return {key: [float(row[key]) for row in rows if row.get(key) not in (None, "", "NA")]
             for key in rows[0]}
 
 
-def plot_training_curves(history, path):
-    """Loss and accuracy per epoch (training and validation) to ``path`` (PNG).
+def plot_training_curves(history, path, metrics=("loss", "accuracy")):
+    """``metrics`` per epoch (training and validation: ``val_<metric>``), one panel
+    each, to ``path`` (PNG); a metric the history lacks is left out.
 
     ``history``: a CSVLogger file path, a ``History`` or its ``.history`` dict.
+    ``metrics``: e.g. ``("loss", "map_50")`` for a detector, whose held-out mAP@0.5
+    is logged as ``val_map_50`` only.
     """
     if isinstance(history, (str, os.PathLike)):
         history = read_log(history)
     history = getattr(history, "history", history)
     epochs = history.get("epoch")
-    metrics = [m for m in ("loss", "accuracy") if m in history]
+    wanted = tuple(metrics)
+    metrics = [m for m in wanted if m in history or f"val_{m}" in history]
     if not metrics:
-        raise ValueError(f"No 'loss' or 'accuracy' in the training history "
+        raise ValueError(f"None of {list(wanted)} in the training history "
                          f"(columns: {sorted(history)}).")
     plt = _pyplot()
     figure, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.6),

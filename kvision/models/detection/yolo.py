@@ -421,6 +421,16 @@ def _sanitized(scenes, model):
     return dataclasses.replace(scenes, boxes=boxes, classes=classes)
 
 
+def data_arguments(name, box_sizes, seed=0):
+    """Builder arguments fitted to a dataset (the detection task asks for them):
+    ``anchors``, as many as the paper's, by k-means under ``1 - IoU`` on the
+    ``(N, 2)`` widths and heights of its boxes in input pixels (YOLOv2's rule)."""
+    from kvision.ops.boxes import kmeans_anchors
+
+    count = len(TINY_ANCHORS if name == "yolov3_tiny" else COCO_ANCHORS)
+    return {"anchors": kmeans_anchors(np.asarray(box_sizes, "float32"), count, seed=seed)}
+
+
 # --- the loss -----------------------------------------------------------------------
 
 def losses(model, **kwargs):

@@ -1,0 +1,172 @@
+"""What a task is: one :class:`Task` object per task, in its own module.
+
+A task module (``kvision/tasks/detection.py``, ``segmentation.py``…) defines a
+:class:`Task` subclass and registers one instance with :func:`register_task`. The
+command line and the library ask the task of a model (:func:`get_task`) for
+everything that differs between tasks, so that training, evaluation, prediction and
+export are one code path:
+
+- ``training_data``: the data adapter, a ``--data`` source (``digit-scenes``, a
+  folder, a file, ``tfds:NAME``) -> :class:`TrainingData` at the model's input size;
+- ``build``: the training model of a registered network, fitted to that data;
+- ``losses`` and ``fit_dataset``: what ``model.compile`` and ``model.fit`` take;
+- ``inference_model``: the training model -> the model predict and export take
+  (decoding and NMS in the graph for detectors; the model itself otherwise);
+- ``load_data`` and ``evaluate``: labelled data to measure a trained model on, and
+  the task's figures (a report with ``format()``, ``as_dict()`` and ``figures``
+  holding :attr:`Task.metric`, the figure logged every epoch as ``val_<metric>``).
+
+A network declares its task when it is registered (``registry.register(...,
+task=...)``); a model built for a task is a :class:`kvision.tasks.TaskModel` whose
+config carries that task. So a new task is one task module (this contract) plus its
+model module (a registered builder), and nothing else changes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+
+from kvision import registry
+
+# The task modules kvision ships, imported when their task is first asked for.
+# (Classifiers train through kvision.train.train_classifier; instance segmenters
+# train from Python: kvision.models.segmentation.instance.)
+BUILTIN_MODULES = {"localization": "kvision.tasks.detection",
+                   "detection": "kvision.tasks.detection",
+                   "segmentation": "kvision.tasks.segmentation"}
+_TASKS: dict = {}
+
+
+@dataclasses.dataclass
+class TrainingData:
+    """A task's training data at the model's input size.
+
+    ``train``: an unbatched ``tf.data.Dataset`` of examples in Keras' dict format
+    (``{"images", "bounding_boxes": {"boxes", "labels"}}`` for detectors,
+    ``{"images", "segmentation_masks"}`` for segmenters); ``num_train`` examples.
+    ``validation``: what :meth:`Task.evaluate` measures after every epoch (the
+    task's ``Labelled``). ``class_names``: what the model's classes are called.
+    ``source``: where the data came from, ``description``: one line saying so.
+    ``extras``: what a task keeps for building (a detector's box sizes, for anchors).
+    """
+
+    train: object
+    num_train: int
+    validation: object
+    class_names: tuple
+    source: str
+    description: str
+    extras: dict = dataclasses.field(default_factory=dict)
+
+
+class Task:
+    """The contract of a task (module docstring). Subclasses set the attributes and
+    override the methods their task needs."""
+
+    name: str = ""
+    noun: str = ""            # what a model of the task is called: "detector"
+    metric: str = ""          # the key of the headline figure: "map_50"
+    metric_label: str = ""    # how it is printed: "mAP@0.5"
+    default_data: str = "digit-scenes"
+    default_epochs: int = 10
+    default_batch_size: int = 16
+    default_learning_rate: float = 2e-3
+    export_labels: bool = True  # the SavedModel export carries the class names
+
+    def default_image_size(self, info, data) -> int:
+        """The input side when ``--image-size`` is not given."""
+        return info.default_size
+
+    def model_module(self, name):
+        """The module of a registered network's builder: it holds the network's own
+        pieces (targets, losses, inference model)."""
+        return importlib.import_module(registry.get_info(name).builder.__module__)
+
+    def training_data(self, source, *, image_size, channels, seed, max_images=None):
+        raise NotImplementedError(f"{self.name} models cannot be trained from the "
+                                  f"command line yet.")
+
+    def build(self, name, data, *, input_shape, model_args, backbone_weights=None,
+              regime=None):
+        """The training model of network ``name`` for ``data`` (default: the
+        registered builder with ``classes`` and ``input_shape``)."""
+        kwargs = dict(model_args)
+        if backbone_weights is not None:
+            kwargs["backbone_weights"] = backbone_weights
+        if regime is not None:
+            kwargs["trainable_backbone"] = regime
+        return registry.create(name, classes=len(data.class_names),
+                               input_shape=input_shape, **kwargs)
+
+    def check_trainable(self, name):
+        """A ValueError, before any data is read, when network ``name`` cannot be
+        trained through this task."""
+
+    def losses(self, name, model):
+        """What ``model.compile`` takes as ``loss`` for network ``name``."""
+        raise NotImplementedError
+
+    def fit_dataset(self, name, model, data, *, batch_size, seed, shuffle=True):
+        """``(inputs, targets)`` batches of ``data.train`` for ``model.fit``."""
+        raise NotImplementedError
+
+    def inference_model(self, name, model):
+        """The model predict and export take (by default the model itself)."""
+        return model
+
+    def load_data(self, source, trained, *, seed=0, max_images=None):
+        raise NotImplementedError
+
+    def evaluate(self, trained, data, batch_size=8):
+        raise NotImplementedError
+
+
+def register_task(task: Task) -> Task:
+    """Make ``task`` known by its name (networks may then register with it)."""
+    if not task.name or not task.metric:
+        raise ValueError(f"A task needs a name and a metric, got {task.name!r}, "
+                         f"{task.metric!r}.")
+    registry.add_task(task.name)
+    _TASKS[task.name] = task
+    return task
+
+
+def unregister_task(name):
+    """Forget a task registered with :func:`register_task` (tests)."""
+    _TASKS.pop(name, None)
+    if name not in BUILTIN_MODULES:
+        registry.remove_task(name)
+
+
+def get_task(name) -> Task:
+    """The :class:`Task` called ``name`` (its module imported on first use)."""
+    if name not in _TASKS and name in BUILTIN_MODULES:
+        importlib.import_module(BUILTIN_MODULES[name])
+    if name not in _TASKS:
+        raise ValueError(f"Unknown task {name!r}; expected one of "
+                         f"{sorted(set(registry.TASKS) | set(_TASKS))}.")
+    return _TASKS[name]
+
+
+def hold_out(dataset, count, *, fraction=0.1, seed=0):
+    """``dataset`` (``count`` examples) split at random into ``(train, held_out,
+    train_count, held_out_count)``: ``fraction`` of it, at least one example, held out
+    (the same ones for the same ``seed``). Fewer than two examples is a ValueError."""
+    import numpy as np
+    import tensorflow as tf
+
+    if count < 2:
+        raise ValueError(f"{count} example(s): training needs at least two, one of them "
+                         f"held out to measure the model.")
+    held = max(1, int(round(count * fraction)))
+    mask = np.zeros(count, bool)
+    mask[np.random.default_rng(seed).permutation(count)[:held]] = True
+    mask = tf.constant(mask)
+    numbered = dataset.enumerate()
+
+    def side(keep_held):
+        return (numbered.filter(lambda i, _: tf.equal(mask[i], keep_held))
+                .map(lambda _, example: example))
+
+    return side(False), side(True), count - held, held

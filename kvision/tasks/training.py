@@ -1,0 +1,195 @@
+"""Training any task's network with ``model.fit``: what ``kvision train`` runs for
+detectors and segmenters (classifiers: :func:`kvision.train.train_classifier`).
+
+Everything that differs between tasks comes from the network's task
+(:func:`kvision.tasks.base.get_task`): the data adapter, the model fitted to the data,
+the losses, the ``(inputs, targets)`` batches, the inference model and the figure
+measured on held-out data after every epoch. The run folder is the classifiers' (see
+:mod:`kvision.train`): ``run.json``, ``checkpoints/last.keras`` (the training model),
+a backup that lets a killed run resume, ``training_log.csv`` with the task's
+validation figure every epoch (``val_map_50``, ``val_mean_iou``…) and its plot
+``training_curves.png``, then ``<name>.keras`` (the inference model: what predict,
+evaluate and export take, its class names inside), ``class_names.txt`` and the
+TensorFlow Serving export ``<version>/``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+
+import keras
+import numpy as np
+
+from kvision import registry, runs
+from kvision._files import write_text_atomically
+from kvision.tasks import base
+
+log = logging.getLogger("kvision.train")
+
+
+@dataclasses.dataclass
+class TaskTrainResult:
+    """What a task's training run produced and measured: ``report`` is the task's
+    report on the held-out data (``report.figures[metric]`` the headline figure)."""
+
+    model: keras.Model            # the training model
+    inference_model: keras.Model  # what predict and export take
+    task: str
+    metric: str
+    metric_label: str
+    report: object
+    seconds: float
+    keras_path: str | None
+    export_path: str | None
+    history: dict
+    class_names: tuple
+    out_dir: str | None
+    initial_epoch: int
+    trainable_params: int
+    seconds_per_epoch: float
+    data_description: str
+
+    @property
+    def figure(self) -> float:
+        """The task's headline figure on the held-out data."""
+        return float(self.report.figures[self.metric])
+
+
+class HeldOutFigure(keras.callbacks.Callback):
+    """After every epoch, the task's figure (:attr:`Task.metric`) of the inference
+    model on the held-out data, into the epoch's logs as ``val_<metric>`` (so the CSV
+    log, the curves and the progress bar show it)."""
+
+    def __init__(self, task, trained, validation, batch_size):
+        super().__init__()
+        self.task, self.trained = task, trained
+        self.validation, self.batch_size = validation, batch_size
+
+    def on_epoch_end(self, epoch, logs=None):
+        report = self.task.evaluate(self.trained, self.validation, self.batch_size)
+        if logs is not None:
+            logs[f"val_{self.task.metric}"] = float(report.figures[self.task.metric])
+
+
+def train_task(model_name, data=None, *, epochs=None, batch_size=None, learning_rate=None,
+               image_size=None, out_dir=None, overwrite=False, export=True, seed=0,
+               verbose=1, backbone_weights=None, regime=None, model_args=None,
+               max_images=None, jit_compile=False, steps_per_epoch=None, callbacks=()):
+    """Train the registered network ``model_name`` for its task on ``data`` (default
+    the task's, ``digit-scenes``) and measure it on held-out data.
+
+    ``model_args``: more builder arguments (``{"width": 0.5}``); ``max_images``: train
+    on at most this many images (``digit-scenes``: generate this many). Defaults of
+    ``epochs``, ``batch_size`` and ``learning_rate`` (Adam, cosine-decayed to 0) are
+    the task's. Returns a :class:`TaskTrainResult`.
+    """
+    from kvision.predict import Trained
+    from kvision.train import _check_arguments
+
+    info = registry.get_info(model_name)
+    task = base.get_task(info.task)
+    task.check_trainable(model_name)
+    epochs = epochs or task.default_epochs
+    batch_size = batch_size or task.default_batch_size
+    _check_arguments(epochs, batch_size, steps_per_epoch)
+    data = data or task.default_data
+    side = int(image_size or task.default_image_size(info, data))
+    channels = 3
+    bundle = task.training_data(data, image_size=side, channels=channels, seed=seed,
+                                max_images=max_images)
+    log.info("data: %s; %d classes: %s", bundle.description, len(bundle.class_names),
+             ", ".join(bundle.class_names))
+    keras.utils.set_random_seed(seed)
+    arguments = dict(model_args or {})
+    model = task.build(model_name, bundle, input_shape=(side, side, channels),
+                       model_args=arguments, backbone_weights=backbone_weights,
+                       regime=regime)
+    steps = epochs * (steps_per_epoch or -(-bundle.num_train // batch_size))
+    rate = learning_rate or task.default_learning_rate
+    model.compile(optimizer=keras.optimizers.Adam(
+                      keras.optimizers.schedules.CosineDecay(rate, steps)),
+                  loss=task.losses(model_name, model), jit_compile=bool(jit_compile))
+    train_ds = task.fit_dataset(model_name, model, bundle, batch_size=batch_size, seed=seed)
+    inference = task.inference_model(model_name, model)
+    trained = Trained(inference, bundle.class_names, "(training)")
+    settings = {"model": model_name, "task": task.name, "input_size": side,
+                "channels": channels, "data": bundle.source, "max_images": max_images,
+                "classes": list(bundle.class_names), "seed": seed,
+                "model_args": {k: _plain(v) for k, v in sorted(arguments.items())},
+                "backbone_weights": backbone_weights, "regime": regime}
+    run_dir = None
+    if out_dir is not False:
+        from kvision.train import _claim_run_folder
+
+        run_dir = _claim_run_folder(out_dir or os.path.join("saved_models", model_name),
+                                    settings, overwrite, None)
+    figure = HeldOutFigure(task, trained, bundle.validation, batch_size)
+    history, seconds, timer = _fit(model, train_ds, epochs, steps_per_epoch, verbose,
+                                   run_dir, figure, callbacks)
+    report = task.evaluate(trained, bundle.validation, batch_size)
+    keras_path = export_path = None
+    if run_dir:
+        keras_path, export_path = _save_run(task, inference, model_name, bundle, run_dir,
+                                            export)
+        runs.mark(run_dir, "finished")  # last: the run is complete on disk
+    return TaskTrainResult(
+        model=model, inference_model=inference, task=task.name, metric=task.metric,
+        metric_label=task.metric_label, report=report, seconds=seconds,
+        keras_path=keras_path, export_path=export_path,
+        history={k: [float(v) for v in vals] for k, vals in history.history.items()},
+        class_names=tuple(bundle.class_names), out_dir=run_dir,
+        initial_epoch=timer.first_epoch or 0,
+        trainable_params=int(sum(np.prod(v.shape) for v in model.trainable_weights)),
+        seconds_per_epoch=timer.mean(), data_description=bundle.description)
+
+
+def _plain(value):
+    """A builder argument as JSON can hold it (run settings compare as JSON)."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _fit(model, train_ds, epochs, steps_per_epoch, verbose, run_dir, figure, extra):
+    from kvision.train import _callbacks, _EpochTimer
+
+    timer = _EpochTimer()
+    start = time.perf_counter()
+    # The held-out figure before the CSV log and the checkpoint: they see it in the
+    # epoch's logs; the timer before it: evaluation is not training time.
+    history = model.fit(train_ds, epochs=epochs, steps_per_epoch=steps_per_epoch,
+                        verbose=verbose, shuffle=False,  # the dataset shuffles itself
+                        callbacks=_callbacks(run_dir, extra, first=[timer, figure]))
+    return history, time.perf_counter() - start, timer
+
+
+def _save_run(task, inference, name, bundle, run_dir, export):
+    """The inference model (class names inside), the class names, the curves with the
+    task's figure and, if asked, the TensorFlow Serving export."""
+    from kvision.data.folders import resize
+    from kvision.saving import save_model
+    from kvision.visualization import plot_training_curves
+
+    keras_path = save_model(inference, os.path.join(run_dir, f"{name}.keras"),
+                            class_names=bundle.class_names)
+    write_text_atomically(os.path.join(run_dir, "class_names.txt"),
+                          "".join(f"{n}\n" for n in bundle.class_names))
+    log_path = os.path.join(run_dir, "training_log.csv")
+    if os.path.isfile(log_path):
+        plot_training_curves(log_path, os.path.join(run_dir, "training_curves.png"),
+                             metrics=("loss", task.metric))
+    if not export:
+        return keras_path, None
+    from kvision.export import saved_model
+
+    size = inference.input_shape[1:3]
+    check = np.stack([np.asarray(resize(image, size)) for image in
+                      list(bundle.validation.images)[:8]])
+    path = saved_model(inference, run_dir, check_inputs=check,
+                       class_names=bundle.class_names if task.export_labels else None)
+    return keras_path, os.fspath(path)
