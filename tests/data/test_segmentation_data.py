@@ -300,3 +300,14 @@ def test_tfds_masks_are_the_class_indices_unchanged(monkeypatch):
         assert example["images"].shape == want["image"].shape[:2] + (1,)
         np.testing.assert_array_equal(example["segmentation_masks"],
                                       want["segmentation_mask"].astype(np.int32))
+
+
+def test_a_failed_write_leaves_the_folder_as_it_was(scenes, tmp_path):
+    root = tmp_path / "voc"
+    os.makedirs(root)
+    (root / "keep.txt").write_text("mine")
+    bad = scenes[:2]
+    bad.semantic[1, 0, 0] = 300                   # not an index PNG value
+    with pytest.raises(ValueError, match=r"00001\.png: labels must be 0\.\.255"):
+        write_voc(bad, str(root))
+    assert sorted(os.listdir(tmp_path)) == ["voc"] and os.listdir(root) == ["keep.txt"]
