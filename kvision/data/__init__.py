@@ -6,7 +6,8 @@ label)`` examples from any of the three; ``list_images`` and ``load_image`` work
 folders and single files directly. ``digit_scenes`` draws a seeded detection and
 segmentation set of real handwritten digits with exact boxes and masks;
 ``load_detection`` reads YOLO, COCO and TFDS detection data into Keras' bounding-box
-dicts. TensorFlow loads only when one of them is called.
+dicts, ``load_segmentation`` VOC style mask folders, COCO masks and TFDS segmentation
+data into label maps. TensorFlow loads only when one of them is called.
 """
 
 from kvision.data.detection import DetectionData, load_detection
@@ -15,10 +16,11 @@ from kvision.data.folders import (CorruptImageWarning, TooFewImagesWarning, list
                                    load_image)
 from kvision.data.imagenet import imagenet_class_names
 from kvision.data.photos import load_faces, load_textures, photo_crops, photo_dataset
+from kvision.data.segmentation import SegmentationData, load_segmentation
 from kvision.data.sources import Dataset, load
 from kvision.data.synthetic import Scenes, digit_scenes
 
 __all__ = ["CorruptImageWarning", "Dataset", "DetectionData", "Scenes", "digit_scenes",
            "imagenet_class_names", "list_images", "load", "load_detection", "load_digits",
-           "load_faces", "load_image", "load_textures", "photo_crops", "photo_dataset",
-           "TooFewImagesWarning"]
+           "load_faces", "load_image", "load_segmentation", "load_textures", "photo_crops",
+           "photo_dataset", "SegmentationData", "TooFewImagesWarning"]
