@@ -188,11 +188,12 @@ def _pair(image_root, mask_root):
                                 f"{image_root!r}.")
     lonely = sorted(set(images) - set(masks))
     orphans = sorted(set(masks) - set(images))
-    if lonely or orphans:
-        raise ValueError(f"Images and masks must match by name: {len(lonely)} of the "
-                         f"{len(images)} images under {image_root!r} have no mask (e.g. "
-                         f"{lonely[:3]}) and {len(orphans)} of the {len(masks)} masks under "
-                         f"{mask_root!r} have no image (e.g. {orphans[:3]}).")
+    strays = ([f"{len(lonely)} images have no mask (e.g. {lonely[:3]})"] if lonely else []) \
+        + ([f"{len(orphans)} masks have no image (e.g. {orphans[:3]})"] if orphans else [])
+    if strays:
+        raise ValueError(f"Images and masks must match by name: {len(images)} images under "
+                         f"{image_root!r} and {len(masks)} masks under {mask_root!r}; "
+                         + "; ".join(strays) + ".")
     return [(images[stem], masks[stem]) for stem in sorted(images)]
 
 

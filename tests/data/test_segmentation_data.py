@@ -218,11 +218,14 @@ def test_bad_voc_folders_are_clear_errors(scenes, tmp_path):
     masks = os.path.join(root, "masks")
     os.remove(os.path.join(masks, "00002.png"))
     os.rename(os.path.join(masks, "00003.png"), os.path.join(masks, "extra.png"))
-    with pytest.raises(ValueError, match=r"2 of the 4 images .* have no mask \(e\.g\. "
-                                         r"\['00002', '00003'\]\) and 1 of the 3 masks "
-                                         r".* have no image \(e\.g\. \['extra'\]\)"):
+    with pytest.raises(ValueError, match=r"4 images under .* and 3 masks under .*; 2 images "
+                                         r"have no mask \(e\.g\. \['00002', '00003'\]\); "
+                                         r"1 masks have no image \(e\.g\. \['extra'\]\)\."):
         load_segmentation(root)
     os.remove(os.path.join(masks, "extra.png"))
+    with pytest.raises(ValueError, match=r"and 2 masks under .*; 2 images have no mask "
+                                         r"\(e\.g\. \['00002', '00003'\]\)\.$"):
+        load_segmentation(root)
     for name in ("00002.png", "00003.png"):
         os.remove(os.path.join(root, "images", name))
     _write_mask(os.path.join(masks, "00001.png"), np.full((48, 40), 1))
