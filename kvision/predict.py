@@ -37,7 +37,7 @@ import shutil
 
 import numpy as np
 
-from kvision.tasks import DETECTING, NOUNS, SEGMENTING, check_inference_model, task_of
+from kvision.tasks import DETECTING, SEGMENTING, check_inference_model, noun, task_of
 
 UNSURE = "_unsure"
 
@@ -82,7 +82,7 @@ class Trained:
         """One line naming the model that answers and where its class names came from,
         e.g. ``saved_models/pets/pets.keras: classifier, 4 classes, names saved in the
         model``."""
-        kind = NOUNS[self.task]
+        kind = noun(self.task)
         count = f", {len(self.class_names)} classes" if self.class_names else ""
         names = f", {self.names_from}" if self.names_from else ""
         source = f" {self.source}" if self.source else ""
@@ -423,7 +423,7 @@ def detect_images(trained, paths, score_threshold=0.0, batch_size=8, on_error="r
     an unreadable file gets ``{"path", "error"}`` instead of stopping the others.
     """
     if not trained.detector:
-        raise ValueError(f"{trained.path} is a {NOUNS[trained.task]}, not a detector.")
+        raise ValueError(f"{trained.path} is a {noun(trained.task)}, not a detector.")
 
     def answer(images, kept):
         outputs = trained.model.predict(images, batch_size=batch_size, verbose=0)
@@ -636,7 +636,7 @@ def segment_images(trained, paths, score_threshold=0.0, batch_size=8, on_error="
     """
     kind = segmentation_kind(trained.model)
     if kind is None:
-        raise ValueError(f"{trained.path} is a {NOUNS[trained.task]}, not a segmenter.")
+        raise ValueError(f"{trained.path} is a {noun(trained.task)}, not a segmenter.")
     if kind == "semantic":
         answer = _semantic_answer(trained, batch_size)
     else:

@@ -1,6 +1,9 @@
 """Training with plain ``model.fit``: the library behind ``kvision train``.
 
-One function, :func:`train_classifier`, covers both ways in:
+Networks of other tasks (detectors, segmenters) train through
+:func:`kvision.tasks.training.train_task`, into the same run folder;
+:func:`task_of_name` says which way a ``kvision train MODEL`` goes. For classifiers
+one function, :func:`train_classifier`, covers both ways in:
 
 - **from scratch**: a kvision registry name (``lenet5``, ``resnet18``…) with no
   ``backbone_weights`` and no ``regime``;
@@ -388,18 +391,26 @@ def _chief_value(strategy, value):
     return int(total)
 
 
-def _save_run(model, name, bundle, run_dir, export):
+def save_run_files(model, name, class_names, run_dir, metrics=("loss", "accuracy")):
+    """The end of every run: ``<name>.keras`` (the class names inside too: they travel
+    with a copied model), ``class_names.txt`` and the curves of ``metrics`` from the
+    CSV log. Returns the ``.keras`` path."""
     from kvision.saving import save_model
     from kvision.visualization import plot_training_curves
 
-    # The class names inside the .keras file too: they travel with a copied model.
     keras_path = save_model(model, os.path.join(run_dir, f"{name}.keras"),
-                            class_names=bundle.class_names)
+                            class_names=class_names)
     write_text_atomically(os.path.join(run_dir, "class_names.txt"),
-                          "".join(f"{name}\n" for name in bundle.class_names))
+                          "".join(f"{n}\n" for n in class_names))
     log_path = os.path.join(run_dir, "training_log.csv")
     if os.path.isfile(log_path):
-        plot_training_curves(log_path, os.path.join(run_dir, "training_curves.png"))
+        plot_training_curves(log_path, os.path.join(run_dir, "training_curves.png"),
+                             metrics=metrics)
+    return keras_path
+
+
+def _save_run(model, name, bundle, run_dir, export):
+    keras_path = save_run_files(model, name, bundle.class_names, run_dir)
     export_path = None
     if export:
         from kvision.export import saved_model

@@ -37,17 +37,14 @@ def add_parser(subparsers):
 
 
 def run(args) -> int:
-    """Load the model and measure it by its task (:data:`EVALUATORS`); print the
-    report as text or JSON."""
+    """Load the model and measure it by its task (:func:`kvision.tasks.base.get_task`);
+    print the report as text or JSON."""
     from kvision.predict import load_trained
-    from kvision.tasks import NOUNS
 
     trained = load_trained(args.model)
-    if trained.task not in EVALUATORS:
-        raise ValueError(f"{trained.path} is a {NOUNS[trained.task]}; kvision evaluate "
-                         f"does not measure those yet (classifiers, detectors, "
-                         f"localizers and semantic segmenters only).")
-    return EVALUATORS[trained.task](trained, args)
+    if trained.task == "classification":
+        return _classification(trained, args)
+    return _by_task(trained, args)
 
 
 def _classification(trained, args) -> int:
@@ -74,22 +71,19 @@ def _classification(trained, args) -> int:
     return 0
 
 
-def _detection(trained, args) -> int:
-    """COCO mAP of a detector or localizer (:func:`kvision.tasks.detection.evaluate`)."""
-    from kvision.tasks import detection
+def _by_task(trained, args) -> int:
+    """The model's task measures it (:meth:`kvision.tasks.base.Task.evaluate`): a
+    detector's or localizer's COCO mAP, a semantic segmenter's mIoU…"""
+    from kvision.tasks.base import get_task
 
-    data = detection.load_data(args.data or detection.DIGIT_SCENES, trained,
-                               seed=args.seed, max_images=args.max_images)
-    return _print(trained, data.description, detection.evaluate(trained, data), args)
-
-
-def _segmentation(trained, args) -> int:
-    """mIoU of a semantic segmenter (:func:`kvision.tasks.segmentation.evaluate`)."""
-    from kvision.tasks import segmentation
-
-    data = segmentation.load_data(args.data or segmentation.DIGIT_SCENES, trained,
-                                  seed=args.seed, max_images=args.max_images)
-    return _print(trained, data.description, segmentation.evaluate(trained, data), args)
+    task = get_task(trained.task)
+    try:
+        data = task.load_data(args.data or task.default_data, trained, seed=args.seed,
+                              max_images=args.max_images)
+        report = task.evaluate(trained, data)
+    except NotImplementedError as error:
+        raise ValueError(f"{trained.path} is a {task.noun}; {error}") from None
+    return _print(trained, data.description, report, args)
 
 
 def _print(trained, description, report, args) -> int:
@@ -101,6 +95,3 @@ def _print(trained, description, report, args) -> int:
         print(report.format())
     return 0
 
-
-EVALUATORS = {"classification": _classification, "detection": _detection,
-              "localization": _detection, "segmentation": _segmentation}

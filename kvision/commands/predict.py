@@ -55,12 +55,13 @@ def run(args) -> int:
     # Which model answers, where a name could mean a run or a pretrained network.
     print(f"kvision predict: model {trained.describe()}", file=sys.stderr)
     files, problems = expand_images(args.images)
-    if trained.segmenter:  # before detectors: an instance model answers boxes too
-        results, line = _predict_segmentation(trained, files, args), _segmentation_line
-    elif trained.detector:
-        results, line = _predict_detections(trained, files, args), _detections_line
-    else:
+    if trained.task == "classification":
         results, line = _predict_classes(trained, files, args), _classes_line
+    else:  # the model's task answers: detectors, segmenters, a task of one's own
+        from kvision.tasks.base import get_task
+
+        task = get_task(trained.task)
+        results, line = task.predict_files(trained, files, args), task.answer_line
     results += [{"path": path, "error": why} for path, why in problems.items()]
     return _print_answers(results, args.json, line)
 

@@ -25,7 +25,7 @@ def add_parser(subparsers):
                             "large-different"])
     p.add_argument("--epochs", type=int, default=None,
                    help="default 30 for classifiers, the task's otherwise (detectors "
-                        "12, segmenters 20)")
+                        "12, segmenters 40)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="default 32 for classifiers, 16 for detectors and segmenters")
     p.add_argument("--lr", type=float, default=None,

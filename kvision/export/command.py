@@ -215,9 +215,12 @@ def export(model_spec, *, formats=FORMATS, quantize=(None,), data=None, out=None
             check = None if check_x is None else check_x[:SAVEDMODEL_CHECK_IMAGES]
             # Staged as <staging>/<basename of out>/<version>: the warm-up requests
             # name the model after its folder, which must be the real one's name.
+            # Labels for answers that name classes (a segmenter's names stay in
+            # the .keras file: its outputs are per-pixel scores).
+            labelled = kind in ("classifier", "detector")
             results.append(saved_model(model, os.path.join(staging, os.path.basename(out)),
-                                       version, class_names=class_names,
-                                       check_inputs=check))
+                                       version, class_names=class_names if labelled
+                                       else None, check_inputs=check))
         for variant in quantize if "tflite" in formats else ():
             try:
                 results.append(tflite(
@@ -239,14 +242,14 @@ def model_kind(model) -> str:
     ``"detector"`` (the four detection outputs: detectors, localizers, instance
     models), ``"segmenter"`` (per-pixel scores) or ``"classifier"``."""
     from kvision.tasks import check_inference_model
+    from kvision.tasks.base import export_kind
 
     task = check_inference_model(model)
     if task == "instance_segmentation" and isinstance(model.output, dict):
         raise ValueError(f"{model.name!r} is a two-network instance model (semantic and "
                          f"separation maps decoded in Python); export its networks "
                          f"one by one, each a segmenter.")
-    return {"classification": "classifier", "segmentation": "segmenter"}.get(task,
-                                                                              "detector")
+    return export_kind(task)
 
 
 def _agreement(kind, given):
@@ -255,7 +258,7 @@ def _agreement(kind, given):
     if wrong:
         raise ValueError(f"{', '.join(wrong)} is not for this model: it is a {kind}, "
                          f"whose agreement flag is {AGREEMENT_FLAGS[kind]}.")
-    return given[kind]
+    return given.get(kind)  # "outputs": checked to float32 error, no agreement flag
 
 
 def tflite_name(name, variant) -> str:

@@ -126,14 +126,26 @@ MIN_MATCHED_IOU = 0.99
 MAX_SCORE_DIFF = 1e-3
 
 
-def is_detector(model) -> bool:
-    """Whether ``model`` answers the detector protocol's four outputs (``boxes``,
-    ``scores``, ``classes``, ``num_detections``)."""
+def export_kind(model) -> str:
+    """How ``model`` is exported and checked, as its task says
+    (:func:`kvision.tasks.base.export_kind`): ``"detector"``, ``"segmenter"``,
+    ``"classifier"`` or ``"outputs"``; a model with no task it can tell is exported
+    by its outputs: ``"classifier"`` for one ``(N, classes)`` output."""
+    from kvision.tasks import task_of
+    from kvision.tasks.base import export_kind as kind_of_task
+
     try:
-        names = output_names(model)
+        return kind_of_task(task_of(model))
     except (AttributeError, ValueError):
-        return False
-    return set(DETECTION_OUTPUTS) <= set(names)
+        return "outputs"
+
+
+def is_detector(model) -> bool:
+    """Whether ``model``'s task answers the detector protocol's four outputs
+    (``boxes``, ``scores``, ``classes``, ``num_detections``): what its task says, not
+    a guess from output names (files saved before models carried their task aside)."""
+    return export_kind(model) == "detector" and set(DETECTION_OUTPUTS) <= set(
+        output_names(model))
 
 
 def _iou_matrix(a, b):

@@ -46,7 +46,7 @@ import numpy as np
 from kvision._files import write_text_atomically
 from kvision.export.parity import (DETECTION_OUTPUTS, ExportResult, as_float32, check,
                                    check_detections, compare, compare_detections,
-                                   is_detector, size_mb)
+                                   export_kind, is_detector, size_mb)
 
 IMAGES = "images"
 IMAGE_BYTES = "image_bytes"
@@ -220,8 +220,9 @@ class _ExportSpec:
         """The spec of ``model`` with the arguments checked (``ValueError``)."""
         image_shape = _image_shape(model)
         input_dtype = _input_dtype(input_dtype)
-        detector = is_detector(model)
-        classes = None if detector else _classes(model)
+        kind = export_kind(model)  # the model's task says how it is exported
+        detector = kind == "detector" and is_detector(model)
+        classes = _classes(model) if kind == "classifier" else None
         if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) \
                 or top_k < 1:
             raise ValueError(f"top_k must be an integer >= 1, got {top_k!r}.")

@@ -23,7 +23,7 @@ NOUNS = {"classification": "classifier", "localization": "localizer",
          "detection": "detector", "segmentation": "segmenter",
          "instance_segmentation": "instance segmenter"}
 
-__all__ = ["TASKS", "TaskModel", "check_inference_model", "output_names", "task_of",
+__all__ = ["TASKS", "TaskModel", "check_inference_model", "noun", "output_names", "task_of",
            "with_task"]
 
 
@@ -33,6 +33,16 @@ def __getattr__(name):  # TaskModel loads Keras: only when asked for
 
         return getattr(model, name)
     raise AttributeError(f"module 'kvision.tasks' has no attribute {name!r}")
+
+
+def noun(task) -> str:
+    """What a model of ``task`` is called in messages ("detector"); a task of one's
+    own says it (:attr:`kvision.tasks.base.Task.noun`)."""
+    if task in NOUNS:
+        return NOUNS[task]
+    from kvision.tasks.base import get_task
+
+    return get_task(task).noun or f"{task} model"
 
 
 def task_of(model) -> str:

@@ -30,11 +30,12 @@ import importlib
 from kvision import registry
 
 # The task modules kvision ships, imported when their task is first asked for.
-# (Classifiers train through kvision.train.train_classifier; instance segmenters
-# train from Python: kvision.models.segmentation.instance.)
+# (Classifiers keep their own paths: kvision.train.train_classifier,
+# kvision.evaluate, kvision.predict.predict_images.)
 BUILTIN_MODULES = {"localization": "kvision.tasks.detection",
                    "detection": "kvision.tasks.detection",
-                   "segmentation": "kvision.tasks.segmentation"}
+                   "segmentation": "kvision.tasks.segmentation",
+                   "instance_segmentation": "kvision.tasks.segmentation"}
 _TASKS: dict = {}
 
 
@@ -72,7 +73,13 @@ class Task:
     default_epochs: int = 10
     default_batch_size: int = 16
     default_learning_rate: float = 2e-3
+    warmup_epochs: int = 0  # the learning rate rises linearly from 0 over these first
     export_labels: bool = True  # the SavedModel export carries the class names
+    # How export writes and checks the inference model: "detector" (the four
+    # detection outputs, detection by detection), "segmenter" (per-pixel scores,
+    # pixel by pixel), "classifier" (top-k) or "outputs" (every output as it is,
+    # to float32 error).
+    export_kind: str = "outputs"
 
     def default_image_size(self, info, data) -> int:
         """The input side when ``--image-size`` is not given."""
@@ -116,9 +123,31 @@ class Task:
         return model
 
     def load_data(self, source, trained, *, seed=0, max_images=None):
-        raise NotImplementedError
+        """Labelled data from ``source`` to measure ``trained`` on (its input size);
+        by default the task module's own ``load_data`` function."""
+        return self._module_function("load_data")(source, trained, seed=seed,
+                                                  max_images=max_images)
 
     def evaluate(self, trained, data, batch_size=8):
+        """The task's report of ``trained`` (:class:`kvision.predict.Trained`) on
+        ``data``: ``format()``, ``as_dict()`` and ``figures[self.metric]``; by
+        default the task module's own ``evaluate`` function."""
+        return self._module_function("evaluate")(trained, data, batch_size)
+
+    def _module_function(self, name):
+        function = getattr(importlib.import_module(type(self).__module__), name, None)
+        if function is None:
+            raise NotImplementedError(f"kvision evaluate does not measure {self.noun}s "
+                                      f"yet.")
+        return function
+
+    def predict_files(self, trained, files, args):
+        """``kvision predict``'s answers for image ``files``: one dict per file
+        (``"path"``, and what :meth:`answer_line` prints), drawn to ``args.out``."""
+        raise NotImplementedError(f"kvision predict does not answer for {self.noun}s yet.")
+
+    def answer_line(self, result) -> str:
+        """One answer as ``kvision predict`` prints it after the file's path."""
         raise NotImplementedError
 
 
@@ -137,6 +166,11 @@ def unregister_task(name):
     _TASKS.pop(name, None)
     if name not in BUILTIN_MODULES:
         registry.remove_task(name)
+
+
+def export_kind(task) -> str:
+    """How a model of ``task`` is exported and checked (:attr:`Task.export_kind`)."""
+    return "classifier" if task == "classification" else get_task(task).export_kind
 
 
 def get_task(name) -> Task:
@@ -165,8 +199,10 @@ def hold_out(dataset, count, *, fraction=0.1, seed=0):
     mask = tf.constant(mask)
     numbered = dataset.enumerate()
 
-    def side(keep_held):
+    def side(keep_held, size):
+        # A filter hides the size: said again, so fit's progress bar knows its end.
         return (numbered.filter(lambda i, _: tf.equal(mask[i], keep_held))
-                .map(lambda _, example: example))
+                .map(lambda _, example: example)
+                .apply(tf.data.experimental.assert_cardinality(size)))
 
-    return side(False), side(True), count - held, held
+    return side(False, count - held), side(True, held), count - held, held

@@ -191,6 +191,7 @@ class DetectionTask(base.Task):
     """
 
     name, noun, metric, metric_label = "detection", "detector", "map_50", "mAP@0.5"
+    export_kind = "detector"
     default_epochs = 12  # 8,000 digit scenes: ~1.3 min an epoch for a width-0.5 tiny
 
     def default_image_size(self, info, data):
@@ -242,18 +243,17 @@ class DetectionTask(base.Task):
             held = load_detection(source, split="val", channels=shape.channels,
                                   class_names=data.class_names,
                                   max_examples=MAX_VALIDATION).dataset
-            where = "its val split"
+            where = f"of the val split of {source}"
         else:
             train, held, n_train, n_held = base.hold_out(data.dataset, data.num_examples,
                                                          seed=seed)
-            where = f"{n_held} images held out at random (seed {seed})"
+            where = f"held out at random from {source} (seed {seed})"
         resize = ResizeWithBoxes(*shape.image_size, pad_to_aspect_ratio=False)
         train = train.map(lambda example: resize(example, training=False))
-        validation = _labelled(held.take(MAX_VALIDATION), data.class_names,
-                               f"{where} of {source}")
+        validation = _labelled(held.take(MAX_VALIDATION), data.class_names, where)
         return base.TrainingData(train, n_train, validation, tuple(data.class_names),
-                                 data.source, f"{source}: {n_train} training images, "
-                                 f"{validation.description}",
+                                 data.source, f"{source}: {images_count(n_train)} for "
+                                 f"training, {validation.description}",
                                  {"box_sizes": _box_sizes(train)})
 
     def build(self, name, data, *, input_shape, model_args, backbone_weights=None,
@@ -281,11 +281,15 @@ class DetectionTask(base.Task):
             thresholds["objectness_threshold"] = SCORE_THRESHOLD  # YOLOv3's gate too
         return build(model, **thresholds)
 
-    def load_data(self, source, trained, *, seed=0, max_images=None):
-        return load_data(source, trained, seed=seed, max_images=max_images)
+    def predict_files(self, trained, files, args):
+        from kvision.commands.predict import _predict_detections
 
-    def evaluate(self, trained, data, batch_size=8):
-        return evaluate(trained, data, batch_size)
+        return _predict_detections(trained, files, args)
+
+    def answer_line(self, result):
+        from kvision.commands.predict import _detections_line
+
+        return _detections_line(result)
 
 
 def _labelled(dataset, class_names, description):
@@ -296,7 +300,12 @@ def _labelled(dataset, class_names, description):
         truth.append({"boxes": example["bounding_boxes"]["boxes"],
                       "classes": example["bounding_boxes"]["labels"]})
     return Labelled(images, truth, tuple(class_names),
-                    f"{len(images)} images ({description})")
+                    f"{images_count(len(images))} {description}")
+
+
+def images_count(n) -> str:
+    """``"1 image"``, ``"2 images"``."""
+    return f"{n} image{'' if n == 1 else 's'}"
 
 
 def _box_sizes(train, most=2000):

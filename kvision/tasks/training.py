@@ -24,7 +24,6 @@ import keras
 import numpy as np
 
 from kvision import registry, runs
-from kvision._files import write_text_atomically
 from kvision.tasks import base
 
 log = logging.getLogger("kvision.train")
@@ -107,10 +106,10 @@ def train_task(model_name, data=None, *, epochs=None, batch_size=None, learning_
     model = task.build(model_name, bundle, input_shape=(side, side, channels),
                        model_args=arguments, backbone_weights=backbone_weights,
                        regime=regime)
-    steps = epochs * (steps_per_epoch or -(-bundle.num_train // batch_size))
-    rate = learning_rate or task.default_learning_rate
-    model.compile(optimizer=keras.optimizers.Adam(
-                      keras.optimizers.schedules.CosineDecay(rate, steps)),
+    per_epoch = steps_per_epoch or -(-bundle.num_train // batch_size)
+    model.compile(optimizer=keras.optimizers.Adam(_schedule(
+                      learning_rate or task.default_learning_rate, epochs * per_epoch,
+                      min(task.warmup_epochs * per_epoch, epochs * per_epoch // 2))),
                   loss=task.losses(model_name, model), jit_compile=bool(jit_compile))
     train_ds = task.fit_dataset(model_name, model, bundle, batch_size=batch_size, seed=seed)
     inference = task.inference_model(model_name, model)
@@ -146,6 +145,16 @@ def train_task(model_name, data=None, *, epochs=None, batch_size=None, learning_
         seconds_per_epoch=timer.mean(), data_description=bundle.description)
 
 
+def _schedule(rate, steps, warmup):
+    """Adam's rate: a linear rise from 0 over ``warmup`` steps (a network without
+    BatchNorm, as U-Net, can die at the full rate from its first step), then a half
+    cosine to 0 at ``steps``."""
+    if not warmup:
+        return keras.optimizers.schedules.CosineDecay(rate, steps)
+    return keras.optimizers.schedules.CosineDecay(0.0, steps - warmup, warmup_target=rate,
+                                                  warmup_steps=warmup)
+
+
 def _plain(value):
     """A builder argument as JSON can hold it (run settings compare as JSON)."""
     if isinstance(value, np.ndarray):
@@ -172,17 +181,10 @@ def _save_run(task, inference, name, bundle, run_dir, export):
     """The inference model (class names inside), the class names, the curves with the
     task's figure and, if asked, the TensorFlow Serving export."""
     from kvision.data.folders import resize
-    from kvision.saving import save_model
-    from kvision.visualization import plot_training_curves
+    from kvision.train import save_run_files
 
-    keras_path = save_model(inference, os.path.join(run_dir, f"{name}.keras"),
-                            class_names=bundle.class_names)
-    write_text_atomically(os.path.join(run_dir, "class_names.txt"),
-                          "".join(f"{n}\n" for n in bundle.class_names))
-    log_path = os.path.join(run_dir, "training_log.csv")
-    if os.path.isfile(log_path):
-        plot_training_curves(log_path, os.path.join(run_dir, "training_curves.png"),
-                             metrics=("loss", task.metric))
+    keras_path = save_run_files(inference, name, bundle.class_names, run_dir,
+                                metrics=("loss", task.metric))
     if not export:
         return keras_path, None
     from kvision.export import saved_model
