@@ -1,6 +1,7 @@
 """``kvision evaluate``: a trained model on labelled data it was not trained on, measured
 by its task's figures (the model says its task): a classifier's top-1 and confusion
-matrix, a detector's or localizer's COCO mAP, a semantic segmenter's mIoU."""
+matrix, a detector's or localizer's COCO mAP, a semantic segmenter's mIoU, an instance
+segmenter's mask AP."""
 
 from __future__ import annotations
 
@@ -14,16 +15,18 @@ def add_parser(subparsers):
         "evaluate", help="a classifier's top-1 (top-5 with more than 5 classes), per-class "
                          "precision/recall and confusion matrix; a detector's or "
                          "localizer's mAP@[.5:.95], mAP@0.5 and per-class AP; a semantic "
-                         "segmenter's mIoU, pixel accuracy and per-class IoU (instance "
-                         "segmenters: not yet)")
+                         "segmenter's mIoU, pixel accuracy and per-class IoU; an instance "
+                         "segmenter's mask AP")
     p.add_argument("model", help=".keras file, run directory or name under saved_models/, "
                                  "a .tflite file, or a SavedModel version directory (a "
                                  "directory of numbered versions: the newest)")
     p.add_argument("--data", default=None,
                    help="a classifier's dataset (default digits); for a detector or "
                         "localizer a YOLO folder, a COCO JSON file or digit-scenes; for a "
-                        "segmenter digit-scenes (the default of both: held-out scenes of "
-                        "unseen handwriting at the model's input size)")
+                        "semantic segmenter digit-scenes, a folder of images/ and masks/, "
+                        "a COCO JSON with masks or tfds:NAME; for an instance segmenter "
+                        "digit-scenes (the default of all: held-out scenes of unseen "
+                        "handwriting at the model's input size)")
     p.add_argument("--seed", type=int, default=0,
                    help="the split's seed (as in training); digit-scenes' seed")
     p.add_argument("--max-images", type=int, default=None,

@@ -43,13 +43,16 @@ class Report:
     figures: dict
     objects: np.ndarray
     num_images: int
+    task: str = "detection"
+    figure: str = "box AP"  # or "mask AP" (instance segmenters)
 
     def format(self) -> str:
         """The headline figures, then AP@[.5:.95] per class ("-" where the data has
         no object of the class: COCO leaves it out of the mean)."""
         f = self.figures
         width = max(12, *(len(n) for n in self.class_names))
-        lines = [f"mAP@[.5:.95] {f['map']:.4f}  mAP@0.5 {f['map_50']:.4f}  "
+        shown = "" if self.figure == "box AP" else f"{self.figure}: "
+        lines = [f"{shown}mAP@[.5:.95] {f['map']:.4f}  mAP@0.5 {f['map_50']:.4f}  "
                  f"mAP@0.75 {f['map_75']:.4f}", "",
                  f"{'class':<{width}} {'AP@[.5:.95]':>11} {'objects':>8}"]
         for c, name in enumerate(self.class_names):
@@ -61,7 +64,8 @@ class Report:
     def as_dict(self) -> dict:
         """The same figures for JSON; a class without objects has ``"ap": null``."""
         f = self.figures
-        return {"task": "detection", "images": self.num_images, "map": f["map"],
+        return {"task": self.task, "figure": self.figure, "images": self.num_images,
+                "map": f["map"],
                 "map_50": f["map_50"], "map_75": f["map_75"],
                 "per_class": {name: {"ap": f["per_class"].get(c),
                                      "objects": int(self.objects[c])}

@@ -245,11 +245,12 @@ class SegmentationTask(base.Task):
 
 
 class InstanceSegmentationTask(SegmentationTask):
-    """Instance segmenters: a mask, class and score per object. Trained from Python
-    (:mod:`kvision.models.segmentation.instance`); predicted and exported here."""
+    """Instance segmenters: a mask, class and score per object; COCO mask AP. Trained
+    from Python (:mod:`kvision.models.segmentation.instance`); evaluated, predicted
+    and exported here."""
 
     name, noun, metric, metric_label = ("instance_segmentation", "instance segmenter",
-                                        "mask_map", "mask AP")
+                                        "map_50", "mask AP@0.5")
     export_kind = "detector"  # the single-network form answers the detection outputs
 
     def check_trainable(self, name):
@@ -258,9 +259,40 @@ class InstanceSegmentationTask(SegmentationTask):
                          f"not train instance segmenters yet.")
 
     def load_data(self, source, trained, *, seed=0, max_images=None):
-        raise NotImplementedError("kvision evaluate does not measure instance segmenters "
-                                  "yet (mask AP: kvision.metrics.detection.evaluate with "
-                                  "iou_type='segm').")
+        """Held-out ``digit-scenes`` with each digit's mask (the images at the model's
+        input size)."""
+        if source != DIGIT_SCENES:
+            raise ValueError(f"--data {source!r}: an instance segmenter is measured on "
+                             f"{DIGIT_SCENES} (each object's mask).")
+        scenes = held_out_scenes(trained, max_images or DIGIT_SCENES_COUNT, seed)
+        return detection.Labelled(
+            list(scenes.images.astype("float32")),
+            [{"boxes": b, "classes": c, "masks": m} for b, c, m in
+             zip(scenes.boxes, scenes.classes, scenes.masks)], tuple(scenes.class_names),
+            f"{len(scenes)} held-out scenes of {DIGIT_SCENES} (seed {seed})")
+
+    def evaluate(self, trained, data, batch_size=8):
+        """COCO mask AP (:func:`kvision.metrics.detection.evaluate`, ``iou_type="segm"``)
+        of the model's instances, every one kept (mAP ranks them by score)."""
+        from kvision.metrics.detection import evaluate as coco_map
+        from kvision.models.segmentation import instance
+        from kvision.predict import object_names, segmentation_kind
+
+        names = object_names(trained)
+        if tuple(names) not in (data.class_names, tuple(str(i) for i in
+                                                        range(len(data.class_names)))):
+            raise ValueError(f"The data's classes {list(data.class_names)} are not the "
+                             f"model's {list(names)}.")
+        runner = trained.model if segmentation_kind(trained.model) == "instances" else \
+            instance.inference_model(trained.model, score_threshold=0.0)
+        found = instance.predict_instances(runner, np.stack(data.images),
+                                           batch_size=batch_size)
+        n = len(data.class_names)
+        figures = coco_map(data.ground_truth, found, iou_type="segm", num_classes=n)
+        classes = np.concatenate([np.asarray(t["classes"], "int64").reshape(-1)
+                                  for t in data.ground_truth])
+        return detection.Report(data.class_names, figures, np.bincount(classes, minlength=n),
+                                len(data.images), task=self.name, figure="mask AP")
 
 
 def _resizer(image_size):
