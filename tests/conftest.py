@@ -24,3 +24,17 @@ def _fresh_keras_session():
     _count += 1
     if _count % _TESTS_PER_COLLECTION == 0:
         gc.collect()
+
+
+@pytest.fixture(scope="session")
+def coco_reference():
+    """pycocotools' COCOeval as tests/metrics/test_detection_metrics.py drives it:
+    ``coco_reference(ground_truth, detections, iou_type="bbox")`` -> its figures."""
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).parent / "metrics" / "test_detection_metrics.py"
+    spec = importlib.util.spec_from_file_location("_detection_reference", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.coco_reference

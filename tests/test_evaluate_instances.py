@@ -8,9 +8,7 @@ grey ``20 * (class + 1)`` on each digit's mask), the separation one says "no bor
 everywhere; so its instances are the scenes' digits, same-class touching ones merged
 (mask AP 0.47 here, box AP 0.43 on the same instances)."""
 
-import importlib.util
 import json
-import pathlib
 
 import keras
 import numpy as np
@@ -26,14 +24,6 @@ from kvision.tasks.base import get_task
 
 SIZE, CLASSES = 48, 11
 STEP = 20.0  # grey level of class c: STEP * (c + 1)
-
-
-def _coco_reference():
-    path = pathlib.Path(__file__).parent / "metrics" / "test_detection_metrics.py"
-    spec = importlib.util.spec_from_file_location("_detection_reference", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.coco_reference
 
 
 def _grey_reader():
@@ -80,14 +70,14 @@ def model():
                               separation_network=_no_borders())
 
 
-def test_mask_ap_equals_cocoeval_on_the_same_instances(model, painted):
+def test_mask_ap_equals_cocoeval_on_the_same_instances(model, painted, coco_reference):
     from kvision.models.segmentation import instance
 
     names = ("background", *painted.class_names)
     report = get_task("instance_segmentation").evaluate(Trained(model, names, "m"),
                                                         painted)
     found = instance.predict_instances(model, np.stack(painted.images), score_threshold=0.0)
-    reference = _coco_reference()(painted.ground_truth, found, iou_type="segm")
+    reference = coco_reference(painted.ground_truth, found, iou_type="segm")
     assert report.figures["map"] == pytest.approx(reference["map"], abs=1e-4)
     assert report.figures["map_50"] == pytest.approx(reference["map_50"], abs=1e-4)
     assert 0.3 < report.figures["map"] < 0.9  # digits found, touching ones merged

@@ -3,9 +3,7 @@ equal independent computations on the same model's predictions (pycocotools'
 COCOeval for boxes, numpy IoU counts for label maps), ``--json`` agrees with the
 text, and data of the wrong kind is one clear error line."""
 
-import importlib.util
 import json
-import pathlib
 import re
 import types
 
@@ -23,15 +21,6 @@ from kvision.models.detection import localization as L
 
 SIZE = 32  # the models' input side
 IMAGE = (48, 64)  # the COCO files' size: boxes scale back by 1.5 and 2
-
-
-def _coco_reference():
-    """COCOeval as tests/metrics/test_detection_metrics.py drives it."""
-    path = pathlib.Path(__file__).parent / "metrics" / "test_detection_metrics.py"
-    spec = importlib.util.spec_from_file_location("_detection_reference", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.coco_reference
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +61,7 @@ def _ground_truth(found, rng):
 
 
 @pytest.fixture(scope="module")
-def coco(detector, tmp_path_factory):
+def coco(detector, tmp_path_factory, coco_reference):
     """A COCO JSON of six 48x64 grey scenes labelled near the detector's answers, with
     COCOeval's figures on that ground truth and the detector's reference boxes."""
     root, inference = detector
@@ -84,7 +73,7 @@ def coco(detector, tmp_path_factory):
     data = types.SimpleNamespace(images=images, boxes=[t["boxes"] for t in truth],
                                  classes=[t["classes"] for t in truth])
     write_coco(data, str(path), class_names=[str(i) for i in range(10)])
-    return str(path), _coco_reference()(truth, found)
+    return str(path), coco_reference(truth, found)
 
 
 def _run(args, capsys):

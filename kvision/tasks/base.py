@@ -183,6 +183,37 @@ def get_task(name) -> Task:
     return _TASKS[name]
 
 
+def check_source(source, what, forms, folders):
+    """One line for ``--data`` that is not a task's data: ``source`` a ``tfds:NAME``,
+    a ``.json`` file or a folder holding the sub-folders ``folders``; else a
+    FileNotFoundError (missing) or ValueError naming ``forms``, what the task takes."""
+    import os
+
+    if str(source).startswith("tfds:"):
+        return
+    if not os.path.exists(source):
+        raise FileNotFoundError(f"No {what} data at {source!r}: {forms}.")
+    folder = all(os.path.isdir(os.path.join(source, d)) for d in folders)
+    if not (folder or os.path.isfile(source) and str(source).lower().endswith(".json")):
+        raise ValueError(f"{source!r} is not {what} data: {forms}.")
+
+
+def split_for_training(load, source, *, seed, max_images=None, most_held=500):
+    """``(data, train, train_count, held_out, where)`` from ``load(**options)`` (a
+    task's loader of ``source``): a folder's own ``images/val`` split held out as it
+    is (at most ``most_held`` of it), else a tenth of the data held out at random
+    (:func:`hold_out`); ``where`` says which, for the run's description."""
+    import os
+
+    data = load(max_examples=max_images)
+    if os.path.isdir(os.path.join(str(source), "images", "val")):
+        held = load(split="val", class_names=data.class_names, max_examples=most_held)
+        return (data, data.dataset, data.num_examples, held.dataset,
+                f"of the val split of {source}")
+    train, held, count, _ = hold_out(data.dataset, data.num_examples, seed=seed)
+    return data, train, count, held, f"held out at random from {source} (seed {seed})"
+
+
 def hold_out(dataset, count, *, fraction=0.1, seed=0):
     """``dataset`` (``count`` examples) split at random into ``(train, held_out,
     train_count, held_out_count)``: ``fraction`` of it, at least one example, held out

@@ -110,17 +110,9 @@ def load_data(source, trained, *, seed=0, max_images=None) -> Labelled:
 def _check_source(source):
     """One line saying what a detector takes, for ``--data`` that is none of it (the
     classifiers' ``digits``, a missing path, a folder without ``images/``)."""
-    import os
-
-    forms = (f"a detector or localizer is measured on a YOLO folder (with images/ and "
-             f"labels/), a COCO .json file or {DIGIT_SCENES}")
-    if str(source).startswith("tfds:"):
-        return
-    if not os.path.exists(source):
-        raise FileNotFoundError(f"No detection data at {source!r}: {forms}.")
-    if not (os.path.isfile(source) and source.lower().endswith(".json")
-            or os.path.isdir(os.path.join(source, "images"))):
-        raise ValueError(f"{source!r} is not detection data: {forms}.")
+    base.check_source(source, "detection",
+                      f"a detector or localizer is measured on a YOLO folder (with images/ "
+                      f"and labels/), a COCO .json file or {DIGIT_SCENES}", ("images",))
 
 
 def predict(trained, images, batch_size=8) -> list:
@@ -234,24 +226,13 @@ class DetectionTask(base.Task):
             {"box_sizes": wh})
 
     def _files(self, source, shape, seed, max_images):
-        import os
-
         from kvision.data.box_augment import ResizeWithBoxes
         from kvision.data.detection import load_detection
 
         _check_source(source)
-        data = load_detection(source, channels=shape.channels, max_examples=max_images)
-        val_dir = os.path.join(str(source), "images", "val")
-        if os.path.isdir(val_dir):  # a YOLO folder's own split
-            train, n_train = data.dataset, data.num_examples
-            held = load_detection(source, split="val", channels=shape.channels,
-                                  class_names=data.class_names,
-                                  max_examples=MAX_VALIDATION).dataset
-            where = f"of the val split of {source}"
-        else:
-            train, held, n_train, n_held = base.hold_out(data.dataset, data.num_examples,
-                                                         seed=seed)
-            where = f"held out at random from {source} (seed {seed})"
+        data, train, n_train, held, where = base.split_for_training(
+            lambda **options: load_detection(source, channels=shape.channels, **options),
+            source, seed=seed, max_images=max_images, most_held=MAX_VALIDATION)
         resize = ResizeWithBoxes(*shape.image_size, pad_to_aspect_ratio=False)
         train = train.map(lambda example: resize(example, training=False))
         validation = _labelled(held.take(MAX_VALIDATION), data.class_names, where)

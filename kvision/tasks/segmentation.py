@@ -100,17 +100,10 @@ def _check_source(source):
     """One line saying what a segmenter takes, for ``--data`` that is none of it (the
     classifiers' ``digits``, a missing path, a folder without ``images/`` and
     ``masks/``)."""
-    import os
-
-    forms = (f"a semantic segmenter is measured on {DIGIT_SCENES}, a VOC-style folder "
-             f"(images/ and masks/), a COCO .json with masks or tfds:NAME")
-    if str(source).startswith("tfds:"):
-        return
-    if not os.path.exists(source):
-        raise FileNotFoundError(f"No segmentation data at {source!r}: {forms}.")
-    folder = all(os.path.isdir(os.path.join(source, d)) for d in ("images", "masks"))
-    if not (folder or os.path.isfile(source) and source.lower().endswith(".json")):
-        raise ValueError(f"{source!r} is not segmentation data: {forms}.")
+    base.check_source(source, "segmentation",
+                      f"a semantic segmenter is measured on {DIGIT_SCENES}, a VOC-style "
+                      f"folder (images/ and masks/), a COCO .json with masks or tfds:NAME",
+                      ("images", "masks"))
 
 
 def predict(trained, images, batch_size=8) -> np.ndarray:
@@ -189,20 +182,10 @@ class SegmentationTask(base.Task):
     def _files(self, source, shape, seed, max_images):
         from kvision.data.segmentation import load_segmentation
 
-        import os
-
         _check_source(source)
-        data = load_segmentation(source, channels=shape.channels, max_examples=max_images)
-        if os.path.isdir(os.path.join(str(source), "images", "val")):  # its own split
-            train, n_train = data.dataset, data.num_examples
-            held = load_segmentation(source, split="val", channels=shape.channels,
-                                     class_names=data.class_names,
-                                     max_examples=MAX_VALIDATION).dataset
-            where = f"of the val split of {source}"
-        else:
-            train, held, n_train, n_held = base.hold_out(data.dataset, data.num_examples,
-                                                         seed=seed)
-            where = f"held out at random from {source} (seed {seed})"
+        data, train, n_train, held, where = base.split_for_training(
+            lambda **options: load_segmentation(source, channels=shape.channels, **options),
+            source, seed=seed, max_images=max_images, most_held=MAX_VALIDATION)
         resize = _resizer(shape.image_size)
         train = train.map(resize)
         validation = _labelled(held.take(MAX_VALIDATION).map(resize), data.class_names,
