@@ -145,6 +145,7 @@ def test_model_args_are_python_literals_or_strings():
     (["two_network_instance"], "does not train instance segmenters yet"),
     (["lenet5", "--model-arg", "width=2"], "for detectors and segmenters"),
     (["unet", "--strategy", "mirrored"], "for classifiers only"),
+    (["yolov3_tiny", "--model-arg", "colour=1"], "yolov3_tiny takes no argument 'colour'"),
 ])
 def test_what_cannot_be_trained_this_way_is_one_clear_error(args, message, tmp_path,
                                                             capsys):

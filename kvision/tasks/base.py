@@ -99,10 +99,11 @@ class Task:
         """The training model of network ``name`` for ``data`` (default: the
         registered builder with ``classes`` and ``input_shape``)."""
         kwargs = dict(model_args)
-        if backbone_weights is not None:
-            kwargs["backbone_weights"] = backbone_weights
+        if backbone_weights is not None and str(backbone_weights).lower() != "none":
+            kwargs["backbone_weights"] = backbone_weights  # "none": random, the default
         if regime is not None:
             kwargs["trainable_backbone"] = regime
+        check_arguments(name, kwargs)
         return registry.create(name, classes=len(data.class_names),
                                input_shape=input_shape, **kwargs)
 
@@ -149,6 +150,21 @@ class Task:
     def answer_line(self, result) -> str:
         """One answer as ``kvision predict`` prints it after the file's path."""
         raise NotImplementedError
+
+
+def check_arguments(name, arguments):
+    """A ValueError naming the builder's parameters when ``arguments`` (``--model-arg``)
+    has one the builder of ``name`` does not take (not Python's TypeError from deep
+    inside the build)."""
+    import inspect
+
+    parameters = inspect.signature(registry.get_info(name).builder).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    unknown = sorted(set(arguments) - set(parameters))
+    if unknown:
+        raise ValueError(f"{name} takes no argument {', '.join(map(repr, unknown))}; its "
+                         f"builder takes {', '.join(parameters)}.")
 
 
 def register_task(task: Task) -> Task:

@@ -91,6 +91,7 @@ def train_task(model_name, data=None, *, epochs=None, batch_size=None, learning_
     info = registry.get_info(model_name)
     task = base.get_task(info.task)
     task.check_trainable(model_name)
+    base.check_arguments(model_name, dict(model_args or {}))  # before any data is read
     epochs = epochs or task.default_epochs
     batch_size = batch_size or task.default_batch_size
     _check_arguments(epochs, batch_size, steps_per_epoch)
