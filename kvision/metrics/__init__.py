@@ -1,1 +1,1 @@
-"""Evaluation metrics, one file per task: ``detection``, ``segmentation``."""
+"""Evaluation metrics, one file per task: ``detection``, ``segmentation``, ``pose``."""

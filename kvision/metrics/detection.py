@@ -17,7 +17,9 @@ Boxes are xyxy pixels; ``iou_type="segm"`` compares instance masks pixel by pixe
 (mask AP, as COCOeval's ``segm``). :class:`MeanAveragePrecision` accumulates image by
 image (the matching is done as images come, so memory holds only scores and match
 flags), and :class:`DetectionEvaluation` is a Keras callback that logs ``val_map``,
-``val_map_50`` and ``val_map_75`` at the end of an epoch.
+``val_map_50`` and ``val_map_75`` at the end of an epoch. :func:`match`,
+:func:`precision_curve` and :func:`headline` are COCOeval's matching, accumulation and
+summary on their own, which :mod:`kvision.metrics.pose` uses for keypoint AP.
 """
 
 from __future__ import annotations
@@ -110,11 +112,7 @@ class MeanAveragePrecision:
             return {"map": -1.0, "map_50": -1.0, "map_75": -1.0, "per_class": {}}
         # (T, R, K) like COCOeval's precision[:, :, :, area all, maxDets last]
         precision = np.stack([self._precision(c) for c in classes], axis=-1)
-        fifty = int(np.argmin(np.abs(IOU_THRESHOLDS - 0.5)))
-        seventy_five = int(np.argmin(np.abs(IOU_THRESHOLDS - 0.75)))
-        return {"map": float(np.mean(precision)),
-                "map_50": float(np.mean(precision[fifty])),
-                "map_75": float(np.mean(precision[seventy_five])),
+        return {**headline(precision),
                 "per_class": {int(c): float(np.mean(precision[..., k]))
                               for k, c in enumerate(classes)}}
 
@@ -144,7 +142,7 @@ class MeanAveragePrecision:
             dt = dt[np.argsort(-det["scores"][dt], kind="mergesort")][:self.max_detections]
             ious = self._ious(truth, det, gt, dt)
             self._scores.setdefault(c, []).append(det["scores"][dt])
-            self._matched.setdefault(c, []).append(_match(ious))
+            self._matched.setdefault(c, []).append(match(ious)[0])
             self._num_gt[c] = self._num_gt.get(c, 0) + len(gt)
 
     def _ious(self, truth, det, gt, dt):
@@ -156,44 +154,95 @@ class MeanAveragePrecision:
 
     def _precision(self, c):
         """(T, R) interpolated precision of class ``c`` (COCOeval.accumulate)."""
-        scores = np.concatenate(self._scores[c])
-        order = np.argsort(-scores, kind="mergesort")
-        tps = np.concatenate(self._matched[c], axis=1)[:, order]
-        tp_sum = np.cumsum(tps, axis=1).astype(float)
-        fp_sum = np.cumsum(~tps, axis=1).astype(float)
-        precision = np.zeros((len(IOU_THRESHOLDS), len(RECALL_THRESHOLDS)))
-        for t, (tp, fp) in enumerate(zip(tp_sum, fp_sum)):
-            if len(tp) == 0:
-                continue
-            recall = tp / self._num_gt[c]
-            pr = tp / (fp + tp + np.spacing(1))
-            pr = np.maximum.accumulate(pr[::-1])[::-1]  # monotone from the right
-            inds = np.searchsorted(recall, RECALL_THRESHOLDS, side="left")
-            reached = inds < len(pr)
-            precision[t, reached] = pr[inds[reached]]
-        return precision
+        return precision_curve(np.concatenate(self._scores[c]),
+                               np.concatenate(self._matched[c], axis=1), self._num_gt[c])
 
 
-def _match(ious):
-    """COCOeval's greedy matching: ``(D, G)`` IoUs -> ``(T, D)`` bool, D sorted by score.
+# --- COCOeval's matching and accumulation, shared with kvision.metrics.pose ----------
+
+def headline(precision):
+    """``{"map", "map_50", "map_75"}`` of a ``(T, R, ...)`` precision array
+    (COCOeval's summarize: means over recall points and classes)."""
+    fifty = int(np.argmin(np.abs(IOU_THRESHOLDS - 0.5)))
+    seventy_five = int(np.argmin(np.abs(IOU_THRESHOLDS - 0.75)))
+    return {"map": float(np.mean(precision)),
+            "map_50": float(np.mean(precision[fifty])),
+            "map_75": float(np.mean(precision[seventy_five]))}
+
+
+def precision_curve(scores, matched, num_gt, ignored=None):
+    """``(T, R)`` interpolated precision (COCOeval.accumulate) of one class.
+
+    Args:
+        scores: ``(D,)`` scores of every detection of every image.
+        matched: ``(T, D)`` bool, a detection matched at each IoU threshold.
+        num_gt: ground-truth objects that count (not ignored).
+        ignored: ``(T, D)`` bool, detections that are neither true nor false
+            positives (matched to an ignored object); None: none.
+    """
+    order = np.argsort(-scores, kind="mergesort")
+    tps = matched[:, order]
+    fps = ~tps
+    if ignored is not None:
+        tps = tps & ~ignored[:, order]
+        fps = fps & ~ignored[:, order]
+    tp_sum = np.cumsum(tps, axis=1).astype(float)
+    fp_sum = np.cumsum(fps, axis=1).astype(float)
+    precision = np.zeros((len(IOU_THRESHOLDS), len(RECALL_THRESHOLDS)))
+    for t, (tp, fp) in enumerate(zip(tp_sum, fp_sum)):
+        if len(tp) == 0:
+            continue
+        recall = tp / num_gt
+        pr = tp / (fp + tp + np.spacing(1))
+        pr = np.maximum.accumulate(pr[::-1])[::-1]  # monotone from the right
+        inds = np.searchsorted(recall, RECALL_THRESHOLDS, side="left")
+        reached = inds < len(pr)
+        precision[t, reached] = pr[inds[reached]]
+    return precision
+
+
+def match(ious, gt_ignore=None):
+    """COCOeval's greedy matching: ``(D, G)`` IoUs, D sorted by score -> ``(T, D)``
+    bool matched and ``(T, D)`` bool matched to an ignored object.
 
     Each detection takes the unmatched object of highest IoU at or above the
     threshold; on a tie the later object (COCOeval's ``if iou < best: continue``).
+    Ignored objects (``gt_ignore``, e.g. a person without labelled keypoints) are
+    taken only when no other object qualifies: COCOeval sorts them last and stops
+    there once a detection holds a regular object.
     """
     num_dt, num_gt = ious.shape
     matched = np.zeros((len(IOU_THRESHOLDS), num_dt), bool)
+    ignored = np.zeros_like(matched)
     if num_dt == 0 or num_gt == 0:
-        return matched
+        return matched, ignored
+    gt_ignore = np.zeros(num_gt, bool) if gt_ignore is None else np.asarray(gt_ignore, bool)
+    any_ignored = gt_ignore.any()
     thresholds = np.minimum(IOU_THRESHOLDS, 1 - 1e-10)
     taken = np.zeros((len(IOU_THRESHOLDS), num_gt), bool)
     rows = np.arange(len(IOU_THRESHOLDS))
     for d in range(num_dt):
-        candidates = np.where(taken, -np.inf, ious[d][None, :])
-        last_best = num_gt - 1 - np.argmax(candidates[:, ::-1], axis=1)
-        ok = candidates[rows, last_best] >= thresholds
-        matched[ok, d] = True
-        taken[rows[ok], last_best[ok]] = True
-    return matched
+        free = np.where(taken, -np.inf, ious[d][None, :])
+        regular = np.where(gt_ignore, -np.inf, free) if any_ignored else free
+        best, hit = _last_best(regular, thresholds)
+        fallback = np.zeros_like(hit)
+        if any_ignored:
+            best_ignored, ok_ignored = _last_best(np.where(gt_ignore, free, -np.inf),
+                                                  thresholds)
+            fallback = ~hit & ok_ignored
+            best = np.where(hit, best, best_ignored)
+            hit = hit | fallback
+        matched[hit, d] = True
+        ignored[fallback, d] = True
+        taken[rows[hit], best[hit]] = True
+    return matched, ignored
+
+
+def _last_best(candidates, thresholds):
+    """Per threshold row: the last column of highest value and whether it qualifies."""
+    rows = np.arange(len(candidates))
+    last_best = candidates.shape[1] - 1 - np.argmax(candidates[:, ::-1], axis=1)
+    return last_best, candidates[rows, last_best] >= thresholds
 
 
 def box_iou(dt, gt):
