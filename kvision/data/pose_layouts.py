@@ -16,8 +16,9 @@ import dataclasses
 class Layout:
     """A keypoint layout: ``names`` (K), ``skeleton`` (pairs of joint indices drawn
     as limbs), ``flip_pairs`` (left/right joints a horizontal flip swaps) and
-    ``sigmas`` (COCO's OKS constants, one per joint; None where the layout has
-    none)."""
+    ``sigmas`` (COCO's OKS constants, one per joint, written as pycocotools' source
+    writes them: ten times the sigma, which ``cocoeval`` divides by 10, as
+    :data:`kvision.metrics.pose.COCO_SIGMAS` does; None where the layout has none)."""
 
     name: str
     names: tuple
