@@ -35,6 +35,7 @@ MODULES = (
     "kvision.layers.labeling",
     "kvision.layers.normalization",
     "kvision.layers.overfeat",
+    "kvision.layers.pose",
     "kvision.layers.preprocessing",
     "kvision.layers.residual",
     "kvision.layers.shuffle",

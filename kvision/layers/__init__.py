@@ -6,6 +6,7 @@ from kvision.layers.detection import NonMaxSuppression
 from kvision.layers.labeling import InstanceLabeling
 from kvision.layers.normalization import LocalResponseNormalization
 from kvision.layers.overfeat import LocalizerDecode, WindowDecode
+from kvision.layers.pose import HeatmapDecode, HorizontalFlip
 from kvision.layers.preprocessing import ImagePreprocessing
 from kvision.layers.residual import ScaledResidual
 from kvision.layers.shuffle import ChannelShuffle, ChannelSplit
@@ -16,6 +17,7 @@ from kvision.layers.yolo import YOLOv1Decode, YOLOv1Output, YOLOv3Decode, YOLOv3
 __all__ = ["AtrousConv2D", "ChannelShuffle", "ChannelSplit", "ImagePreprocessing",
            "InferenceBackbone", "InstanceLabeling", "LocalResponseNormalization",
            "NonMaxSuppression", "ScaledResidual"]
+__all__ += ["HeatmapDecode", "HorizontalFlip"]
 __all__ += ["BilinearKernel", "LocalizerDecode", "MaxPoolingWithArgmax2D", "MaxUnpooling2D",
             "ResizeLike", "WindowDecode", "YOLOv1Decode", "YOLOv1Output", "YOLOv3Decode",
             "YOLOv3Output"]

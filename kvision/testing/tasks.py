@@ -4,8 +4,9 @@ every registered network (``tests/models/test_contract.py``).
 A row says, for the models of one task, how to build them small, how to make one
 batch of inputs and training targets, which losses they train with, how to get the
 task's inference model and what that model must answer. The targets come from
-:func:`kvision.data.synthetic.digit_scenes` (exact boxes, masks and label maps) through
-the task's own target code, so the contract trains each model as a user would.
+:func:`kvision.data.synthetic.digit_scenes` (exact boxes, masks and label maps; for
+pose, random keypoints on random images) through the task's own target code, so the
+contract trains each model as a user would.
 
 A new task adds one row to :data:`TASKS`; a new network of a known task needs nothing
 here unless its builder has knobs that make it small (its row's ``small`` table;
@@ -244,6 +245,40 @@ def _small_segmenter(**kwargs):
     return {"classes": SEGMENTATION_CLASSES, "input_shape": (32, 32, 3), **kwargs}
 
 
+# --- pose -----------------------------------------------------------------------------
+
+def _pose_batch(model, name):
+    """``BATCH`` random images with keypoints in them (some unlabelled, v = 0) through
+    the model module's own ``training_dataset``: the targets of every stack."""
+    import tensorflow as tf
+
+    height, width, channels = _shape(model)
+    joints = model.outputs[-1].shape[-1]
+    rng = np.random.default_rng(2)
+    images = rng.uniform(0, 255, (BATCH, height, width, channels)).astype("float32")
+    keypoints = np.concatenate([rng.uniform(0, 1, (BATCH, joints, 2)) * [width, height],
+                                rng.integers(0, 3, (BATCH, joints, 1))], -1)
+    data = tf.data.Dataset.from_tensor_slices({"images": images,
+                                               "keypoints": keypoints.astype("float32")})
+    x, y = next(iter(_module(name).training_dataset(data, model, batch_size=BATCH,
+                                                    shuffle=False)))
+    return np.asarray(x), [np.asarray(t) for t in y]
+
+
+def _check_keypoints(model, x, outputs):
+    """The pose protocol: ``keypoints (N, K, 2)`` x, y within the image and finite
+    ``scores (N, K)``."""
+    assert set(outputs) == {"keypoints", "scores"}, \
+        f"{model.name}: outputs {sorted(outputs)}, expected keypoints and scores"
+    keypoints, scores = np.asarray(outputs["keypoints"]), np.asarray(outputs["scores"])
+    assert keypoints.shape[:1] == scores.shape[:1] == (len(x),)
+    assert keypoints.shape == (*scores.shape, 2), f"{model.name}: {keypoints.shape}"
+    assert np.all(np.isfinite(scores)), f"{model.name}: scores not finite"
+    height, width = x.shape[1:3]
+    assert np.all((keypoints >= 0) & (keypoints <= [width, height])), \
+        f"{model.name}: keypoints outside the {width}x{height} image"
+
+
 _NAMED = {"backbone": SMALL_BACKBONE}
 
 TASKS = {
@@ -293,4 +328,11 @@ TASKS = {
         loss=lambda model, name: _module(name).losses(),
         inference=_inference,
         check=_check_instances),
+    "pose": TaskCase(
+        small=sizes({"stacked_hourglass": dict(keypoints=16, input_shape=(64, 64, 3),
+                                               stacks=2, features=16)}),
+        batch=_pose_batch,
+        loss=lambda model, name: _module(name).losses(model),
+        inference=lambda model, name: _module(name).inference_model(model),
+        check=_check_keypoints),
 }
