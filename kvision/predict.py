@@ -37,7 +37,8 @@ import shutil
 
 import numpy as np
 
-from kvision.tasks import DETECTING, SEGMENTING, check_inference_model, noun, task_of
+from kvision.tasks import (DETECTING, SEGMENTING, check_inference_model, class_word, noun,
+                           task_of)
 
 UNSURE = "_unsure"
 
@@ -83,7 +84,8 @@ class Trained:
         e.g. ``saved_models/pets/pets.keras: classifier, 4 classes, names saved in the
         model``."""
         kind = noun(self.task)
-        count = f", {len(self.class_names)} classes" if self.class_names else ""
+        count = f", {len(self.class_names)} {class_word(self.task)}" if self.class_names \
+            else ""
         names = f", {self.names_from}" if self.names_from else ""
         source = f" {self.source}" if self.source else ""
         return f"{self.path}{source}: {kind}{count}{names}"
@@ -212,8 +214,8 @@ def _class_count(model, task):
         output = model.output["semantic"] if isinstance(model.output, dict) else model.output
         # A binary (one sigmoid channel) segmenter has two classes: background, object.
         return max(int(output.shape[-1]), 2)
-    if task in SEGMENTING or task in DETECTING:
-        return None
+    if task in SEGMENTING or task in DETECTING or isinstance(model.output, dict):
+        return None  # any count fits (a pose model's names are its joints')
     return int(model.output_shape[-1])
 
 

@@ -73,7 +73,7 @@ def test_a_training_model_is_not_taken_for_its_inference_model():
 
 
 def test_tasks_are_checked():
-    with pytest.raises(ValueError, match="Unknown task 'pose'"):
+    with pytest.raises(ValueError, match="Unknown task 'counting'"):
         with_task(_per_pixel(), "counting")
     with pytest.raises(ValueError, match="task must be one of"):
         registry.register("kv_test_bad_task", task="segmentaton", family="x", year=2000,

@@ -23,7 +23,8 @@ NOUNS = {"classification": "classifier", "localization": "localizer",
          "detection": "detector", "segmentation": "segmenter",
          "instance_segmentation": "instance segmenter"}
 
-__all__ = ["TASKS", "TaskModel", "check_inference_model", "noun", "output_names", "task_of",
+__all__ = ["TASKS", "TaskModel", "check_inference_model", "class_word", "noun",
+           "output_names", "task_of",
            "with_task"]
 
 
@@ -43,6 +44,15 @@ def noun(task) -> str:
     from kvision.tasks.base import get_task
 
     return get_task(task).noun or f"{task} model"
+
+
+def class_word(task) -> str:
+    """What a model of ``task`` calls its class names in messages ("classes", "joints")."""
+    if task in NOUNS:
+        return "classes"
+    from kvision.tasks.base import get_task
+
+    return get_task(task).class_word
 
 
 def task_of(model) -> str:

@@ -35,7 +35,8 @@ from kvision import registry
 BUILTIN_MODULES = {"localization": "kvision.tasks.detection",
                    "detection": "kvision.tasks.detection",
                    "segmentation": "kvision.tasks.segmentation",
-                   "instance_segmentation": "kvision.tasks.segmentation"}
+                   "instance_segmentation": "kvision.tasks.segmentation",
+                   "pose": "kvision.tasks.pose"}
 _TASKS: dict = {}
 
 
@@ -75,6 +76,7 @@ class Task:
     default_learning_rate: float = 2e-3
     warmup_epochs: int = 0  # the learning rate rises linearly from 0 over these first
     export_labels: bool = True  # the SavedModel export carries the class names
+    class_word: str = "classes"  # what its class names name ("joints" for pose)
     # How export writes and checks the inference model: "detector" (the four
     # detection outputs, detection by detection), "segmenter" (per-pixel scores,
     # pixel by pixel), "classifier" (top-k) or "outputs" (every output as it is,

@@ -100,8 +100,8 @@ def train_task(model_name, data=None, *, epochs=None, batch_size=None, learning_
     channels = 3
     bundle = task.training_data(data, image_size=side, channels=channels, seed=seed,
                                 max_images=max_images)
-    log.info("data: %s; %d classes: %s", bundle.description, len(bundle.class_names),
-             ", ".join(bundle.class_names))
+    log.info("data: %s; %d %s: %s", bundle.description, len(bundle.class_names),
+             task.class_word, ", ".join(bundle.class_names))
     keras.utils.set_random_seed(seed)
     arguments = dict(model_args or {})
     model = task.build(model_name, bundle, input_shape=(side, side, channels),
