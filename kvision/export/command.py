@@ -197,8 +197,16 @@ def export(model_spec, *, formats=FORMATS, quantize=(None,), data=None, out=None
     agreement = _agreement(kind, {"classifier": min_top1_agreement,
                                   "segmenter": min_pixel_agreement,
                                   "detector": min_detection_match})
-    class_names = read_class_names(keras_path, None if kind == "detector"
+    # A detector's class count is not in its outputs, nor is a task's of its own
+    # ("outputs": a pose model's names are its joints).
+    class_names = read_class_names(keras_path, None if kind in ("detector", "outputs")
                                    else int(model.outputs[0].shape[-1]))
+    if kind == "outputs" and len(model.outputs) > 1 and "tflite" in formats:
+        from kvision.tasks import noun, output_names, task_of
+
+        raise ValueError(f"TFLite export of a {noun(task_of(model))} (outputs "
+                         f"{', '.join(output_names(model))}) is not built yet; export it "
+                         f"with --format savedmodel.")
     if kind == "detector" and "tflite" in formats and "int8" in quantize:
         raise ValueError("--quantize int8 is for classifiers; export a detector as "
                          "none, float16 or dynamic.")
@@ -226,7 +234,8 @@ def export(model_spec, *, formats=FORMATS, quantize=(None,), data=None, out=None
                 results.append(tflite(
                     model, os.path.join(staging, tflite_name(name, variant)), variant,
                     calibration, int8_io=int8_io and variant == "int8",
-                    allow_flex=allow_flex, class_names=class_names, check_data=check_x,
+                    allow_flex=allow_flex, check_data=check_x,
+                    class_names=None if kind == "outputs" else class_names,
                     check_labels=check_y, min_top1_agreement=agreement,
                     max_accuracy_drop=max_accuracy_drop,
                     # a segmenter: per-pixel class agreement, not atol

@@ -39,7 +39,8 @@ import numpy as np
 from kvision import _native
 from kvision.export.litert import TFLiteModel, custom_ops, labels_path
 from kvision.export.parity import (ExportResult, as_float32, check, check_detections,
-                                   compare, compare_detections, is_detector, size_mb)
+                                   compare, compare_detections, export_kind, is_detector,
+                                   size_mb)
 
 QUANTIZE = (None, "float16", "dynamic", "int8")
 FORMATS = {None: "tflite", "float16": "tflite-float16", "dynamic": "tflite-dynamic",
@@ -173,7 +174,8 @@ def input_shape(model) -> tuple:
     if not inputs:
         raise ValueError(f"Model {getattr(model, 'name', model)!r} has no input shape: "
                          f"build it with input_shape=(H, W, C) (or call it once) first.")
-    if len(inputs) != 1 or (len(model.outputs) != 1 and not is_detector(model)):
+    if len(inputs) != 1 or (len(model.outputs) != 1 and not is_detector(model)
+                            and export_kind(model) != "outputs"):
         raise ValueError(f"TFLite export takes a model with one image input and one "
                          f"output (or a detector's boxes, scores, classes, "
                          f"num_detections); {model.name!r} has {len(inputs)} inputs "
