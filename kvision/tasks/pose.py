@@ -215,9 +215,19 @@ class PoseTask(base.Task):
     def losses(self, name, model):
         return self.model_module(name).losses(model)
 
-    def fit_dataset(self, name, model, data, *, batch_size, seed, shuffle=True):
+    def fit_dataset(self, name, model, data, *, batch_size, seed, shuffle=True,
+                    augment=True):
+        """Heatmap batches of ``data.train``; with ``augment`` each example is first
+        rotated (±30°), scaled (0.75-1.25) and mirrored at random with its keypoints
+        (:func:`kvision.data.pose_augment.augment_dataset`, the data's layout's
+        left/right swap), drawn anew every epoch from ``seed``."""
+        train = data.train
+        if augment:
+            from kvision.data.pose_augment import augment_dataset
+
+            train = augment_dataset(train, seed=seed, layout=data.extras.get("layout"))
         return self.model_module(name).training_dataset(
-            data.train, model, batch_size=batch_size, shuffle=shuffle, seed=seed)
+            train, model, batch_size=batch_size, shuffle=shuffle, seed=seed)
 
     def inference_model(self, name, model):
         # Flip averaging with the layout's left/right swap (MPII's for 16 joints,

@@ -259,7 +259,7 @@ def _checked(index, example, image_size, joints):
                                       ("keypoints of shape", tf.shape(keypoints),
                                        (joints, 3)))]
     with tf.control_dependencies(checks):
-        return tf.cast(images, tf.float32), tf.identity(keypoints)
+        return tf.cast(images, tf.float32), tf.cast(keypoints, tf.float32)  # numpy: float64
 
 
 def training_dataset(data, model, *, batch_size=16, shuffle=True, seed=0, sigma=1.0):
