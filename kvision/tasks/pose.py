@@ -170,7 +170,7 @@ class PoseTask(base.Task):
     name, noun, metric, metric_label = "pose", "pose estimator", "pck", f"PCK@{ALPHA}"
     default_data = FIGURES
     default_epochs = 20
-    export_kind = "outputs"  # keypoints and scores as they are
+    export_kind = "keypoints"  # keypoints and scores, held to parity on the keypoints
     export_labels = False
     class_word = "joints"
 
@@ -188,7 +188,8 @@ class PoseTask(base.Task):
             return base.TrainingData(
                 train.as_dataset(), len(train), validation, validation.class_names,
                 FIGURES, f"{FIGURES}: {len(train)} training images, "
-                         f"{validation.description}", {"layout": train.layout})
+                         f"{validation.description}",
+                {"layout": train.layout, "augment": False})
         from kvision.data.keypoints import load_keypoints, person_crops
 
         _check_source(source)
@@ -216,12 +217,16 @@ class PoseTask(base.Task):
         return self.model_module(name).losses(model)
 
     def fit_dataset(self, name, model, data, *, batch_size, seed, shuffle=True,
-                    augment=True):
+                    augment=None):
         """Heatmap batches of ``data.train``; with ``augment`` each example is first
         rotated (±30°), scaled (0.75-1.25) and mirrored at random with its keypoints
         (:func:`kvision.data.pose_augment.augment_dataset`, the data's layout's
-        left/right swap), drawn anew every epoch from ``seed``."""
+        left/right swap), drawn anew every epoch from ``seed``. By default keypoint
+        files are augmented and ``figures`` are not: the generator already draws every
+        figure's pose, size and place at random (the README's measured run)."""
         train = data.train
+        if augment is None:
+            augment = data.extras.get("augment", True)
         if augment:
             from kvision.data.pose_augment import augment_dataset
 
