@@ -94,11 +94,7 @@ def test_the_savedmodel_answers_the_keras_keypoints(run, tmp_path, capsys):
                                atol=1e-5)
 
 
-def test_wrong_data_or_a_tflite_export_is_one_error_line(run, tmp_path, capsys):
+def test_wrong_data_is_one_error_line(run, capsys):
+    # (TFLite export: tests/export/test_pose_export.py)
     assert cli.main(["evaluate", str(run), "--data", "digits"]) != 0
     assert "a pose estimator is measured on figures" in capsys.readouterr().err
-    assert cli.main(["export", str(run), "--format", "tflite", "--out",
-                     str(tmp_path / "lite")]) != 0
-    err = capsys.readouterr().err
-    assert "TFLite export of a pose estimator" in err and err.count("\n") == 1
-    assert not (tmp_path / "lite").exists()

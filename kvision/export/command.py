@@ -17,7 +17,11 @@ measures it), up to :func:`check_limit`. A detector (outputs ``boxes``, ``scores
 ``classes``, ``num_detections``) is checked on the image files of a ``--data`` folder
 (any layout, no labels), detection by detection; a segmenter (one per-pixel output
 ``(N, H, W, classes)``) on them too, pixel by pixel (TFLite: the argmax class of >=
-99.5% of pixels float32, >= 97% int8, which calibrates on those images).
+99.5% of pixels float32, >= 97% int8, which calibrates on those images); a pose
+estimator on them too or, with ``--data figures``, on 200 held-out figures
+(calibrating on 200 training ones), keypoint by keypoint: the mean distance to the
+Keras model's keypoints in heatmap pixels, <= 0.5 float32, ``--max-keypoint-distance``
+for the others (1.5 by default for int8).
 
 One invocation is all or nothing: every file is written into a staging folder inside
 the output folder and checked there; only when every check has passed are they moved
@@ -52,7 +56,13 @@ MIN_CONVINCING_IMAGES = 300
 # The agreement flag of each kind of model; all map onto tflite's min_top1_agreement.
 AGREEMENT_FLAGS = {"classifier": "--min-top1-agreement",
                    "segmenter": "--min-pixel-agreement",
-                   "detector": "--min-detection-match"}
+                   "detector": "--min-detection-match",
+                   "keypoints": "--max-keypoint-distance"}  # a bar from above
+KIND_NOUNS = {"keypoints": "pose estimator", "outputs": "model of a task of its own"}
+# A pose estimator's --data figures: held-out figures to check on, training ones
+# to calibrate on (as many as kvision evaluate measures).
+FIGURES = "figures"
+FIGURES_CHECK = 200
 
 
 def add_parser(subparsers):
@@ -91,6 +101,11 @@ def add_parser(subparsers):
                    help="detectors, float16 and dynamic: share of detections that must "
                         "keep their twin (same class, IoU >= 0.99) (default 0.99 float16, "
                         "0.97 dynamic; float32 must match every detection)")
+    p.add_argument("--max-keypoint-distance", type=_distance, default=None, metavar="PX",
+                   help="pose estimators, float16, dynamic and int8: mean distance, in "
+                        "heatmap pixels, the TFLite keypoints may lie from the Keras "
+                        "model's (default 0.5 float16 and dynamic, 1.5 int8; float32 "
+                        "must lie within 0.5)")
     p.add_argument("--max-accuracy-drop", type=_points, default=1.0, metavar="POINTS",
                    help="classifiers with labelled --data: points of top-1 accuracy a "
                         "TFLite file may lose to the Keras model (default 1.0)")
@@ -114,6 +129,7 @@ def run(args) -> int:
                          min_top1_agreement=args.min_top1_agreement,
                          min_pixel_agreement=args.min_pixel_agreement,
                          min_detection_match=args.min_detection_match,
+                         max_keypoint_distance=args.max_keypoint_distance,
                          max_accuracy_drop=args.max_accuracy_drop)
         print(format_table(results))
     if args.serving_config is not None:
@@ -151,6 +167,20 @@ def _points(text):
     return value
 
 
+def _distance(text):
+    """An argparse type: a distance in heatmap pixels, a float >= 0."""
+    import argparse
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value is None or not value >= 0.0:
+        raise argparse.ArgumentTypeError(f"expected a distance in heatmap pixels >= 0 "
+                                         f"(0.5 for half a pixel), got {text!r}")
+    return value
+
+
 def _split(value, allowed, option):
     items = [item.strip().lower() for item in str(value).split(",") if item.strip()]
     wrong = [item for item in items if item not in allowed]
@@ -162,15 +192,17 @@ def _split(value, allowed, option):
 
 def export(model_spec, *, formats=FORMATS, quantize=(None,), data=None, out=None,
            version=None, int8_io=False, allow_flex=False, min_top1_agreement=None,
-           min_pixel_agreement=None, min_detection_match=None, max_accuracy_drop=1.0):
+           min_pixel_agreement=None, min_detection_match=None, max_keypoint_distance=None,
+           max_accuracy_drop=1.0):
     """Export the model ``model_spec`` names; a list of ``ExportResult``, one per file.
 
     TFLite files are ``<out>/<NAME>.tflite`` (float32) and
     ``<out>/<NAME>.<variant>.tflite``; the SavedModel is ``<out>/<version>/``. All are
     staged and checked first, then moved into place together; on any failure ``out``
     is left as it was. ``min_top1_agreement`` (classifiers), ``min_pixel_agreement``
-    (segmenters) and ``min_detection_match`` (detectors) replace the TFLite checks'
-    default agreement; only the one of the model's kind may be given.
+    (segmenters), ``min_detection_match`` (detectors) and ``max_keypoint_distance``
+    (pose estimators: mean distance in heatmap pixels) replace the TFLite checks'
+    default bar; only the one of the model's kind may be given.
     """
     import keras
 
@@ -196,10 +228,12 @@ def export(model_spec, *, formats=FORMATS, quantize=(None,), data=None, out=None
     kind = model_kind(model)
     agreement = _agreement(kind, {"classifier": min_top1_agreement,
                                   "segmenter": min_pixel_agreement,
-                                  "detector": min_detection_match})
+                                  "detector": min_detection_match,
+                                  "keypoints": max_keypoint_distance})
     # A detector's class count is not in its outputs, nor is a task's of its own
     # ("outputs": a pose model's names are its joints).
-    class_names = read_class_names(keras_path, None if kind in ("detector", "outputs")
+    class_names = read_class_names(keras_path, None if kind in ("detector", "outputs",
+                                                                "keypoints")
                                    else int(model.outputs[0].shape[-1]))
     if kind == "outputs" and len(model.outputs) > 1 and "tflite" in formats:
         from kvision.tasks import noun, output_names, task_of
@@ -235,8 +269,10 @@ def export(model_spec, *, formats=FORMATS, quantize=(None,), data=None, out=None
                     model, os.path.join(staging, tflite_name(name, variant)), variant,
                     calibration, int8_io=int8_io and variant == "int8",
                     allow_flex=allow_flex, check_data=check_x,
-                    class_names=None if kind == "outputs" else class_names,
-                    check_labels=check_y, min_top1_agreement=agreement,
+                    class_names=None if kind in ("outputs", "keypoints") else class_names,
+                    check_labels=check_y,
+                    min_top1_agreement=None if kind == "keypoints" else agreement,
+                    max_keypoint_distance=agreement if kind == "keypoints" else None,
                     max_accuracy_drop=max_accuracy_drop,
                     # a segmenter: per-pixel class agreement, not atol
                     **({"atol": None} if kind == "segmenter" else {})))
@@ -265,8 +301,11 @@ def _agreement(kind, given):
     """The agreement threshold given for ``kind``; a flag of another kind is an error."""
     wrong = [AGREEMENT_FLAGS[k] for k, value in given.items() if k != kind and value is not None]
     if wrong:
-        raise ValueError(f"{', '.join(wrong)} is not for this model: it is a {kind}, "
-                         f"whose agreement flag is {AGREEMENT_FLAGS[kind]}.")
+        own = AGREEMENT_FLAGS.get(kind)  # "outputs": none
+        raise ValueError(f"{', '.join(wrong)} is not for this model: it is a "
+                         f"{KIND_NOUNS.get(kind, kind)}, "
+                         + (f"whose agreement flag is {own}." if own else
+                            "checked to float32 error without such a flag."))
     return given.get(kind)  # "outputs": checked to float32 error, no agreement flag
 
 
@@ -300,9 +339,26 @@ def _check_data(kind, data, shape):
     if kind == "classifier":
         calibration, (images, labels), names = load_data(data, shape)
         return calibration, images, labels, names
-    # A detector or segmenter: image files, no labels; a segmenter calibrates on them.
+    if kind == "keypoints" and data == FIGURES:
+        return (*figure_images(shape), None, None)
+    # A detector, segmenter or pose estimator: image files, no labels; a segmenter
+    # or pose estimator calibrates on them.
     images = detector_images(data, shape, limit=check_limit(shape), kind=kind)
-    return (images if kind == "segmenter" else None), images, None, None
+    return (None if kind == "detector" else images), images, None, None
+
+
+def figure_images(shape):
+    """``(calibration, check_images)`` of ``--data figures`` at ``(H, W, C)``:
+    ``NUM_CALIBRATION`` training figures and ``FIGURES_CHECK`` held-out ones (the
+    images ``kvision evaluate`` measures a pose estimator on)."""
+    from kvision.data.figures import figures
+
+    height, width, channels = shape
+    if height != width:
+        raise ValueError(f"--data {FIGURES} are square; the model takes {height}x{width}.")
+    made = [figures(count, image_size=height, channels=channels, subset=subset).images
+            for count, subset in ((NUM_CALIBRATION, "train"), (FIGURES_CHECK, "test"))]
+    return tuple(images.astype("float32") for images in made)
 
 
 # What is closer to float32 than a variant that failed its check.
@@ -324,6 +380,10 @@ def advice(error, kind, variant, out, calibration) -> str:
     if variant is not None:
         tries.append(" or ".join(f"--quantize {q}" for q in CLOSER[variant])
                      + " (closer to float32)")
+    if "keypoint_distance" in error.failed:
+        tries.append(f"--max-keypoint-distance "
+                     f"{math.ceil(figures['keypoint_distance'] * 100) / 100:g} to accept "
+                     f"the distance measured")
     if "accuracy_drop" in error.failed:
         tries.append(f"--max-accuracy-drop {math.ceil(figures['accuracy_drop'] * 100) / 100:g}"
                      f" to accept the accuracy lost")
@@ -524,6 +584,12 @@ def format_table(results) -> str:
             f"{'-' if interval is None else f'{interval[0]:.1%}-{interval[1]:.1%}':>15}"
             f"{_fmt(p.get('accuracy_drop'), '+.2f'):>13}"
             f"{_fmt(r.latency_ms, '.3f'):>12}  {r.path}")
+    for r in results:  # a pose estimator's figure has no column: a line of its own
+        if (r.parity or {}).get("keypoint_distance") is not None:
+            lines.append(f"{r.format}: keypoints {r.parity['keypoint_distance']:.3f} "
+                         f"heatmap pixels from the Keras model's on average (largest "
+                         f"{r.parity['max_keypoint_distance']:.3f}); max |diff| is of "
+                         f"their scores")
     lines.append("images: how many the export and the Keras model were compared on; "
                  "agreement: share of top-1 classes alike\n(segmenters: of pixels, "
                  "detectors: of detections matched) with its 95% Wilson interval; acc "

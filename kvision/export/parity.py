@@ -129,7 +129,8 @@ MAX_SCORE_DIFF = 1e-3
 def export_kind(model) -> str:
     """How ``model`` is exported and checked, as its task says
     (:func:`kvision.tasks.base.export_kind`): ``"detector"``, ``"segmenter"``,
-    ``"classifier"`` or ``"outputs"``; a model with no task it can tell is exported
+    ``"classifier"``, ``"keypoints"`` or ``"outputs"``; a model with no task it can
+    tell is exported
     by its outputs: ``"classifier"`` for one ``(N, classes)`` output."""
     from kvision.tasks import task_of
     from kvision.tasks.base import export_kind as kind_of_task
@@ -219,6 +220,62 @@ def check_detections(figures, *, what="The export", max_score_diff=MAX_SCORE_DIF
         raise ParityError(f"{what} does not detect what the Keras model detects: "
                           f"{'; '.join(failures)}{measured_on(figures)}. Nothing was "
                           f"written.", figures, failed)
+    return figures
+
+
+# A keypoint model's export answers the same keypoints when they lie, on average,
+# within half a heatmap pixel of the Keras model's (issue 18): float rounding may
+# move an arg-max to a near-tied neighbour, which is one heatmap pixel away.
+MAX_KEYPOINT_DISTANCE = 0.5
+
+
+def keypoint_strides(model) -> tuple:
+    """``(y, x)`` input pixels per heatmap pixel of a keypoint model: the strides of
+    its :class:`~kvision.layers.HeatmapDecode` (input side / heatmap side)."""
+    from kvision.layers.pose import HeatmapDecode
+
+    for layer in model._flatten_layers(include_self=False):
+        if isinstance(layer, HeatmapDecode):
+            return tuple(float(s) for s in layer.strides)
+    raise ValueError(f"{model.name!r} answers keypoints but has no HeatmapDecode layer "
+                     f"to tell its heatmap pixel; expected the inference model of a "
+                     f"pose network.")
+
+
+def compare_keypoints(reference, candidate, strides) -> dict:
+    """Figures of an exported keypoint model's outputs against the Keras model's.
+
+    Both are dicts with ``keypoints`` ``(N, K, 2)`` x, y in input pixels and
+    ``scores`` ``(N, K)``; ``strides`` ``(y, x)`` input pixels per heatmap pixel.
+    Returns ``{"num_images", "keypoint_distance"}`` (the mean Euclidean distance
+    between twin keypoints, in heatmap pixels), ``"max_keypoint_distance"`` and
+    ``"max_abs_diff"`` (the largest score difference).
+    """
+    ref, cand = (np.asarray(d["keypoints"], "float64") for d in (reference, candidate))
+    if ref.shape != cand.shape:
+        raise ValueError(f"The export's keypoints have shape {cand.shape}, the Keras "
+                         f"model's {ref.shape}: they should be the same.")
+    stride_y, stride_x = strides
+    distance = np.hypot((ref[..., 0] - cand[..., 0]) / stride_x,
+                        (ref[..., 1] - cand[..., 1]) / stride_y)
+    scores = np.abs(np.asarray(reference["scores"], "float64")
+                    - np.asarray(candidate["scores"], "float64"))
+    return {"num_images": len(ref), "keypoint_distance": float(distance.mean()),
+            "max_keypoint_distance": float(distance.max(initial=0.0)),
+            "max_abs_diff": float(scores.max(initial=0.0))}
+
+
+def check_keypoints(figures, *, what="The export", max_distance=MAX_KEYPOINT_DISTANCE):
+    """Raise :class:`ParityError` unless the mean keypoint distance of
+    :func:`compare_keypoints` is at most ``max_distance`` heatmap pixels."""
+    if not np.isfinite(figures["keypoint_distance"]) \
+            or figures["keypoint_distance"] > max_distance:
+        raise ParityError(f"{what} does not find the Keras model's keypoints: mean "
+                          f"distance {figures['keypoint_distance']:.3g} heatmap pixels > "
+                          f"{max_distance:g} (largest "
+                          f"{figures['max_keypoint_distance']:.3g}){measured_on(figures)}. "
+                          f"Nothing was written.", figures,
+                          ("keypoint_distance",))
     return figures
 
 

@@ -45,8 +45,9 @@ import numpy as np
 
 from kvision._files import write_text_atomically
 from kvision.export.parity import (DETECTION_OUTPUTS, ExportResult, as_float32, check,
-                                   check_detections, compare, compare_detections,
-                                   export_kind, is_detector, size_mb)
+                                   check_detections, check_keypoints, compare,
+                                   compare_detections, compare_keypoints, export_kind,
+                                   is_detector, keypoint_strides, size_mb)
 
 IMAGES = "images"
 IMAGE_BYTES = "image_bytes"
@@ -214,6 +215,7 @@ class _ExportSpec:
         self.top_k = top_k                  # min(top_k, classes) for classifiers
         self.class_names = class_names      # list of str or None
         self.image_bytes = image_bytes
+        self.keypoint_strides = None        # (y, x) of a keypoint model's heatmaps
 
     @classmethod
     def of(cls, model, class_names, top_k, input_dtype, image_bytes):
@@ -228,9 +230,12 @@ class _ExportSpec:
             raise ValueError(f"top_k must be an integer >= 1, got {top_k!r}.")
         if class_names is not None:
             class_names = _class_names(class_names, classes, detector)
-        return cls(image_shape, input_dtype, classes,
+        spec = cls(image_shape, input_dtype, classes,
                    None if classes is None else min(int(top_k), classes),
                    class_names, bool(image_bytes), detector)
+        if kind == "keypoints":  # held to its keypoints, as its TFLite files are
+            spec.keypoint_strides = keypoint_strides(model)
+        return spec
 
 
 def _image_shape(model):
@@ -481,6 +486,8 @@ def _verify(model, spec, export_path, check_inputs, atol):
 def _check(figures, spec, what, atol):
     if spec.detector:
         check_detections(figures, what=what)
+    elif spec.keypoint_strides is not None:
+        check_keypoints(figures, what=what)
     else:
         check(figures, what=what, max_abs_diff=atol)
 
@@ -496,6 +503,8 @@ def _figures(reference, got, spec):
         if spec.class_names is not None:
             _check_detection_labels(got, spec.class_names)
         return compare_detections(reference, got)
+    if spec.keypoint_strides is not None:
+        return compare_keypoints(reference, got, spec.keypoint_strides)
     if spec.classes is not None:
         figures = compare(reference["probabilities"], got["probabilities"])
         # The top-k outputs must be the reference's k largest scores, and each class
