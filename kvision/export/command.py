@@ -21,7 +21,7 @@ measures it), up to :func:`check_limit`. A detector (outputs ``boxes``, ``scores
 estimator on them too or, with ``--data figures``, on 200 held-out figures
 (calibrating on 200 training ones), keypoint by keypoint: the mean distance to the
 Keras model's keypoints in heatmap pixels, <= 0.5 float32, ``--max-keypoint-distance``
-for the others (1.5 by default for int8).
+for the others (2.0 by default for int8).
 
 One invocation is all or nothing: every file is written into a staging folder inside
 the output folder and checked there; only when every check has passed are they moved
@@ -82,7 +82,8 @@ def add_parser(subparsers):
                         "dynamic, int8 (default none)")
     p.add_argument("--data", default=None,
                    help="images to calibrate and check on: a folder of class folders, "
-                        "or 'digits' (detectors, segmenters: a folder of images)")
+                        "or 'digits' (detectors, segmenters: a folder of images; pose "
+                        "estimators: one, or 'figures')")
     p.add_argument("--out", default=None, help="output directory (default: the model's)")
     p.add_argument("--version", type=int, default=None,
                    help="SavedModel version (default: the next free one)")
@@ -104,7 +105,7 @@ def add_parser(subparsers):
     p.add_argument("--max-keypoint-distance", type=_distance, default=None, metavar="PX",
                    help="pose estimators, float16, dynamic and int8: mean distance, in "
                         "heatmap pixels, the TFLite keypoints may lie from the Keras "
-                        "model's (default 0.5 float16 and dynamic, 1.5 int8; float32 "
+                        "model's (default 0.5 float16 and dynamic, 2.0 int8; float32 "
                         "must lie within 0.5)")
     p.add_argument("--max-accuracy-drop", type=_points, default=1.0, metavar="POINTS",
                    help="classifiers with labelled --data: points of top-1 accuracy a "
