@@ -48,6 +48,9 @@ def _permutation(flip, joints, layout, flip_permutation):
             from kvision.models.pose.hourglass import flip_permutation as by_count
 
             return by_count(joints)  # MPII's for 16 joints, COCO's for 17, else an error
+        if layout.num_keypoints != joints:
+            raise ValueError(f"The layout {layout.name!r} has {layout.num_keypoints} "
+                             f"joints but the data has {joints} per example.")
         flip_permutation = layout.flip_permutation()
     order = [int(j) for j in flip_permutation]
     if sorted(order) != list(range(joints)):

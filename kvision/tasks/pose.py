@@ -131,9 +131,15 @@ def _labelled(crops, layout, description, most=None):
 
 def predict(trained, images, batch_size=16):
     """``(keypoints (N, K, 2), scores (N, K))`` of the inference model on ``images``
-    at its input size."""
-    found = trained.model.predict(np.asarray(images, "float32"), batch_size=batch_size,
-                                  verbose=0)
+    at its input size (other sizes are a ValueError: a fully convolutional network
+    would answer them silently, at another scale or not at all)."""
+    images = np.asarray(images, "float32")
+    size = tuple(trained.image_size)
+    if images.ndim != 4 or (None not in size and images.shape[1:3] != size):
+        raise ValueError(f"The pose estimator takes images of {size[0]}x{size[1]} "
+                         f"(N, H, W, C), got an array of shape {images.shape}: person "
+                         f"crops at its size come from load_data.")
+    found = trained.model.predict(images, batch_size=batch_size, verbose=0)
     return np.asarray(found["keypoints"]), np.asarray(found["scores"])
 
 

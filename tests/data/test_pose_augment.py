@@ -126,7 +126,7 @@ def test_the_pose_task_augments_its_training_batches_unless_told_not_to():
 
     image, keypoints = _bright_joints()
     image = np.zeros((64, 64, 3), "float32")
-    keypoints = keypoints + [16, 20, 0]
+    keypoints = keypoints + [16, 20, 0]  # float64, numpy's default: cast on the way
     data = base.TrainingData(
         tf.data.Dataset.from_tensors({"images": image, "keypoints": keypoints,
                                       "boxes": np.zeros(4, "float32")}).repeat(4),
@@ -145,8 +145,11 @@ def test_the_pose_task_augments_its_training_batches_unless_told_not_to():
 def test_bad_input_is_refused():
     image, keypoints = _bright_joints()
     data = tf.data.Dataset.from_tensors({"images": image, "keypoints": keypoints[:15]})
-    with pytest.raises(ValueError, match=r"does not reorder the data's 15 joints"):
+    with pytest.raises(ValueError, match=r"layout 'mpii' has 16 joints but the data "
+                                         r"has 15 per example"):
         pose_augment.augment_dataset(data, layout=MPII)
+    with pytest.raises(ValueError, match=r"does not reorder the data's 15 joints"):
+        pose_augment.augment_dataset(data, flip_permutation=MPII.flip_permutation())
     with pytest.raises(ValueError, match="No kvision keypoint layout has 15 joints"):
         pose_augment.augment_dataset(data)
     pose_augment.augment_dataset(data, flip=False)  # no mirror: no swap needed
