@@ -78,18 +78,10 @@ def load_detection(source, *, split=None, class_names=None, num_classes=None,
     keep the first ones only.
     """
     folders._check_channels(channels)
-    if max_examples is not None and int(max_examples) < 1:
-        raise ValueError(f"max_examples must be a positive int or None, got {max_examples}.")
-    if isinstance(source, str) and source.startswith("tfds:"):
-        return _from_tfds(source[len("tfds:"):], split, class_names, num_classes,
-                          channels, min_size, max_examples, data_dir)
-    if not isinstance(source, (str, os.PathLike)):
-        raise ValueError(f"source must be a path or 'tfds:NAME', got "
-                         f"{type(source).__name__}. Expected one of:\n  " + "\n  ".join(FORMS))
-    path = os.fspath(source)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"No detection data at {path!r}. Expected one of:\n  "
-                                + "\n  ".join(FORMS))
+    kind, path = where_from(source, "detection", FORMS, max_examples)
+    if kind == "tfds":
+        return _from_tfds(path, split, class_names, num_classes, channels, min_size,
+                          max_examples, data_dir)
     if os.path.isfile(path) and path.lower().endswith(".json"):
         records, names, ids = _read_coco(path, image_dir, class_names, num_classes)
     elif os.path.isdir(os.path.join(path, "images")):
@@ -106,6 +98,25 @@ def load_detection(source, *, split=None, class_names=None, num_classes=None,
 
 
 # -- shared --------------------------------------------------------------------------
+def where_from(source, what, forms, max_examples=None):
+    """The checks every loader (detection, segmentation, keypoints) makes first:
+    ``("tfds", "NAME[:SPLIT]")`` for ``"tfds:NAME[:SPLIT]"``, ``("path", path)`` for a
+    path that exists; a path that does not is a FileNotFoundError, anything else (or a
+    ``max_examples`` below 1) a ValueError, each naming ``forms``."""
+    if max_examples is not None and int(max_examples) < 1:
+        raise ValueError(f"max_examples must be a positive int or None, got {max_examples}.")
+    if isinstance(source, str) and source.startswith("tfds:"):
+        return "tfds", source[len("tfds:"):]
+    if not isinstance(source, (str, os.PathLike)):
+        raise ValueError(f"source must be a path or 'tfds:NAME', got "
+                         f"{type(source).__name__}. Expected one of:\n  " + "\n  ".join(forms))
+    path = os.fspath(source)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"No {what} data at {path!r}. Expected one of:\n  "
+                                + "\n  ".join(forms))
+    return "path", path
+
+
 def _check_names(names, class_names, num_classes, where):
     """The class names to use, checked against ``num_classes``."""
     if class_names is not None:

@@ -112,19 +112,10 @@ def load_keypoints(source, *, layout=None, split=None, image_dir=None, channels=
     are. ``max_examples``: keep the first ones only.
     """
     folders._check_channels(channels)
-    if max_examples is not None and int(max_examples) < 1:
-        raise ValueError(f"max_examples must be a positive int or None, got {max_examples}.")
+    kind, path = detection.where_from(source, "keypoint", FORMS, max_examples)
     layout = _named_layout(layout)
-    if isinstance(source, str) and source.startswith("tfds:"):
-        return _from_tfds(source[len("tfds:"):], split, layout, channels, max_examples,
-                          data_dir)
-    if not isinstance(source, (str, os.PathLike)):
-        raise ValueError(f"source must be a path or 'tfds:NAME', got "
-                         f"{type(source).__name__}. Expected one of:\n  " + "\n  ".join(FORMS))
-    path = os.fspath(source)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"No keypoint data at {path!r}. Expected one of:\n  "
-                                + "\n  ".join(FORMS))
+    if kind == "tfds":
+        return _from_tfds(path, split, layout, channels, max_examples, data_dir)
     if os.path.isdir(path) or path.lower().endswith(".pts"):
         records, layout = _read_pts(path, layout)
     elif path.lower().endswith(".json"):

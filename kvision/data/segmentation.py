@@ -87,18 +87,10 @@ def load_segmentation(source, *, split=None, class_names=None, num_classes=None,
     data is an error. ``max_examples``: keep the first ones only.
     """
     folders._check_channels(channels)
-    if max_examples is not None and int(max_examples) < 1:
-        raise ValueError(f"max_examples must be a positive int or None, got {max_examples}.")
-    if isinstance(source, str) and source.startswith("tfds:"):
-        return _from_tfds(source[len("tfds:"):], split, class_names, num_classes,
-                          channels, max_examples, data_dir)
-    if not isinstance(source, (str, os.PathLike)):
-        raise ValueError(f"source must be a path or 'tfds:NAME', got "
-                         f"{type(source).__name__}. Expected one of:\n  " + "\n  ".join(FORMS))
-    path = os.fspath(source)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"No segmentation data at {path!r}. Expected one of:\n  "
-                                + "\n  ".join(FORMS))
+    kind, path = detection.where_from(source, "segmentation", FORMS, max_examples)
+    if kind == "tfds":
+        return _from_tfds(path, split, class_names, num_classes, channels, max_examples,
+                          data_dir)
     if os.path.isfile(path) and path.lower().endswith(".json"):
         images, labels, names = _read_coco(path, class_names, num_classes, max_examples)
     elif all(os.path.isdir(os.path.join(path, d)) for d in ("images", "masks")):
