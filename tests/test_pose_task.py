@@ -20,7 +20,9 @@ pytestmark = pytest.mark.xdist_group("pose_task")
 SIZE = 64
 
 
-@pytest.fixture(scope="module")
+# Session scope: a worker that runs another module between two of these tests
+# would otherwise tear the trained run down and train it again.
+@pytest.fixture(scope="session")
 def run(tmp_path_factory):
     """A one-stack, 16-feature hourglass trained one epoch on 48 figures."""
     out = tmp_path_factory.mktemp("pose") / "run"

@@ -35,7 +35,9 @@ def _main(args, capsys):
     return out
 
 
-@pytest.fixture(scope="module")
+# Session scope: a worker that runs another module between two of these tests
+# would otherwise tear the trained run down and train it again.
+@pytest.fixture(scope="session")
 def detector_run(tmp_path_factory):
     """``kvision train yolov3_tiny --data digit-scenes`` on 32 tiny scenes, 2 epochs."""
     run = tmp_path_factory.mktemp("train_detector") / "run"
