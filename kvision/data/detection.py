@@ -434,14 +434,23 @@ def _from_tfds(spec, split, class_names, num_classes, channels, min_size, max_ex
                 "bounding_boxes": {"boxes": tf.reshape(boxes, (-1, 4)),
                                    "labels": tf.reshape(labels, (-1,))}}
 
+    ds, count = tfds_examples(builder, split, max_examples)
+    ds = ds.map(convert, num_parallel_calls=tf.data.AUTOTUNE)
+    return DetectionData(ds, tuple(names), count, f"tfds:{name}")
+
+
+def tfds_examples(builder, split, max_examples=None):
+    """``(dataset, count)``: a TFDS split's examples in order, the first
+    ``max_examples`` of them if given, and how many (the split's size where the
+    dataset does not know it); shared by the detection, segmentation and keypoint
+    loaders."""
     ds = builder.as_dataset(split=split, shuffle_files=False)
     if max_examples is not None:
         ds = ds.take(int(max_examples))
     count = int(ds.cardinality())
     if count < 0 and split in builder.info.splits:
         count = builder.info.splits[split].num_examples
-    ds = ds.map(convert, num_parallel_calls=tf.data.AUTOTUNE)
-    return DetectionData(ds, tuple(names), count, f"tfds:{name}")
+    return ds, count
 
 
 # -- writing -------------------------------------------------------------------------

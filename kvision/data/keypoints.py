@@ -536,12 +536,7 @@ def _from_tfds(spec, split, layout, channels, max_examples, data_dir):
         return {"images": tf.cast(image, tf.float32),
                 "keypoints": tf.concat([xy, v], -1)[None], "boxes": box[None]}
 
-    ds = builder.as_dataset(split=split, shuffle_files=False)
-    if max_examples is not None:
-        ds = ds.take(int(max_examples))
-    count = int(ds.cardinality())
-    if count < 0 and split in builder.info.splits:
-        count = builder.info.splits[split].num_examples
+    ds, count = detection.tfds_examples(builder, split, max_examples)
     return KeypointData(ds.map(convert, num_parallel_calls=tf.data.AUTOTUNE), layout,
                         count, f"tfds:{name}")
 

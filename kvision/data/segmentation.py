@@ -400,12 +400,7 @@ def _from_tfds(spec, split, class_names, num_classes, channels, max_examples, da
                 "segmentation_masks": tf.reshape(mask, tf.concat(
                     [tf.shape(mask)[:2], [1]], 0))}
 
-    ds = builder.as_dataset(split=split, shuffle_files=False)
-    if max_examples is not None:
-        ds = ds.take(int(max_examples))
-    count = int(ds.cardinality())
-    if count < 0 and split in builder.info.splits:
-        count = builder.info.splits[split].num_examples
+    ds, count = detection.tfds_examples(builder, split, max_examples)
     ds = ds.map(convert, num_parallel_calls=tf.data.AUTOTUNE)
     return SegmentationData(ds, tuple(names), count, f"tfds:{name}")
 

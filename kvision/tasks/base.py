@@ -115,11 +115,13 @@ class Task:
 
     def losses(self, name, model):
         """What ``model.compile`` takes as ``loss`` for network ``name``."""
-        raise NotImplementedError
+        raise NotImplementedError(f"The {self.name} task gives no losses: kvision train "
+                                  f"cannot train {self.noun}s yet.")
 
     def fit_dataset(self, name, model, data, *, batch_size, seed, shuffle=True):
         """``(inputs, targets)`` batches of ``data.train`` for ``model.fit``."""
-        raise NotImplementedError
+        raise NotImplementedError(f"The {self.name} task gives no training batches: "
+                                  f"kvision train cannot train {self.noun}s yet.")
 
     def inference_model(self, name, model):
         """The model predict and export take (by default the model itself)."""
