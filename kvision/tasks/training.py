@@ -62,13 +62,14 @@ class HeldOutFigure(keras.callbacks.Callback):
     model on the held-out data, into the epoch's logs as ``val_<metric>`` (so the CSV
     log, the curves and the progress bar show it)."""
 
-    def __init__(self, task, trained, validation, batch_size):
+    def __init__(self, task, trained, validation):
         super().__init__()
-        self.task, self.trained = task, trained
-        self.validation, self.batch_size = validation, batch_size
+        self.task, self.trained, self.validation = task, trained, validation
 
     def on_epoch_end(self, epoch, logs=None):
-        report = self.task.evaluate(self.trained, self.validation, self.batch_size)
+        # The task's own batch size, as kvision evaluate uses: the same batches, so
+        # the logged figure is the one evaluate prints, on any CPU.
+        report = self.task.evaluate(self.trained, self.validation)
         if logs is not None:
             logs[f"val_{self.task.metric}"] = float(report.figures[self.task.metric])
 
@@ -126,10 +127,10 @@ def train_task(model_name, data=None, *, epochs=None, batch_size=None, learning_
 
         run_dir = _claim_run_folder(out_dir or os.path.join("saved_models", model_name),
                                     settings, overwrite, None)
-    figure = HeldOutFigure(task, trained, bundle.validation, batch_size)
+    figure = HeldOutFigure(task, trained, bundle.validation)
     history, seconds, timer = _fit(model, train_ds, epochs, steps_per_epoch, verbose,
                                    run_dir, figure, callbacks)
-    report = task.evaluate(trained, bundle.validation, batch_size)
+    report = task.evaluate(trained, bundle.validation)
     keras_path = export_path = None
     if run_dir:
         keras_path, export_path = _save_run(task, inference, model_name, bundle, run_dir,
