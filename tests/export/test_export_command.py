@@ -1,7 +1,6 @@
 """``kvision export``: the table it prints holds the figures of the files it wrote,
 recomputed here with TensorFlow's own interpreter."""
 
-import argparse
 import hashlib
 import importlib
 import os
@@ -14,28 +13,16 @@ import tensorflow as tf
 
 from scipy.stats import binomtest
 
-from kvision import registry
+from kvision import _native, cli, registry
 from kvision.data import digits
-from kvision.export import command
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*tf.lite.Interpreter is deprecated")
 
 
-def export_parser():
-    """``kvision``'s own parser when it has ``export``, else one built from command.py."""
-    from kvision import cli
-
-    parser = cli.build_parser()
-    subcommands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    if "export" in subcommands.choices:
-        return parser
-    parser = argparse.ArgumentParser(prog="kvision")
-    command.add_parser(parser.add_subparsers(dest="command", required=True))
-    return parser
-
-
 def kvision(argv):
-    args = export_parser().parse_args(argv)
+    """``kvision ARGV`` through the command line's own parser (kvision.cli), with the
+    error raised rather than printed, so that a test can match it."""
+    args = cli.build_parser().parse_args(argv)
     return args.func(args)
 
 
@@ -112,22 +99,24 @@ def test_export_prints_the_figures_of_its_files(saved, monkeypatch, capsys):
     assert 'name: "lenet5"' in config and os.path.abspath("saved_models/lenet5") in config
 
 
-def test_export_bad_input(saved, monkeypatch, tmp_path):
+def test_export_bad_input(saved, monkeypatch, capsys):
+    """What a user sees: ``kvision export`` (cli.main) exits 2 with one error line
+    naming the problem, no traceback, and nothing written."""
     root, _ = saved
     monkeypatch.chdir(root)
-    parser = argparse.ArgumentParser()
-    command.add_parser(parser.add_subparsers(dest="command"))
+    monkeypatch.setattr(_native, "QUIET", _native.QUIET)  # main() sets it; put it back
     before = sorted(os.listdir("saved_models/lenet5"))
-    for argv, error, match in [
-        (["export", "no_such_model"], FileNotFoundError, "no_such_model"),
-        (["export", "lenet5", "--quantize", "int8"], ValueError, "--data"),
-        (["export", "lenet5", "--quantize", "int4"], ValueError, "--quantize"),
-        (["export", "lenet5", "--format", "onnx"], ValueError, "--format"),
-        (["export"], ValueError, "MODEL"),
+    for argv, match in [
+        (["export", "no_such_model"], "no_such_model"),
+        (["export", "lenet5", "--quantize", "int8"], "--data"),
+        (["export", "lenet5", "--quantize", "int4"], "--quantize"),
+        (["export", "lenet5", "--format", "onnx"], "--format"),
+        (["export"], "MODEL"),
     ]:
-        args = parser.parse_args(argv)
-        with pytest.raises(error, match=match):
-            command.run(args)
+        assert cli.main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("kvision export: error: ") and match in err, (argv, err)
+        assert "Traceback" not in err
     assert sorted(os.listdir("saved_models/lenet5")) == before
 
 
@@ -185,7 +174,7 @@ def test_a_failed_check_leaves_the_folder_as_it_was(untrained, tmp_path, monkeyp
 
 
 def test_thresholds_are_flags(untrained, tmp_path, capsys):
-    parser = export_parser()
+    parser = cli.build_parser()
     with pytest.raises(SystemExit):
         parser.parse_args(["export", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
