@@ -7,7 +7,7 @@ import pytest
 
 import kvision.models
 from kvision import cli
-from kvision.models import create, profile
+from kvision.models import create
 
 
 def run(*args, env=None):
@@ -15,17 +15,32 @@ def run(*args, env=None):
                           text=True, env=env, timeout=300)
 
 
+# Figures from outside kvision: LeNet-5's layers counted by hand (the paper's C1, C3,
+# C5/F6 and output), and torchvision's SqueezeNet1_1_Weights metadata (num_params,
+# "_ops" = GMACs of one 224x224 image, given to 3 decimals).
+LENET5_MACS = 28 * 28 * 6 * 25 + 10 * 10 * 16 * 150 + 400 * 120 + 120 * 84 + 84 * 10
+LENET5_PARAMS = (25 + 1) * 6 + (150 + 1) * 16 + (400 + 1) * 120 + (120 + 1) * 84 + (84 + 1) * 10
+SQUEEZENET1_1 = {"params": 1_235_496, "gflops": 0.349}
+
+
 def test_zoo_table_profiles_and_caches(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
     rows = cli.zoo_table(["lenet5", "squeezenet1_1"], progress=False)
-    expected = profile(create("squeezenet1_1"))
-    row = rows[1]
-    assert row["name"] == "squeezenet1_1" and row["counted"] == expected.trainable_params
-    assert row["gflops"] == pytest.approx(expected.gflops)
+    lenet, squeezenet = rows
+    assert lenet["name"] == "lenet5" and lenet["counted"] == LENET5_PARAMS == 61_706
+    assert lenet["gflops"] * 1e9 == pytest.approx(LENET5_MACS, abs=0.5)
+    assert squeezenet["name"] == "squeezenet1_1"
+    assert squeezenet["counted"] == SQUEEZENET1_1["params"]
+    assert squeezenet["gflops"] == pytest.approx(SQUEEZENET1_1["gflops"], abs=5e-4)
+    # No BatchNorm: every variable is a float32 weight.
+    assert squeezenet["size_mb"] == pytest.approx(SQUEEZENET1_1["params"] * 4 / 1e6)
     cache = json.loads(open(cli._profile_cache_path()).read())
     assert set(cache) == {"lenet5", "squeezenet1_1"}
+    # A second listing reads the cache: the same rows, nothing built again.
+    monkeypatch.setattr(kvision.models, "create", lambda *a, **k: pytest.fail("built"))
+    assert cli.zoo_table(["lenet5", "squeezenet1_1"], progress=False) == rows
     table = cli.format_table(rows)
-    assert "squeezenet1_1" in table and f"{expected.total_params:,}" in table
+    assert "squeezenet1_1" in table and "1,235,496" in table and "61,706" in table
 
 
 def test_an_interrupted_list_keeps_what_it_profiled(tmp_path, monkeypatch):
@@ -97,6 +112,8 @@ def test_train_command_reports_accuracy(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "test top-1 accuracy:" in done.stdout
     accuracy = float(done.stdout.split("test top-1 accuracy:")[1].split()[0])
-    assert 0.5 < accuracy <= 1.0
+    # The README's one-epoch run prints 0.8667; two epochs measured 0.900, 0.920, 0.944,
+    # 0.944, 0.924 with --seed 0-4 (mean 0.926, sd 0.018): 0.85 is 4 sd below.
+    assert 0.85 <= accuracy <= 1.0
     assert (tmp_path / "run" / "lenet5.keras").is_file()
     assert (tmp_path / "run" / "1" / "saved_model.pb").is_file()
