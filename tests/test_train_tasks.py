@@ -145,7 +145,9 @@ def test_model_args_are_python_literals_or_strings():
 @pytest.mark.parametrize("args, message", [
     (["overfeat"], "cannot be trained from the command line yet"),
     (["two_network_instance"], "does not train instance segmenters yet"),
-    (["lenet5", "--model-arg", "width=2"], "for detectors and segmenters"),
+    (["lenet5", "--model-arg", "width=2"], "for detectors, segmenters and pose"),
+    (["lenet5", "--optimizer", "sgd"], "for detectors, segmenters and pose"),
+    (["unet", "--no-augment"], "unet trains without augmentation already"),
     (["unet", "--strategy", "mirrored"], "for classifiers only"),
     (["yolov3_tiny", "--model-arg", "colour=1"], "yolov3_tiny takes no argument 'colour'"),
 ])

@@ -31,6 +31,10 @@ def add_parser(subparsers):
     p.add_argument("--lr", type=float, default=None,
                    help="initial learning rate (default 3e-3 scratch, 1e-3 transfer, "
                         "2e-3 detectors and segmenters)")
+    p.add_argument("--optimizer", default=None, choices=["adam", "rmsprop", "sgd"],
+                   help="detectors, segmenters and pose: the optimizer (default the "
+                        "task's: adam; --optimizer rmsprop --lr 2.5e-4 is the stacked "
+                        "hourglass paper's)")
     p.add_argument("--image-size", type=int, default=None)
     p.add_argument("--out", default=None,
                    help="the run folder (default saved_models/MODEL); one holding a "
@@ -53,7 +57,8 @@ def add_parser(subparsers):
                    help="mixed_float16 compute, float32 outputs and export")
     p.add_argument("--jit", action="store_true", help="XLA-compile the train step")
     p.add_argument("--no-export", action="store_true")
-    p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--no-augment", action="store_true",
+                   help="classifiers and pose: train on the images as they are")
     p.set_defaults(func=run)
     return p
 
@@ -68,9 +73,9 @@ def run(args) -> int:
     task = task_of_name(args.model)
     if task != "classification":
         return _run_task(args, task)
-    if args.model_arg or args.max_images is not None:
-        raise ValueError(f"--model-arg and --max-images are for detectors and segmenters; "
-                         f"{args.model} is a classifier.")
+    if args.model_arg or args.max_images is not None or args.optimizer:
+        raise ValueError(f"--model-arg, --max-images and --optimizer are for detectors, "
+                         f"segmenters and pose; {args.model} is a classifier.")
     with _train_log_on_stdout():  # the split and the run folder, before training
         result = train_classifier(args.model, data=args.data or "digits",
                                   epochs=args.epochs or 30,
@@ -103,8 +108,8 @@ def _run_task(args, task) -> int:
     from kvision.tasks.training import train_task
 
     refused = [flag for flag, given in (("--strategy", args.strategy),
-                                        ("--mixed-precision", args.mixed_precision),
-                                        ("--no-augment", args.no_augment)) if given]
+                                        ("--mixed-precision", args.mixed_precision))
+               if given]
     if refused:
         raise ValueError(f"{' '.join(refused)}: for classifiers only so far; {args.model} "
                          f"is a {task} model.")
@@ -116,7 +121,9 @@ def _run_task(args, task) -> int:
                             seed=args.seed, backbone_weights=args.backbone_weights,
                             regime=args.regime, model_args=parse_model_args(args.model_arg),
                             max_images=args.max_images, jit_compile=args.jit,
-                            steps_per_epoch=args.steps_per_epoch)
+                            steps_per_epoch=args.steps_per_epoch,
+                            optimizer=args.optimizer,
+                            augment=False if args.no_augment else None)
     if result.initial_epoch:
         print(f"resumed from epoch {result.initial_epoch}")
     print(f"held-out {result.metric_label}: {result.figure:.4f} after {result.seconds:.1f} s "

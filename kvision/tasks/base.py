@@ -74,6 +74,8 @@ class Task:
     default_epochs: int = 10
     default_batch_size: int = 16
     default_learning_rate: float = 2e-3
+    default_optimizer: str = "adam"  # a key of kvision.tasks.training.OPTIMIZERS
+    augments: bool = False  # fit_dataset takes ``augment`` (--no-augment turns it off)
     warmup_epochs: int = 0  # the learning rate rises linearly from 0 over these first
     export_labels: bool = True  # the SavedModel export carries the class names
     class_word: str = "classes"  # what its class names name ("joints" for pose)

@@ -179,6 +179,7 @@ class PoseTask(base.Task):
     export_kind = "keypoints"  # keypoints and scores, held to parity on the keypoints
     export_labels = False
     class_word = "joints"
+    augments = True
 
     def default_image_size(self, info, data):
         return 64 if data == FIGURES else info.default_size

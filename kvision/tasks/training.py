@@ -74,17 +74,30 @@ class HeldOutFigure(keras.callbacks.Callback):
             logs[f"val_{self.task.metric}"] = float(report.figures[self.task.metric])
 
 
+#: ``optimizer=`` of :func:`train_task` (``kvision train --optimizer``): each takes the
+#: learning-rate schedule. RMSprop at 2.5e-4 is the stacked hourglass paper's recipe.
+OPTIMIZERS = {
+    "adam": keras.optimizers.Adam,
+    "rmsprop": keras.optimizers.RMSprop,
+    "sgd": lambda rate: keras.optimizers.SGD(rate, momentum=0.9),
+}
+
+
 def train_task(model_name, data=None, *, epochs=None, batch_size=None, learning_rate=None,
                image_size=None, out_dir=None, overwrite=False, export=True, seed=0,
                verbose=1, backbone_weights=None, regime=None, model_args=None,
-               max_images=None, jit_compile=False, steps_per_epoch=None, callbacks=()):
+               max_images=None, jit_compile=False, steps_per_epoch=None, callbacks=(),
+               optimizer=None, augment=None):
     """Train the registered network ``model_name`` for its task on ``data`` (default
     the task's, ``digit-scenes``) and measure it on held-out data.
 
     ``model_args``: more builder arguments (``{"width": 0.5}``); ``max_images``: train
     on at most this many images (``digit-scenes``: generate this many). Defaults of
-    ``epochs``, ``batch_size`` and ``learning_rate`` (Adam, cosine-decayed to 0) are
-    the task's. Returns a :class:`TaskTrainResult`.
+    ``epochs``, ``batch_size``, ``learning_rate`` (cosine-decayed to 0) and
+    ``optimizer`` (a key of :data:`OPTIMIZERS`) are the task's. ``augment``: ``False``
+    turns off a task's training augmentation (``None``: the task's default; tasks
+    whose batches are not augmented refuse ``False``). Returns a
+    :class:`TaskTrainResult`.
     """
     from kvision.predict import Trained
     from kvision.train import _check_arguments
@@ -93,6 +106,13 @@ def train_task(model_name, data=None, *, epochs=None, batch_size=None, learning_
     task = base.get_task(info.task)
     task.check_trainable(model_name)
     base.check_arguments(model_name, dict(model_args or {}))  # before any data is read
+    optimizer = optimizer or task.default_optimizer
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {', '.join(sorted(OPTIMIZERS))}; "
+                         f"got {optimizer!r}.")
+    if augment is False and not task.augments:
+        raise ValueError(f"{model_name} trains without augmentation already ({task.name} "
+                         f"batches are not augmented); --no-augment changes nothing.")
     epochs = epochs or task.default_epochs
     batch_size = batch_size or task.default_batch_size
     _check_arguments(epochs, batch_size, steps_per_epoch)
@@ -109,18 +129,21 @@ def train_task(model_name, data=None, *, epochs=None, batch_size=None, learning_
                        model_args=arguments, backbone_weights=backbone_weights,
                        regime=regime)
     per_epoch = steps_per_epoch or -(-bundle.num_train // batch_size)
-    model.compile(optimizer=keras.optimizers.Adam(_schedule(
+    model.compile(optimizer=OPTIMIZERS[optimizer](_schedule(
                       learning_rate or task.default_learning_rate, epochs * per_epoch,
                       min(task.warmup_epochs * per_epoch, epochs * per_epoch // 2))),
                   loss=task.losses(model_name, model), jit_compile=bool(jit_compile))
-    train_ds = task.fit_dataset(model_name, model, bundle, batch_size=batch_size, seed=seed)
+    extra = {"augment": augment} if task.augments and augment is not None else {}
+    train_ds = task.fit_dataset(model_name, model, bundle, batch_size=batch_size, seed=seed,
+                                **extra)
     inference = task.inference_model(model_name, model)
     trained = Trained(inference, bundle.class_names, "(training)")
     settings = {"model": model_name, "task": task.name, "input_size": side,
                 "channels": channels, "data": bundle.source, "max_images": max_images,
                 "classes": list(bundle.class_names), "seed": seed,
                 "model_args": {k: _plain(v) for k, v in sorted(arguments.items())},
-                "backbone_weights": backbone_weights, "regime": regime}
+                "backbone_weights": backbone_weights, "regime": regime,
+                "optimizer": optimizer, "augment": augment}
     run_dir = None
     if out_dir is not False:
         from kvision.train import _claim_run_folder
@@ -148,7 +171,7 @@ def train_task(model_name, data=None, *, epochs=None, batch_size=None, learning_
 
 
 def _schedule(rate, steps, warmup):
-    """Adam's rate: a linear rise from 0 over ``warmup`` steps (a network without
+    """The learning rate: a linear rise from 0 over ``warmup`` steps (a network without
     BatchNorm, as U-Net, can die at the full rate from its first step), then a half
     cosine to 0 at ``steps``."""
     if not warmup:
