@@ -10,6 +10,7 @@ from kvision.export import tflite
 from kvision.export.litert import custom_ops
 from kvision.layers import BilinearKernel, MaxPoolingWithArgmax2D, MaxUnpooling2D, ResizeLike
 from kvision.layers.upsampling import flat_indices
+from kvision.testing import assert_float32_close
 
 
 def _reference(x, padding):
@@ -50,13 +51,30 @@ def _unpool_model(size=16, channels=4):
     return keras.Model(inputs, y)
 
 
+def _litert_outputs(path, images):
+    """The .tflite file run by LiteRT's own interpreter on a batch (not kvision's runner)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path))
+    (given,) = interpreter.get_input_details()
+    interpreter.resize_tensor_input(given["index"], images.shape)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(given["index"], images)
+    interpreter.invoke()
+    return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+
+
 def test_unpooling_model_converts_to_tflite_with_builtin_ops_only(tmp_path):
     keras.utils.set_random_seed(0)
     model = _unpool_model()
     images = np.random.default_rng(2).uniform(0, 255, (8, 16, 16, 3)).astype("float32")
-    result = tflite(model, tmp_path / "unpool.tflite", check_data=images)
-    assert result.parity["max_abs_diff"] <= 1e-4  # (tflite() also raises above atol)
+    tflite(model, tmp_path / "unpool.tflite", check_data=images)
     assert custom_ops((tmp_path / "unpool.tflite").read_bytes()) == []
+    # The file's outputs against the Keras model's, here rather than the exporter's
+    # verdict: three convolutions (at most 3x3x4 = 36 terms) in another order
+    # (XNNPACK). Measured: 4.8e-7 at outputs of size 2.8.
+    assert_float32_close(_litert_outputs(tmp_path / "unpool.tflite", images),
+                         model.predict(images, verbose=0), terms=36, depth=3)
 
 
 def test_keras_file_round_trip_in_safe_mode(tmp_path):
