@@ -9,6 +9,7 @@ from kvision.layers.overfeat import LocalizerDecode, WindowDecode
 from kvision.layers.pose import HeatmapDecode, HorizontalFlip
 from kvision.layers.preprocessing import ImagePreprocessing
 from kvision.layers.residual import ScaledResidual
+from kvision.layers.roi import RoIAlign, RoIPooling
 from kvision.layers.shuffle import ChannelShuffle, ChannelSplit
 from kvision.layers.upsampling import (BilinearKernel, MaxPoolingWithArgmax2D,
                                        MaxUnpooling2D, ResizeLike)
@@ -18,6 +19,7 @@ __all__ = ["AtrousConv2D", "ChannelShuffle", "ChannelSplit", "ImagePreprocessing
            "InferenceBackbone", "InstanceLabeling", "LocalResponseNormalization",
            "NonMaxSuppression", "ScaledResidual"]
 __all__ += ["HeatmapDecode", "HorizontalFlip"]
+__all__ += ["RoIAlign", "RoIPooling"]
 __all__ += ["BilinearKernel", "LocalizerDecode", "MaxPoolingWithArgmax2D", "MaxUnpooling2D",
             "ResizeLike", "WindowDecode", "YOLOv1Decode", "YOLOv1Output", "YOLOv3Decode",
             "YOLOv3Output"]
