@@ -89,6 +89,7 @@ def mobilenet(tmp_path_factory):
     """MobileNetV2 (alpha 0.35, BatchNorm everywhere) at 32x32, head only, pretrained:
     its weights file holds calibrated BatchNorm statistics (a pretrained backbone is
     one given weights; weights=None is a random one, whose BatchNorm learns)."""
+    keras.utils.set_random_seed(0)  # the backbone's and the head's initial values
     net = keras.applications.MobileNetV2(include_top=False, weights=None, alpha=0.35,
                                          input_shape=(32, 32, 3))
     pixels = _random_data(64, seed=1)[0]
@@ -121,6 +122,7 @@ def test_layout_and_raw_pixel_input(mobilenet):
 def tuned(mobilenet):
     """fine_tune of the MobileNetV2 classifier: 2 steps per phase, snapshots.
     Eager (no tracing, 3x faster here): the same Python path sets ``training``."""
+    keras.utils.set_random_seed(1)  # dropout and the order of the batches
     snapshots = _Snapshots()
     x, y = _random_data()
     history = transfer.fine_tune(mobilenet, (x, y), head_epochs=1, epochs=1,
