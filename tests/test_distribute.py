@@ -25,6 +25,59 @@ def _free_ports(n):
     return ports
 
 
+# What a worker prints when its port was taken between _free_ports and its gRPC
+# server's start (by another test, another xdist worker, any process).
+_PORT_TAKEN = "Could not start gRPC server"
+
+
+def _run_workers(argv, out, attempts=3):
+    """Run ``kvision ARGV --out OUT --seed INDEX`` as each worker of a two-worker
+    127.0.0.1 cluster until they all finish: ``[(returncode, stdout, stderr)]``.
+    The ports are free when chosen but released before the workers bind them; a
+    worker that finds its port taken fails at once while the other would wait for
+    it, so both are stopped and the cluster started again on new ports, into an
+    empty ``out``."""
+    import shutil
+    import time
+
+    logs_dir = out.parent / f"{out.name}-logs"
+    logs_dir.mkdir()
+    for attempt in range(attempts):
+        shutil.rmtree(out, ignore_errors=True)
+        ports = _free_ports(2)
+        workers, logs = [], []
+        for index in range(2):
+            env = dict(os.environ, TF_CONFIG=json.dumps({
+                "cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
+                "task": {"type": "worker", "index": index}}))
+            logs.append((open(logs_dir / f"out-{attempt}-{index}.txt", "w+"),
+                         open(logs_dir / f"err-{attempt}-{index}.txt", "w+")))
+            workers.append(subprocess.Popen([sys.executable, "-m", "kvision.cli", *argv,
+                                             "--out", str(out), "--seed", str(index)],
+                                            env=env,
+                                            stdout=logs[-1][0], stderr=logs[-1][1],
+                                            text=True))
+        deadline = time.monotonic() + 400
+        while time.monotonic() < deadline and any(w.poll() is None for w in workers):
+            if any(w.poll() not in (None, 0) for w in workers):
+                break
+            time.sleep(0.5)
+        for worker in workers:  # the others, once one failed (or time ran out)
+            if worker.poll() is None:
+                worker.kill()
+            worker.wait()
+        results = []
+        for worker, files in zip(workers, logs):
+            for file in files:
+                file.seek(0)
+            results.append((worker.returncode, *(file.read() for file in files)))
+            for file in files:
+                file.close()
+        if not any(code != 0 and _PORT_TAKEN in stderr for code, _, stderr in results):
+            return results
+    return results
+
+
 def _losses(run_dir):
     with open(os.path.join(run_dir, "training_log.csv")) as f:
         return [float(row["loss"]) for row in csv.DictReader(f)]
@@ -37,21 +90,11 @@ def test_two_workers_end_with_the_same_weights(tmp_path):
     apart (different initial draws, shuffles and augmentations): the chief's initial
     values are broadcast and every update is the same, so they end identical while
     the loss each logs is the same global mean."""
-    ports = _free_ports(2)
     out = tmp_path / "run"
-    workers = []
-    for index in range(2):
-        env = dict(os.environ, TF_CONFIG=json.dumps({
-            "cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
-            "task": {"type": "worker", "index": index}}))
-        workers.append(subprocess.Popen(
-            [sys.executable, "-m", "kvision.cli", "train", "lenet5", "--epochs", "2",
-             "--steps-per-epoch", "6", "--strategy", "multiworker", "--out", str(out),
-             "--no-export", "--seed", str(index)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True))
-    results = [w.communicate(timeout=400) for w in workers]
-    for worker, (stdout, stderr) in zip(workers, results):
-        assert worker.returncode == 0, stderr[-3000:]
+    results = _run_workers(["train", "lenet5", "--epochs", "2", "--steps-per-epoch", "6",
+                            "--strategy", "multiworker", "--no-export"], out)
+    for code, _, stderr in results:
+        assert code == 0, stderr[-3000:]
     chief = keras.saving.load_model(out / "lenet5.keras")
     other = keras.saving.load_model(out / "worker-1" / "lenet5.keras")
     for a, b in zip(chief.get_weights(), other.get_weights()):
