@@ -163,7 +163,7 @@ def assert_round_trip(model, x, atol=None, outputs=None):
 
 def assert_same_outputs(expected, got, x, *, atol=None, what="model", outputs=None):
     """``got`` answers ``x`` as ``expected`` does (or as ``expected`` answered:
-    ``outputs``): integer outputs equal, float ones within ``atol`` (default
+    ``outputs``): integer and boolean outputs equal, float ones within ``atol`` (default
     :func:`~kvision.testing.float32_atol` of each)."""
     from kvision.testing.numerics import float32_atol
 
@@ -172,7 +172,7 @@ def assert_same_outputs(expected, got, x, *, atol=None, what="model", outputs=No
     assert len(before) == len(after), f"{expected.name}: the {what} has other outputs"
     for i, (a, b) in enumerate(zip(before, after)):
         assert a.shape == b.shape, f"{expected.name}: output {i} {b.shape} != {a.shape}"
-        if np.issubdtype(a.dtype, np.integer):
+        if np.issubdtype(a.dtype, np.integer) or a.dtype == bool:
             np.testing.assert_array_equal(b, a, err_msg=f"{expected.name}: {what}")
             continue
         tolerance = float32_atol(a) if atol is None else atol

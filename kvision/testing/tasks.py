@@ -177,12 +177,22 @@ def _overfeat_batch(model, name):
     return x[:BATCH], {k: v[:BATCH] for k, v in y.items()}
 
 
+def _rcnn_batch(model, name):
+    """Ground-truth boxes and classes, padded, as the module's training_dataset
+    batches them (two-stage detectors sample their targets inside the step)."""
+    scenes = _scenes(model)
+    batch = next(iter(_module(name).training_dataset(scenes, model, batch_size=BATCH,
+                                                    shuffle=False, max_boxes=4)))
+    return batch[0].numpy(), {k: v.numpy() for k, v in batch[1].items()}
+
+
 # Detectors differ in targets and losses by family module; a new detector in one of
 # these modules is covered, a new module adds an entry.
 _DETECTORS = {
     "yolo": (_yolo_batch, lambda module, model: module.losses(model)),
     "yolo_v1": (_yolo_batch, lambda module, model: module.loss(model)),
     "overfeat": (_overfeat_batch, lambda module, model: module.losses()),
+    "rcnn": (_rcnn_batch, lambda module, model: module.losses(model)),
 }
 
 
@@ -303,6 +313,10 @@ TASKS = {
             "yolov3_tiny": dict(classes=10, input_shape=(32, 32, 3), width=1 / 8),
             "overfeat": dict(classes=10, input_shape=(71, 71, 3), units=(16,),
                              box_units=(16,)),
+            "faster_rcnn": dict(**_NAMED, classes=10, input_shape=(64, 64, 3),
+                                fpn_channels=8, representation=16,
+                                rpn_pre_nms_top_n=(64, 64), rpn_post_nms_top_n=(32, 16),
+                                sampling={"box_batch_size_per_image": 16}),
         }),
         batch=_detection_batch,
         loss=_detection_loss,
