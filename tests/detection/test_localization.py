@@ -33,14 +33,15 @@ def _scenes(n, subset, seed, objects=1):
 
 @pytest.fixture(scope="module")
 def trained():
-    """A LeNet-5 localizer trained ~4 epochs on 600 one-digit scenes."""
+    """A LeNet-5 localizer trained 8 epochs on 3,000 one-digit scenes (750 steps, about
+    5 s here): the class head needs the steps; 4 epochs of 600 scenes left it at 20%."""
     keras.utils.set_random_seed(0)
-    x, scenes = _scenes(600, "train", 0)
+    x, scenes = _scenes(3000, "train", 0)
     y = L.encode_scenes(scenes.boxes, scenes.classes, (SIZE, SIZE))
     model = kvision.create("localizer", backbone="lenet5", classes=10,
                            input_shape=(SIZE, SIZE, 1), hidden_units=128)
     L.compile_localizer(model, box_loss="l2", learning_rate=2e-3)
-    model.fit(x, y, epochs=4, batch_size=32, verbose=0)
+    model.fit(x, y, epochs=8, batch_size=32, verbose=0)
     return model, y
 
 
@@ -61,10 +62,14 @@ def test_trained_localizer_beats_the_trivial_baselines_on_unseen_handwriting(tra
     predicted = model.predict(x, verbose=0)
     reference_iou = coco_iou(predicted["boxes"].astype("float64"), y["boxes"])
     assert report["mean_iou"] == pytest.approx(reference_iou.mean(), abs=1e-5)
-    # Measured (4 epochs): accuracy 0.20-0.25 vs 0.08, IoU 0.73 vs 0.29.
-    assert report["accuracy"] > max(2 * majority, 0.15)
-    assert report["mean_iou"] > baseline_iou + 0.25
-    assert report["localization_accuracy"] <= report["accuracy"]
+    # Measured with seeds 0-4: accuracy 0.613-0.660 (mean 0.635; one seed's binomial
+    # sd on 300 scenes 0.028) against 0.08 for the majority class, mean IoU
+    # 0.789-0.811 against 0.29 for the mean box, localization accuracy (right class
+    # and IoU >= 0.5) 0.607-0.660. The accuracy bar sits 3 sd below the mean; the old
+    # fixture (4 epochs of 600 scenes) measured 0.200-0.227 and fails it.
+    assert report["accuracy"] >= 0.55 and majority < 0.15
+    assert report["mean_iou"] >= 0.75 and baseline_iou < 0.35
+    assert 0.5 <= report["localization_accuracy"] <= report["accuracy"]
 
 
 def test_inference_model_decodes_to_pixel_boxes(trained, tmp_path):
