@@ -37,13 +37,16 @@ MODULES = (
     "kvision.layers.overfeat",
     "kvision.layers.pose",
     "kvision.layers.preprocessing",
+    "kvision.layers.rcnn",
     "kvision.layers.residual",
+    "kvision.layers.roi",
     "kvision.layers.shuffle",
     "kvision.layers.upsampling",
     "kvision.layers.yolo",
     "kvision.losses.detection",
     "kvision.losses.segmentation",
     "kvision.metrics.segmentation",
+    "kvision.models.detection.rcnn",
     "kvision.tasks.model",
 )
 
