@@ -203,11 +203,31 @@ def _check_arguments(epochs, batch_size, steps_per_epoch):
                          f"{steps_per_epoch!r}.")
 
 
+def clipping(clipnorm=None, clipvalue=None) -> dict:
+    """The optimizer's gradient clipping (``kvision train --clipnorm / --clipvalue``):
+    ``{"clipnorm": ...}``, ``{"clipvalue": ...}`` or ``{}``. Each must be a positive
+    number; Keras' optimizers take one of the two, not both."""
+    given = {}
+    for key, value in (("clipnorm", clipnorm), ("clipvalue", clipvalue)):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not value > 0 or value == float("inf"):
+            raise ValueError(f"{key} must be a positive number (each layer's gradient "
+                             f"{'norm' if key == 'clipnorm' else 'values'} are clipped "
+                             f"to it), got {value!r}.")
+        given[key] = float(value)
+    if len(given) > 1:
+        raise ValueError("clipnorm and clipvalue: give one of the two (Keras' "
+                         f"optimizers take one clipping), got both: {given}.")
+    return given
+
+
 def train_classifier(model_name="lenet5", data="digits", *, epochs=30, batch_size=32,
                      learning_rate=None, augment=True, image_size=None, out_dir=None,
                      overwrite=False, export=True, seed=0, verbose=1, backbone_weights=None,
                      regime=None, strategy=None, mixed_precision=False, jit_compile=False,
-                     steps_per_epoch=None, callbacks=()):
+                     steps_per_epoch=None, callbacks=(), clipnorm=None, clipvalue=None):
     """Train a classifier on ``data`` and report its held-out top-1 accuracy.
 
     Args:
@@ -231,6 +251,8 @@ def train_classifier(model_name="lenet5", data="digits", *, epochs=30, batch_siz
         mixed_precision: build and train under the ``mixed_float16`` policy
             (float32 outputs); the export is float32.
         jit_compile: XLA-compile the train step.
+        clipnorm, clipvalue: Adam clips each weight's gradient to this L2 norm, or
+            each gradient value to ``[-clipvalue, clipvalue]`` (one of the two).
     Returns:
         A :class:`TrainResult`.
     Raises:
@@ -239,6 +261,7 @@ def train_classifier(model_name="lenet5", data="digits", *, epochs=30, batch_siz
     from kvision.data import load as load_data
 
     _check_arguments(epochs, batch_size, steps_per_epoch)
+    clip = clipping(clipnorm, clipvalue)
     # First: a multi-worker strategy must exist before TensorFlow runs any op.
     strategy = distribute.get_strategy(strategy)
     plan, backbone = plan_model(model_name, data, backbone_weights=backbone_weights,
@@ -259,7 +282,7 @@ def train_classifier(model_name="lenet5", data="digits", *, epochs=30, batch_siz
             model = _float32_outputs(_build(plan, backbone, len(bundle.class_names),
                                             backbone_weights, regime))
             schedule = keras.optimizers.schedules.CosineDecay(learning_rate, steps)
-            model.compile(optimizer=keras.optimizers.Adam(schedule),
+            model.compile(optimizer=keras.optimizers.Adam(schedule, **clip),
                           loss="sparse_categorical_crossentropy",
                           metrics=["accuracy"], jit_compile=bool(jit_compile))
     finally:

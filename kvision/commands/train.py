@@ -35,6 +35,11 @@ def add_parser(subparsers):
                    help="detectors, segmenters and pose: the optimizer (default the "
                         "task's: adam; --optimizer rmsprop --lr 2.5e-4 is the stacked "
                         "hourglass paper's)")
+    p.add_argument("--clipnorm", type=float, default=None,
+                   help="clip each weight's gradient to this L2 norm (a positive number)")
+    p.add_argument("--clipvalue", type=float, default=None,
+                   help="clip every gradient value to [-CLIPVALUE, CLIPVALUE] (positive; "
+                        "not with --clipnorm)")
     p.add_argument("--image-size", type=int, default=None)
     p.add_argument("--out", default=None,
                    help="the run folder (default saved_models/MODEL); one holding a "
@@ -88,7 +93,8 @@ def run(args) -> int:
                                   regime=args.regime, strategy=args.strategy,
                                   mixed_precision=args.mixed_precision,
                                   jit_compile=args.jit,
-                                  steps_per_epoch=args.steps_per_epoch)
+                                  steps_per_epoch=args.steps_per_epoch,
+                                  clipnorm=args.clipnorm, clipvalue=args.clipvalue)
     if result.initial_epoch:
         print(f"resumed from epoch {result.initial_epoch} (of {args.epochs})")
     print(f"test top-1 accuracy: {result.test_accuracy:.4f} "
@@ -123,7 +129,8 @@ def _run_task(args, task) -> int:
                             max_images=args.max_images, jit_compile=args.jit,
                             steps_per_epoch=args.steps_per_epoch,
                             optimizer=args.optimizer,
-                            augment=False if args.no_augment else None)
+                            augment=False if args.no_augment else None,
+                            clipnorm=args.clipnorm, clipvalue=args.clipvalue)
     if result.initial_epoch:
         print(f"resumed from epoch {result.initial_epoch}")
     print(f"held-out {result.metric_label}: {result.figure:.4f} after {result.seconds:.1f} s "

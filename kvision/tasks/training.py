@@ -79,7 +79,7 @@ class HeldOutFigure(keras.callbacks.Callback):
 OPTIMIZERS = {
     "adam": keras.optimizers.Adam,
     "rmsprop": keras.optimizers.RMSprop,
-    "sgd": lambda rate: keras.optimizers.SGD(rate, momentum=0.9),
+    "sgd": lambda rate, **clip: keras.optimizers.SGD(rate, momentum=0.9, **clip),
 }
 
 
@@ -87,7 +87,7 @@ def train_task(model_name, data=None, *, epochs=None, batch_size=None, learning_
                image_size=None, out_dir=None, overwrite=False, export=True, seed=0,
                verbose=1, backbone_weights=None, regime=None, model_args=None,
                max_images=None, jit_compile=False, steps_per_epoch=None, callbacks=(),
-               optimizer=None, augment=None):
+               optimizer=None, augment=None, clipnorm=None, clipvalue=None):
     """Train the registered network ``model_name`` for its task on ``data`` (default
     the task's, ``digit-scenes``) and measure it on held-out data.
 
@@ -96,16 +96,18 @@ def train_task(model_name, data=None, *, epochs=None, batch_size=None, learning_
     ``epochs``, ``batch_size``, ``learning_rate`` (cosine-decayed to 0) and
     ``optimizer`` (a key of :data:`OPTIMIZERS`) are the task's. ``augment``: ``False``
     turns off a task's training augmentation (``None``: the task's default; tasks
-    whose batches are not augmented refuse ``False``). Returns a
+    whose batches are not augmented refuse ``False``). ``clipnorm`` / ``clipvalue``:
+    the optimizer's gradient clipping (:func:`kvision.train.clipping`). Returns a
     :class:`TaskTrainResult`.
     """
     from kvision.predict import Trained
-    from kvision.train import _check_arguments
+    from kvision.train import _check_arguments, clipping
 
     info = registry.get_info(model_name)
     task = base.get_task(info.task)
     task.check_trainable(model_name)
     base.check_arguments(model_name, dict(model_args or {}))  # before any data is read
+    clip = clipping(clipnorm, clipvalue)
     optimizer = optimizer or task.default_optimizer
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {', '.join(sorted(OPTIMIZERS))}; "
@@ -131,7 +133,7 @@ def train_task(model_name, data=None, *, epochs=None, batch_size=None, learning_
     per_epoch = steps_per_epoch or -(-bundle.num_train // batch_size)
     model.compile(optimizer=OPTIMIZERS[optimizer](_schedule(
                       learning_rate or task.default_learning_rate, epochs * per_epoch,
-                      min(task.warmup_epochs * per_epoch, epochs * per_epoch // 2))),
+                      min(task.warmup_epochs * per_epoch, epochs * per_epoch // 2)), **clip),
                   loss=task.losses(model_name, model), jit_compile=bool(jit_compile))
     extra = {"augment": augment} if task.augments and augment is not None else {}
     train_ds = task.fit_dataset(model_name, model, bundle, batch_size=batch_size, seed=seed,
