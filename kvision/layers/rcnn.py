@@ -233,3 +233,16 @@ class BoxHeadDecode(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "image_size": self.image_size,
                 "min_size": self.min_size}
+
+
+@keras.saving.register_keras_serializable(package="kvision")
+class ValidBoxes(keras.layers.Layer):
+    """``(B, P, 4)`` xyxy boxes -> ``(B, P)`` bool: the box has an area (x2 > x1 and
+    y2 > y1). Proposals given as an input are padded with zero rows."""
+
+    def call(self, boxes):
+        ops = keras.ops
+        return ops.logical_and(boxes[..., 2] > boxes[..., 0], boxes[..., 3] > boxes[..., 1])
+
+    def compute_output_spec(self, boxes):
+        return keras.KerasTensor(boxes.shape[:-1], "bool")

@@ -80,14 +80,18 @@ def _module(name):
 
 
 def _shape(model):
-    return tuple(int(d) for d in model.input_shape[1:])
+    return tuple(int(d) for d in model.inputs[0].shape[1:])  # the images
 
 
 def inference_images(model):
     """``BATCH`` digit scenes, float32 raw pixels, at ``model``'s input size: what an
     inference model that is not its network itself answers in the contract (it may
     take other images than the network: OverFeat's slides over whole scenes)."""
-    return _scenes(model).images.astype("float32")
+    scenes = _scenes(model)
+    images = scenes.images.astype("float32")
+    if len(model.inputs) == 2:  # Fast R-CNN's detector: the proposals too
+        return [images, _proposals_for(model, scenes)]
+    return images
 
 
 def _scenes(model, *, objects=(1, 2), size=None, seed=0):
@@ -186,6 +190,28 @@ def _rcnn_batch(model, name):
     return batch[0].numpy(), {k: v.numpy() for k, v in batch[1].items()}
 
 
+def _proposals_for(model, scenes):
+    """Fast R-CNN's second input: each scene's boxes, then their top-left quarters,
+    padded to the model's proposal count."""
+    from kvision.models.detection import fast_rcnn
+
+    count = int(model.inputs[1].shape[1])
+    found = [np.concatenate([b, (b + np.tile(b[:, :2], 2)) / 2]) for b in scenes.boxes]
+    return fast_rcnn.pad_proposals(found, count)
+
+
+def _fast_rcnn_batch(model, name):
+    """Fast R-CNN: ``[images, proposals]`` and the padded ground truth (as Faster
+    R-CNN's batches hold it)."""
+    from kvision.models.detection import rcnn
+
+    scenes = _scenes(model)
+    images, y = next(iter(rcnn.training_dataset(scenes, model, batch_size=BATCH,
+                                                shuffle=False, max_boxes=4)))
+    return [images.numpy(), _proposals_for(model, scenes)], {k: v.numpy()
+                                                             for k, v in y.items()}
+
+
 # Detectors differ in targets and losses by family module; a new detector in one of
 # these modules is covered, a new module adds an entry.
 _DETECTORS = {
@@ -193,6 +219,7 @@ _DETECTORS = {
     "yolo_v1": (_yolo_batch, lambda module, model: module.loss(model)),
     "overfeat": (_overfeat_batch, lambda module, model: module.losses()),
     "rcnn": (_rcnn_batch, lambda module, model: module.losses(model)),
+    "fast_rcnn": (_fast_rcnn_batch, lambda module, model: module.losses(model)),
 }
 
 
@@ -317,6 +344,8 @@ TASKS = {
                                 fpn_channels=8, representation=16,
                                 rpn_pre_nms_top_n=(64, 64), rpn_post_nms_top_n=(32, 16),
                                 sampling={"box_batch_size_per_image": 16}),
+            "fast_rcnn": dict(**_NAMED, classes=10, input_shape=(64, 64, 3),
+                              representation=16, max_proposals=8),
         }),
         batch=_detection_batch,
         loss=_detection_loss,

@@ -87,6 +87,8 @@ class TwoStageDetector(TaskModel):
     ``(images, {"boxes" (B, G, 4) xyxy pixels, "classes" (B, G) int, -1 padding})``
     (:func:`training_dataset`). The four parts of the loss are logged as metrics."""
 
+    loss_names = LOSS_PARTS  # one tracker each; a subclass with more losses adds names
+
     def __init__(self, inputs, outputs, name=None, **kwargs):
         sampling = kwargs.pop("sampling", None) or {}
         super().__init__(inputs, outputs, name=name, **kwargs)
@@ -94,7 +96,7 @@ class TwoStageDetector(TaskModel):
         if "box_bg_iou" in sampling:
             sampling["box_bg_iou"] = tuple(sampling["box_bg_iou"])
         self.sampling = Sampling(**sampling)
-        self.loss_trackers = [keras.metrics.Mean(name=part) for part in LOSS_PARTS]
+        self.loss_trackers = [keras.metrics.Mean(name=part) for part in self.loss_names]
 
     def get_config(self):
         return {**super().get_config(), "sampling": dataclasses.asdict(self.sampling)}
@@ -127,21 +129,32 @@ class TwoStageDetector(TaskModel):
 
     def loss_parts(self, y, y_pred):
         """The RPN's objectness and box losses, then the box head's classification and
-        box losses on RoIs sampled against ``y``."""
-        s = self.sampling
+        box losses on RoIs sampled against ``y``, then :meth:`roi_losses`."""
         gt_boxes = keras.ops.cast(y["boxes"], "float32")
         gt_classes = keras.ops.cast(y["classes"], "int32")
-        proposals = self.get_layer("proposals")
-        anchors = keras.ops.convert_to_tensor(proposals.anchors)
+        rpn = self.rpn_losses(y_pred, gt_boxes, gt_classes)
+        box, (rois, roi_labels, matched) = self.head_losses(y_pred, gt_boxes, gt_classes)
+        return [*rpn, *box, *self.roi_losses(y, y_pred, rois, roi_labels, matched)]
+
+    def rpn_losses(self, y_pred, gt_boxes, gt_classes):
+        """Anchors labelled at IoU 0.7 / 0.3, 256 sampled per image with up to half
+        positive: ``(objectness, box)`` losses."""
+        s = self.sampling
+        anchors = keras.ops.convert_to_tensor(self.get_layer("proposals").anchors)
         labels, matched = rcnn_ops.label_anchors(anchors, gt_boxes, gt_classes,
                                                  high=s.rpn_fg_iou, low=s.rpn_bg_iou)
         labels = rcnn_ops.sample_anchors(labels, s.rpn_batch_size_per_image,
                                          s.rpn_positive_fraction)
         targets = rcnn_ops.encode_deltas(rcnn_ops.take_matched(gt_boxes, matched),
                                          anchors[None])
-        rpn = rcnn_ops.rpn_losses(y_pred["rpn_objectness"], y_pred["rpn_deltas"], labels,
-                                  targets)
-        rois, roi_labels, roi_targets, _ = rcnn_ops.sample_rois(
+        return rcnn_ops.rpn_losses(y_pred["rpn_objectness"], y_pred["rpn_deltas"], labels,
+                                   targets)
+
+    def head_losses(self, y_pred, gt_boxes, gt_classes):
+        """RoIs sampled from the proposals and the ground truth, pooled and answered by
+        the box head: ``((classification, box) losses, (rois, labels, matched))``."""
+        s = self.sampling
+        rois, roi_labels, roi_targets, matched = rcnn_ops.sample_rois(
             y_pred["proposals"], y_pred["proposal_valid"], gt_boxes, gt_classes,
             num=s.box_batch_size_per_image, positive_fraction=s.box_positive_fraction,
             fg_iou=s.box_fg_iou, bg_iou=s.box_bg_iou)
@@ -149,7 +162,15 @@ class TwoStageDetector(TaskModel):
         head = self.get_layer("box_head")(pooled)
         box = rcnn_ops.box_head_losses(head["class_logits"], head["box_deltas"], roi_labels,
                                        roi_targets)
-        return [*rpn, *box]
+        return box, (rois, roi_labels, matched)
+
+    def roi_losses(self, y, y_pred, rois, labels, matched):
+        """Losses of further heads on the sampled RoIs (``labels``: 0 background, class
+        + 1 foreground, -1 padding; ``matched``: index into the gt), one per extra
+        entry of ``loss_names``: none here (Mask R-CNN's mask loss:
+        :mod:`kvision.models.detection.mask_rcnn`)."""
+        del y, y_pred, rois, labels, matched
+        return []
 
 
 # --- the network --------------------------------------------------------------------
@@ -222,7 +243,10 @@ def _pooler(fpn, pooling):
 def _build(name, registry_name, *, classes, input_shape, backbone, backbone_weights,
            trainable_backbone, fpn, fpn_channels, representation, anchor_sizes,
            anchor_ratios, pooling, rpn_pre_nms_top_n, rpn_post_nms_top_n,
-           rpn_nms_threshold, sampling, weights):
+           rpn_nms_threshold, sampling, weights, task="detection", model_class=None,
+           extend=None):
+    """The network; ``extend(outputs, images) -> more outputs`` adds a head on the
+    pyramid (Mask R-CNN's), built as ``model_class`` (a :class:`TwoStageDetector`)."""
     check_classes(classes)
     levels = ("P2", "P3", "P4", "P5") if fpn else ("P4",)
     images, feats = backbone_features(
@@ -251,8 +275,11 @@ def _build(name, registry_name, *, classes, input_shape, backbone, backbone_weig
                "proposals": found["proposals"], "proposal_valid": found["valid"],
                "class_logits": answers["class_logits"], "box_deltas": answers["box_deltas"],
                **dict(zip(names, maps))}
-    model = TwoStageDetector(images, outputs, name=name or registry_name, task="detection",
-                             sampling=dataclasses.asdict(Sampling(**(sampling or {}))))
+    if extend is not None:
+        outputs.update(extend(outputs, images))
+    model = (model_class or TwoStageDetector)(
+        images, outputs, name=name or registry_name, task=task,
+        sampling=dataclasses.asdict(Sampling(**(sampling or {}))))
     return load_weights(model, weights)
 
 
@@ -379,9 +406,9 @@ def _sanitized_scenes(scenes, model):
     from kvision.ops import boxes as box_ops
 
     shape = scenes.images.shape[1:3]
-    if tuple(shape) != tuple(model.input_shape[1:3]):
-        raise ValueError(f"The images are {tuple(shape)} but the model takes "
-                         f"{tuple(model.input_shape[1:3])}.")
+    takes = tuple(model.inputs[0].shape[1:3])  # the images (Fast R-CNN: and proposals)
+    if tuple(shape) != takes:
+        raise ValueError(f"The images are {tuple(shape)} but the model takes {takes}.")
     boxes, classes = box_ops.sanitize_images(scenes.boxes, scenes.classes, shape,
                                              num_classes=model_classes(model),
                                              caller="rcnn.training_dataset")
