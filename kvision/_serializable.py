@@ -46,6 +46,7 @@ MODULES = (
     "kvision.losses.detection",
     "kvision.losses.segmentation",
     "kvision.metrics.segmentation",
+    "kvision.models.detection.fast_rcnn",
     "kvision.models.detection.rcnn",
     "kvision.tasks.model",
 )
