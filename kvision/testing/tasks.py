@@ -212,6 +212,17 @@ def _fast_rcnn_batch(model, name):
                                                              for k, v in y.items()}
 
 
+def _rcnn_classic_batch(model, name):
+    """R-CNN fine-tunes on warped regions: the scenes' ground-truth boxes warped to the
+    model's crops, labelled with their class + 1 (0 is the background)."""
+    scenes = _scenes(model)
+    module = _module(name)
+    crops = np.concatenate([module.warp_regions(image, boxes, _shape(model)[0], context=2)
+                            for image, boxes in zip(scenes.images, scenes.boxes)])
+    labels = np.concatenate(scenes.classes) + 1
+    return crops[:BATCH], {"class_logits": labels[:BATCH]}
+
+
 # Detectors differ in targets and losses by family module; a new detector in one of
 # these modules is covered, a new module adds an entry.
 _DETECTORS = {
@@ -220,6 +231,7 @@ _DETECTORS = {
     "overfeat": (_overfeat_batch, lambda module, model: module.losses()),
     "rcnn": (_rcnn_batch, lambda module, model: module.losses(model)),
     "fast_rcnn": (_fast_rcnn_batch, lambda module, model: module.losses(model)),
+    "rcnn_classic": (_rcnn_classic_batch, lambda module, model: module.losses(model)),
 }
 
 
@@ -344,6 +356,7 @@ TASKS = {
                                 fpn_channels=8, representation=16,
                                 rpn_pre_nms_top_n=(64, 64), rpn_post_nms_top_n=(32, 16),
                                 sampling={"box_batch_size_per_image": 16}),
+            "rcnn": dict(classes=10, backbone="alexnet", input_shape=(63, 63, 3)),
             "fast_rcnn": dict(**_NAMED, classes=10, input_shape=(64, 64, 3),
                               representation=16, max_proposals=8),
         }),
