@@ -274,6 +274,8 @@ def _segmentation_loss(model, name):
 def _instance_batch(model, name):
     from kvision.models.segmentation import instance
 
+    if _module(name) is not instance:  # Mask R-CNN: boxes, classes and masks, padded
+        return _rcnn_batch(model, name)
     scenes = _scenes(model, objects=2)
     return scenes.images.astype("float32"), instance.training_targets(scenes.semantic,
                                                                       scenes.masks)
@@ -379,7 +381,12 @@ TASKS = {
         check=_check_probabilities),
     "instance_segmentation": TaskCase(
         small=sizes({"two_network_instance": _small_segmenter(network="unet",
-                                                               filters=4)}),
+                                                               filters=4),
+                     "mask_rcnn": dict(**_NAMED, classes=10, input_shape=(64, 64, 3),
+                                       fpn_channels=8, representation=16, mask_channels=8,
+                                       rpn_pre_nms_top_n=(64, 64),
+                                       rpn_post_nms_top_n=(32, 16),
+                                       sampling={"box_batch_size_per_image": 16})}),
         batch=_instance_batch,
         loss=lambda model, name: _module(name).losses(),
         inference=_inference,
