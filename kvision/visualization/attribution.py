@@ -1,0 +1,498 @@
+"""Attribution maps: which pixels and which regions a network's answer rests on.
+
+- :func:`saliency`: ``|d score / d pixel|``, the largest over colour channels
+  (Simonyan et al., 2013); ``smoothgrad=n`` averages it over ``n`` copies of the
+  image with Gaussian noise (Smilkov et al., 2017).
+- :func:`guided_backprop` (Springenberg et al., 2014) and :func:`deconvnet` (Zeiler &
+  Fergus, 2013): the gradient with every activation's backward pass replaced (below).
+- :func:`gradcam` (Selvaraju et al., 2017), :func:`gradcam_plus_plus` (Chattopadhay et
+  al., 2018) and :func:`occlusion` (Zeiler & Fergus): ``(N, H, W)`` float32 maps in
+  [0, 1] at the input's resolution.
+
+**The score.** For a classifier, the logit of ``class_index`` (default: each image's
+top class): when the model ends in a softmax or sigmoid (an ``Activation`` or
+``Softmax`` layer, or a ``Dense``/``Conv2D`` with that activation), the score is read
+before it, as the Grad-CAM paper asks (a probability saturates). For a segmenter
+(:func:`kvision.tasks.task_of`), the sum of the class's logits over the pixels the
+model assigns to that class (over every pixel if it assigns none). For a detector's
+inference model, ``scores[:, detection]`` of its outputs (detections come sorted,
+best first). ``target=`` takes any ``f(outputs) -> (N,)`` instead.
+
+**How it runs.** The model's graph is evaluated step by step, nested models inlined
+(:func:`kvision.features.graph`), so a layer inside a nested backbone is a tensor on
+the path from the input to the score, where ``GradientTape`` can watch it; building a
+sub-model to it would fail ("Graph disconnected", tensorflow#44462) or branch off the
+path. The user's model is not changed: the activation of a ``Dense``/``Conv2D`` layer
+is taken off for one call and put back in a ``finally``.
+
+**The backward rules** of guided backpropagation and the deconvnet, for an
+activation ``y = f(x)`` receiving gradient ``g`` from above:
+
+- guided: ``f'(x) * g * [x > 0] * [g > 0]``, which for ReLU is Springenberg's rule
+  (pass the gradient where the input and the gradient are positive);
+- deconvnet: ``g * [g > 0]`` (the reconstruction is rectified, whatever the forward
+  input was), Zeiler & Fergus's rule.
+
+Any activation in :data:`RECTIFIERS` gets the rule, not only ReLU (MONAI#6057,
+keras-vis#177): for GELU, SiLU/swish, ELU, leaky ReLU... guided backpropagation keeps
+the activation's own derivative ``f'(x)`` where ``x > 0`` and drops the negative
+side (where those functions differ from ReLU). Gates (sigmoid, tanh, softmax, hard
+sigmoid, as in squeeze-and-excitation blocks) keep their ordinary gradient: they
+scale a signal rather than rectify it. Activations computed inside a custom layer's
+``call`` (``keras.ops.relu``) are not seen; ``PReLU`` (it holds a weight) keeps its
+ordinary gradient.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import keras
+import numpy as np
+
+from kvision import features
+from kvision.visualization import layers as _layers
+
+__all__ = ["RECTIFIERS", "deconvnet", "gradcam", "gradcam_plus_plus", "guided_backprop",
+           "occlusion", "saliency", "score_target"]
+
+# Activation functions (by keras.activations name) that the guided / deconvnet rules
+# replace; keras.activations.get("swish") is silu, "hard_swish" is hard_silu.
+RECTIFIERS = frozenset({"relu", "relu6", "leaky_relu", "elu", "selu", "celu", "gelu",
+                        "silu", "hard_silu", "mish", "softplus", "squareplus"})
+_RECTIFIER_LAYERS = (keras.layers.ReLU, keras.layers.LeakyReLU, keras.layers.ELU)
+_OUTPUT_SQUASH = ("softmax", "sigmoid")
+RULES = (None, "guided", "deconvnet")
+
+
+# --- evaluating the graph -------------------------------------------------------------
+
+def _tf():
+    import tensorflow as tf
+
+    return tf
+
+
+def _name(fn) -> str:
+    return getattr(fn, "__name__", "") if fn is not None else ""
+
+
+def _override(fn, rule):
+    """``fn`` (elementwise) with its backward pass replaced by ``rule``."""
+    tf = _tf()
+
+    @tf.custom_gradient
+    def call(x):
+        def grad(g):
+            if rule == "deconvnet":
+                return tf.nn.relu(g)
+            with tf.GradientTape() as tape:  # f'(x) * relu(g), for any f
+                tape.watch(x)
+                y = fn(x)
+            local = tape.gradient(y, x, output_gradients=tf.nn.relu(g))
+            return local * tf.cast(x > 0, local.dtype)
+        return fn(x), grad
+
+    return call
+
+
+@contextlib.contextmanager
+def _without_activation(layer):
+    """``layer.activation`` set to linear for one call, restored whatever happens."""
+    original = layer.activation
+    layer.activation = keras.activations.linear
+    try:
+        yield original
+    finally:
+        layer.activation = original
+
+
+def _call(op, args, kwargs, rule, logits):
+    """One step of the graph under ``rule``; ``logits``: read before a final squash."""
+    activation = getattr(op, "activation", None)
+    name = _name(activation)
+    if logits and (isinstance(op, keras.layers.Softmax) or (
+            isinstance(op, keras.layers.Activation) and name in _OUTPUT_SQUASH)):
+        return args[0]
+    if isinstance(op, keras.layers.Activation) and rule and name in RECTIFIERS:
+        return _override(lambda x: op(x), rule)(args[0])
+    if isinstance(op, _RECTIFIER_LAYERS) and rule:
+        return _override(lambda x: op(x), rule)(args[0])
+    if not isinstance(op, keras.layers.Activation) and (
+            (logits and name in _OUTPUT_SQUASH) or (rule and name in RECTIFIERS)):
+        with _without_activation(op) as original:
+            z = op(*args, **kwargs)
+        return z if name in _OUTPUT_SQUASH else _override(original, rule)(z)
+    return op(*args, **kwargs)
+
+
+def _single_image_input(g):
+    if len(g.inputs) != 1:
+        raise ValueError(f"Attribution needs a model with one image input; "
+                         f"{g.model.name!r} has {len(g.inputs)} inputs.")
+
+
+def forward(model, images, *, watch=None, rule=None, logits=True, tape=None):
+    """``(outputs, watched)``: ``model``'s outputs for ``images`` computed step by
+    step (nested models inlined), and the output of the layer at path ``watch``
+    (None if not asked), watched by ``tape``. ``rule``: None, "guided" or
+    "deconvnet" (the module docstring); ``logits``: the final softmax/sigmoid is
+    left out. Outputs are a list in the model's output order, or a dict for a model
+    with dict outputs."""
+    if rule not in RULES:
+        raise ValueError(f"rule must be one of {RULES}, got {rule!r}.")
+    g = features.graph(model)
+    _single_image_input(g)
+    target = _layers.resolve(model, watch) if watch is not None else None
+    final = {t for t in g.outputs}
+    values = {g.inputs[0]: images}
+    watched = None
+    for step in g.steps:
+        feed = {raw: values[outer] for raw, outer in step.alias.items()}
+        args, kwargs = step.node.arguments.fill_in(feed)
+        squash = logits and any(t in final for t in step.outputs)
+        result = _call(step.op, args, kwargs, rule, squash)
+        for t, value in zip(step.outputs, keras.tree.flatten(result)):
+            values[t] = value
+        if target is not None and _matches(step.path, target):
+            watched = values[step.outputs[0]]
+            if tape is not None:
+                tape.watch(watched)
+    outputs = [values[t] for t in g.outputs]
+    structure = features.functional(model)._outputs_struct
+    if isinstance(structure, dict):
+        outputs = keras.tree.pack_sequence_as(structure, outputs)
+    return outputs, watched
+
+
+def _matches(path, target):
+    # resolve_path gives the top-level name alone for a nested model itself.
+    return tuple(path) == tuple(target) or (len(target) == 1 and path[-1] == target[0]
+                                            and len(path) == 1)
+
+
+# --- what is explained ---------------------------------------------------------------
+
+def _task(model):
+    from kvision.tasks import task_of
+
+    try:
+        return task_of(model)
+    except ValueError:
+        return "classification"
+
+
+def score_target(model, class_index=None, detection=None):
+    """``f(outputs) -> (N,)``: the score explained (module docstring) and the classes
+    chosen, for ``model``'s task. ``class_index``: None (each image's top class), an
+    int, or one per image."""
+    task = _task(model)
+    tf = _tf()
+    if task in ("detection", "localization"):
+        index = 0 if detection is None else int(detection)
+
+        def detected(outputs):
+            scores = outputs["scores"] if isinstance(outputs, dict) else outputs[1]
+            if not 0 <= index < scores.shape[1]:
+                raise ValueError(f"detection must be in [0, {scores.shape[1]}) (the "
+                                 f"detector keeps {scores.shape[1]}), got {index}.")
+            return scores[:, index]
+        return detected
+
+    def classes_of(scores):
+        top = tf.argmax(tf.reshape(scores, (-1, scores.shape[-1])), axis=-1)
+        if class_index is None:
+            return tf.cast(top, tf.int32) if scores.shape.rank == 2 else None
+        count = scores.shape[-1]
+        chosen = np.broadcast_to(np.asarray(class_index), (scores.shape[0],))
+        if chosen.min() < 0 or chosen.max() >= count:
+            raise ValueError(f"class_index must be in [0, {count}) (the model has "
+                             f"{count} classes), got {class_index!r}.")
+        return tf.constant(chosen, tf.int32)
+
+    def classified(outputs):
+        scores = outputs[0] if isinstance(outputs, (list, tuple)) else outputs
+        if scores.shape.rank == 4:
+            return _segment_score(scores, classes_of(scores))
+        if scores.shape.rank != 2:
+            raise ValueError(f"Cannot tell which score to explain in outputs of shape "
+                             f"{tuple(scores.shape)}: pass target=f(outputs) -> (N,).")
+        return tf.gather(scores, classes_of(scores), batch_dims=1)
+    return classified
+
+
+def _segment_score(logits, chosen):
+    """Sum of each image's class logit over the pixels predicted as that class."""
+    tf = _tf()
+    labels = tf.argmax(logits, axis=-1, output_type=tf.int32)
+    if chosen is None:  # the most frequent predicted class of each image
+        counts = tf.math.bincount(labels, minlength=logits.shape[-1], axis=-1)
+        chosen = tf.argmax(counts, axis=-1, output_type=tf.int32)
+    mask = tf.cast(labels == chosen[:, None, None], logits.dtype)
+    mask = tf.where(tf.reduce_sum(mask, axis=(1, 2), keepdims=True) > 0, mask, 1.0)
+    picked = tf.gather(logits, chosen, axis=-1, batch_dims=1)
+    return tf.reduce_sum(picked * tf.stop_gradient(mask), axis=(1, 2))
+
+
+def _images(model, images):
+    array = np.asarray(keras.ops.convert_to_numpy(images), "float32")
+    expected = features.functional(model).inputs[0].shape
+    if array.ndim == len(expected) - 1:
+        array = array[None]
+    if array.ndim != len(expected) or any(
+            e is not None and e != a for e, a in zip(expected[1:], array.shape[1:])):
+        raise ValueError(f"images must be shaped {('N',) + tuple(expected[1:])} for "
+                         f"model {model.name!r}, got {array.shape}.")
+    return array
+
+
+def _gradients(model, images, target, *, layer=None, rule=None):
+    """``(layer output or images, d score / d it)`` as NumPy arrays."""
+    tf = _tf()
+    x = tf.convert_to_tensor(images)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        outputs, watched = forward(model, x, watch=layer, rule=rule, tape=tape)
+        score = tf.reduce_sum(target(outputs))
+    wrt = x if layer is None else watched
+    grad = tape.gradient(score, wrt)
+    if grad is None:
+        raise ValueError(f"The score of {model.name!r} does not depend on "
+                         f"{layer or 'its input'!r}: choose a layer before the output.")
+    return wrt.numpy(), grad.numpy()
+
+
+# --- maps ----------------------------------------------------------------------------
+
+def _to_unit(maps):
+    """Per map: negative values to 0, then divided by the largest (all 0 stays 0)."""
+    maps = np.maximum(maps, 0).astype("float32")
+    top = maps.reshape(len(maps), -1).max(axis=1).reshape(-1, *[1] * (maps.ndim - 1))
+    return np.where(top > 0, maps / np.where(top > 0, top, 1), 0).astype("float32")
+
+
+def _upsample(maps, size):
+    """``(N, h, w)`` -> ``(N, H, W)`` bilinear (``keras.ops.image.resize``)."""
+    resized = keras.ops.image.resize(maps[..., None], size, interpolation="bilinear")
+    return keras.ops.convert_to_numpy(resized)[..., 0]
+
+
+def _target(model, class_index, detection, target):
+    return target or score_target(model, class_index, detection)
+
+
+def _cam_inputs(model, images, class_index, layer, detection, target):
+    images = _images(model, images)
+    layer = layer or _layers.last_spatial_layer(model)
+    activations, grads = _gradients(model, images, _target(model, class_index, detection,
+                                                           target), layer=layer)
+    if activations.ndim != 4:
+        raise ValueError(f"Layer {layer!r} gives {activations.shape}: Grad-CAM needs a "
+                         f"spatial map (N, H, W, C).")
+    return images, activations, grads
+
+
+def gradcam(model, images, class_index=None, layer=None, *, detection=None, target=None):
+    """Grad-CAM maps, ``(N, H, W)`` float32 in [0, 1] at the input's resolution.
+
+    ``L = ReLU(sum_k a_k A^k)`` with ``a_k`` the spatial mean of ``d score / d A^k``,
+    ``A`` the output of ``layer`` (a name or path through nested models; default the
+    last layer with a spatial map, :func:`kvision.visualization.layers.
+    last_spatial_layer`), resized bilinearly to the input and divided by its maximum.
+    The score: the module docstring (``class_index``, ``detection``, ``target``).
+    """
+    images, a, g = _cam_inputs(model, images, class_index, layer, detection, target)
+    weights = g.mean(axis=(1, 2), keepdims=True)
+    cam = np.maximum((weights * a).sum(axis=-1), 0)
+    return _to_unit(_upsample(cam, images.shape[1:3]))
+
+
+def gradcam_plus_plus(model, images, class_index=None, layer=None, *, detection=None,
+                      target=None):
+    """Grad-CAM++ maps, as :func:`gradcam` with the weights of Chattopadhay et al.
+    (the closed form for an exponential score, as pytorch-grad-cam computes it):
+    ``a_kij = g^2 / (2 g^2 + sum_ab A^k_ab g^3)``, ``w_k = sum_ij a_kij ReLU(g_kij)``.
+    """
+    images, a, g = _cam_inputs(model, images, class_index, layer, detection, target)
+    g2, g3 = g ** 2, g ** 3
+    denominator = 2 * g2 + a.sum(axis=(1, 2), keepdims=True) * g3
+    alpha = np.where(g != 0, g2 / np.where(denominator != 0, denominator, 1e-7), 0)
+    weights = (alpha * np.maximum(g, 0)).sum(axis=(1, 2), keepdims=True)
+    cam = np.maximum((weights * a).sum(axis=-1), 0)
+    return _to_unit(_upsample(cam, images.shape[1:3]))
+
+
+def saliency(model, images, class_index=None, smoothgrad=0, noise=0.15, *,
+             detection=None, target=None, seed=0):
+    """Saliency maps, ``(N, H, W)`` float32 in [0, 1]: ``|d score / d pixel|``, the
+    largest over channels, divided by its maximum.
+
+    ``smoothgrad``: 0 for the vanilla gradient, else the number of noisy copies whose
+    maps are averaged; their noise is Gaussian with standard deviation ``noise``
+    times each image's value range (Smilkov et al. find 10-20% best). The class is
+    chosen on the clean image, so every copy explains the same one.
+    """
+    images = _images(model, images)
+    target = _fixed_target(model, images, class_index, detection, target)
+    if not smoothgrad:
+        return _to_unit(_pixel_map(_gradients(model, images, target)[1]))
+    if int(smoothgrad) < 1 or noise < 0:
+        raise ValueError(f"smoothgrad must be 0 or a number of samples >= 1 and noise "
+                         f">= 0, got {smoothgrad!r} and {noise!r}.")
+    rng = np.random.default_rng(seed)
+    spread = (images.max(axis=(1, 2, 3)) - images.min(axis=(1, 2, 3))) * noise
+    total = 0.0
+    for _ in range(int(smoothgrad)):
+        noisy = images + rng.normal(size=images.shape) * spread[:, None, None, None]
+        total += _pixel_map(_gradients(model, noisy.astype("float32"), target)[1])
+    return _to_unit(total / int(smoothgrad))
+
+
+def _top_classes(model, images):
+    """Each image's class as the default score picks it on ``images`` (a
+    classifier's top logit, a segmenter's most frequent predicted class), or None
+    for a detector: so that noisy or occluded copies explain the same class."""
+    tf = _tf()
+    if _task(model) in ("detection", "localization"):
+        return None
+    outputs, _ = forward(model, tf.convert_to_tensor(images))
+    scores = outputs[0] if isinstance(outputs, (list, tuple)) else outputs
+    if len(scores.shape) == 2:
+        return np.argmax(scores.numpy(), axis=-1)
+    if len(scores.shape) == 4:
+        labels = np.argmax(scores.numpy(), axis=-1).reshape(len(images), -1)
+        return np.array([np.bincount(row, minlength=scores.shape[-1]).argmax()
+                         for row in labels])
+    return None
+
+
+def _pixel_map(grads):
+    """``|grads|``, the largest over colour channels for images (N, H, W, C)."""
+    grads = np.abs(grads)
+    return grads.max(axis=-1) if grads.ndim == 4 else grads
+
+
+def _fixed_target(model, images, class_index, detection, target):
+    """The score to explain, with the class fixed on the clean ``images``."""
+    if target is not None:
+        return target
+    if class_index is None:
+        class_index = _top_classes(model, images)
+    return score_target(model, class_index, detection)
+
+
+def _unit_target(model, layer, unit):
+    """``f`` for the Zeiler-Fergus projection: the largest activation of channel
+    ``unit`` of ``layer`` (default: each image's most active channel)."""
+    tf = _tf()
+
+    def strongest(watched):
+        flat = tf.reshape(watched, (tf.shape(watched)[0], -1, watched.shape[-1]))
+        peaks = tf.reduce_max(flat, axis=1)
+        chosen = (tf.argmax(peaks, axis=-1, output_type=tf.int32) if unit is None
+                  else tf.fill([tf.shape(peaks)[0]], int(unit)))
+        return tf.gather(peaks, chosen, batch_dims=1)
+    return strongest
+
+
+def _projection(model, images, rule, class_index, layer, unit, detection, target):
+    tf = _tf()
+    images = _images(model, images)
+    x = tf.convert_to_tensor(images)
+    if layer is not None:
+        channels = _layers.find_layer(model, layer).output.shape[-1]
+        if unit is not None and not 0 <= int(unit) < channels:
+            raise ValueError(f"unit must be in [0, {channels}) for layer {layer!r}, "
+                             f"got {unit}.")
+        explain = _unit_target(model, layer, unit)
+    else:
+        explain = _target(model, class_index, detection, target)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        outputs, watched = forward(model, x, watch=layer, rule=rule, tape=tape)
+        score = tf.reduce_sum(explain(watched if layer is not None else outputs))
+    return tape.gradient(score, x).numpy()
+
+
+def guided_backprop(model, images, class_index=None, *, layer=None, unit=None,
+                    detection=None, target=None):
+    """Guided backpropagation: ``d score / d pixel`` ``(N, H, W, C)`` float32 (signed,
+    unscaled) with the guided rule at every activation (module docstring). With
+    ``layer``, the score is the largest activation of channel ``unit`` of that layer
+    (default: its most active channel) instead of a class."""
+    return _projection(model, images, "guided", class_index, layer, unit, detection,
+                       target)
+
+
+def deconvnet(model, images, layer=None, unit=None, *, class_index=None, detection=None,
+              target=None):
+    """Zeiler & Fergus's deconvnet projection ``(N, H, W, C)`` float32 (signed,
+    unscaled): the largest activation of channel ``unit`` of ``layer`` (default:
+    its most active channel; without ``layer``, the class score) taken back to the
+    pixels with the deconvnet rule at every activation (module docstring)."""
+    return _projection(model, images, "deconvnet", class_index, layer, unit, detection,
+                       target)
+
+
+def occlusion(model, images, class_index=None, patch=None, stride=None, *,
+              detection=None, target=None, fill=None, batch_size=64):
+    """Occlusion sensitivity ``(N, H, W)`` float32 in [0, 1] (Zeiler & Fergus).
+
+    A ``patch`` x ``patch`` square (default an eighth of the image side, at least 2)
+    of ``fill`` (default each image's mean value) slides with ``stride`` (default
+    half the patch); each pixel gets the mean drop of the score over the squares
+    that cover it. Drops below 0 (hiding the region raised the score) count as 0.
+    The score is fixed on the clean image (its top class when ``class_index`` is
+    None).
+    """
+    images = _images(model, images)
+    n, h, w, _ = images.shape
+    patch = int(patch or max(2, min(h, w) // 8))
+    stride = int(stride or max(1, patch // 2))
+    if patch < 1 or stride < 1 or patch > min(h, w):
+        raise ValueError(f"patch must be in [1, {min(h, w)}] and stride >= 1, got "
+                         f"patch={patch}, stride={stride}.")
+    classes = None if class_index is not None or target is not None else \
+        _top_classes(model, images)
+    score = _scorer(model)
+    corners = [(y, x) for y in _starts(h, patch, stride) for x in _starts(w, patch, stride)]
+    maps = np.zeros((n, h, w), "float32")
+    for i in range(n):
+        chosen = classes if class_index is None else class_index
+        if chosen is not None and np.ndim(chosen):
+            chosen = np.asarray(chosen)[i]  # one class per image
+        explain = target or score_target(model, chosen, detection)
+        base = score(images[i:i + 1], explain)[0]
+        value = images[i].mean() if fill is None else fill
+        drops, counts = np.zeros((h, w), "float32"), np.zeros((h, w), "float32")
+        for start in range(0, len(corners), batch_size):
+            chunk = corners[start:start + batch_size]
+            batch = np.repeat(images[i:i + 1], len(chunk), axis=0)
+            for b, (y, x) in enumerate(chunk):
+                batch[b, y:y + patch, x:x + patch] = value
+            for drop, (y, x) in zip(base - score(batch, explain), chunk):
+                drops[y:y + patch, x:x + patch] += drop
+                counts[y:y + patch, x:x + patch] += 1
+        maps[i] = drops / np.maximum(counts, 1)
+    return _to_unit(maps)
+
+
+def _starts(size, patch, stride):
+    """Window starts covering ``[0, size)``, the last one flush with the end."""
+    starts = list(range(0, size - patch + 1, stride))
+    return starts if starts[-1] == size - patch else starts + [size - patch]
+
+
+def _scorer(model):
+    """``score(batch, target) -> (B,)`` NumPy, the model's forward pass compiled
+    once (``tf.function``) for every occluded batch."""
+    tf = _tf()
+
+    @tf.function(reduce_retracing=True)
+    def outputs_of(batch):
+        return forward(model, batch)[0]
+
+    def score(batch, target):
+        outputs = outputs_of(tf.convert_to_tensor(batch, tf.float32))
+        return np.asarray(target(outputs))
+    return score
