@@ -129,7 +129,8 @@ def plot_gradient_norms(history, path, title=None):
     """The gradient norms of a :class:`GradientNorms` (or its ``history`` dict) to
     ``path`` (PNG): left, each layer's norm against its depth at the first, middle and
     last recorded step; right, every layer's norm over training, coloured by depth.
-    Log scale: vanishing gradients show as a slope toward the input."""
+    Log scale: vanishing gradients show as a slope toward the input; norms that are
+    exactly 0 (a layer whose units all died) are left out and counted in a title."""
     from kvision.visualization.plots import _pyplot, _save
 
     history = getattr(history, "history", history)
@@ -138,7 +139,9 @@ def plot_gradient_norms(history, path, title=None):
         raise ValueError("No gradient norms recorded: expected a GradientNorms callback "
                          "that ran in fit (or its history dict with 'steps' and 'norms').")
     names = list(norms)
-    values = np.maximum(np.array([norms[n] for n in names], "float64"), 1e-30)
+    values = np.array([norms[n] for n in names], "float64")
+    zeros = values == 0  # dead layers (all ReLUs off): no point on a log scale
+    values[zeros] = np.nan
     plt = _pyplot()
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8))
     shown = sorted({0, len(steps) // 2, len(steps) - 1})
@@ -155,6 +158,9 @@ def plot_gradient_norms(history, path, title=None):
     right.set_yscale("log")
     right.set_xlabel("training step")
     right.set_title("per layer (dark: input side, light: output side)", fontsize=9)
+    if zeros.any():
+        left.set_title(f"exactly 0, not drawn: {int(zeros.sum())} of {zeros.size} "
+                       f"(layer, step) norms", fontsize=9)
     for ax in (left, right):
         ax.grid(alpha=0.3)
     if title:
