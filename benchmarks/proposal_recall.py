@@ -9,7 +9,7 @@ proposals of Faster R-CNN, for instance). Prints a table and its seconds per ima
 and draws recall against the number of proposals to a PNG.
 
     python benchmarks/proposal_recall.py [--images 200] [--size 96] [--clutter 2]
-        [--out saved_models/proposal_recall.png]
+        [--rpn saved_models/faster_rcnn/faster_rcnn.keras] [--out saved_models/proposal_recall.png]
 """
 
 from __future__ import annotations
@@ -65,6 +65,24 @@ def selective_search(mode):
         BUDGETS))
 
 
+def rpn(path):
+    """The trained RPN of a saved Faster R-CNN (its run folder's ``NAME.keras`` or a
+    checkpoint) for :func:`recall_table`: the valid proposals after NMS, best first."""
+    import keras
+
+    from kvision.models.detection.rcnn import TwoStageDetector
+
+    model = keras.saving.load_model(path, safe_mode=True)
+    if not isinstance(model, TwoStageDetector):  # the detector: its nested network
+        model = next(layer for layer in model.layers if isinstance(layer, TwoStageDetector))
+
+    def propose(image):
+        out = model.predict(np.asarray(image, "float32")[None], verbose=0)
+        return out["proposals"][0][out["proposal_valid"][0]]
+
+    return propose
+
+
 def print_table(results, budgets=BUDGETS, thresholds=THRESHOLDS):
     """One row per budget, a column per method and IoU; then each method's cost."""
     columns = [(name, j) for name in results for j in range(len(thresholds))]
@@ -105,12 +123,16 @@ def main(argv=None):
     parser.add_argument("--size", type=int, default=96)
     parser.add_argument("--clutter", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rpn", default=None, metavar="MODEL.keras",
+                        help="also a trained Faster R-CNN's RPN (at the scenes' size)")
     parser.add_argument("--out", default="saved_models/proposal_recall.png")
     args = parser.parse_args(argv)
     scenes = digit_scenes(args.images, image_size=args.size, clutter=args.clutter,
                           subset="test", seed=args.seed)
     methods = {f"selective search ({mode})": selective_search(mode)
                for mode in proposal_lib.MODES}
+    if args.rpn:
+        methods["trained RPN"] = rpn(args.rpn)
     results = recall_table(methods, scenes)
     print(f"{args.images} held-out digit scenes, {args.size}x{args.size}, clutter "
           f"{args.clutter}, {sum(len(b) for b in scenes.boxes)} objects")
