@@ -1,5 +1,5 @@
 """The ``kvision`` command: ``list``, ``info``, ``train``, ``evaluate``, ``predict``,
-``sort`` and ``export`` (thin over the library)."""
+``explain``, ``sort`` and ``export`` (thin over the library)."""
 
 from __future__ import annotations
 

@@ -53,8 +53,9 @@ import numpy as np
 from kvision import features
 from kvision.visualization import layers as _layers
 
-__all__ = ["RECTIFIERS", "deconvnet", "gradcam", "gradcam_plus_plus", "guided_backprop",
-           "occlusion", "saliency", "score_target"]
+__all__ = ["RECTIFIERS", "deconvnet", "forward", "gradcam", "gradcam_plus_plus",
+           "guided_backprop", "occlusion", "overlay", "projection_image", "saliency",
+           "score_target"]
 
 # Activation functions (by keras.activations name) that the guided / deconvnet rules
 # replace; keras.activations.get("swish") is silu, "hard_swish" is hard_silu.
@@ -496,3 +497,37 @@ def _scorer(model):
         outputs = outputs_of(tf.convert_to_tensor(batch, tf.float32))
         return np.asarray(target(outputs))
     return score
+
+
+# --- pictures ------------------------------------------------------------------------
+
+def _rgb(image):
+    """``image`` (H, W, 1 or 3), values 0..255 -> float32 (H, W, 3) in [0, 1]."""
+    image = np.asarray(image, "float32")
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.ndim != 3 or image.shape[-1] not in (1, 3):
+        raise ValueError(f"image must be (H, W, 1) or (H, W, 3), got {image.shape}.")
+    return np.clip(np.repeat(image, 3 // image.shape[-1], axis=-1) / 255.0, 0, 1)
+
+
+def overlay(image, heatmap, alpha=0.5, colormap="inferno") -> np.ndarray:
+    """``heatmap`` (H, W) in [0, 1] coloured with matplotlib's ``colormap`` and
+    blended over ``image`` (H, W, 1 or 3, 0..255): uint8 (H, W, 3)."""
+    from matplotlib import colormaps
+
+    heatmap = np.asarray(heatmap, "float32")
+    if heatmap.shape != np.shape(image)[:2]:
+        raise ValueError(f"heatmap {heatmap.shape} and image {np.shape(image)[:2]} "
+                         f"differ in size.")
+    coloured = colormaps[colormap](np.clip(heatmap, 0, 1))[..., :3]
+    return np.round(((1 - alpha) * _rgb(image) + alpha * coloured) * 255).astype("uint8")
+
+
+def projection_image(gradients) -> np.ndarray:
+    """A signed projection (H, W, C) as uint8 (H, W, 3): grey 128 is zero, each
+    pixel ``128 + 127 * g / max |g|`` (the sign kept, as Springenberg shows it)."""
+    g = np.asarray(gradients, "float32")
+    top = np.abs(g).max()
+    g = g / top if top > 0 else g
+    return np.round(_rgb(127.5 + 127.5 * g) * 255).astype("uint8")
