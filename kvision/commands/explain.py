@@ -86,6 +86,8 @@ def run(args) -> int:
     if args.layer is not None:
         resolve(model, args.layer)  # an unknown path fails before any computing
     images, _, _ = load_images([args.image], trained)
+    if trained.detector:
+        _check_detection(model, images, args)
     kind, found = methods()[args.method](model, images, args)
     image = images[0]
     drawn = A.overlay(image, found[0]) if kind == "map" else A.projection_image(found[0])
@@ -93,6 +95,15 @@ def run(args) -> int:
     print(f"kvision explain: {args.method} of {trained.describe()}"
           f"{_what(trained, model, images, args)} -> {args.out}", file=sys.stderr)
     return 0
+
+
+def _check_detection(model, images, args):
+    """``--detection`` must name one the detector found in the image."""
+    found = int(model.predict(images, verbose=0)["num_detections"][0])
+    index = args.detection or 0
+    if not 0 <= index < found:
+        raise ValueError(f"--detection {index}: the detector found {found} detections "
+                         f"in {args.image} (numbered from 0, best first).")
 
 
 def _side_by_side(image, drawn):

@@ -16,7 +16,8 @@ before it, as the Grad-CAM paper asks (a probability saturates). For a segmenter
 (:func:`kvision.tasks.task_of`), the sum of the class's logits over the pixels the
 model assigns to that class (over every pixel if it assigns none). For a detector's
 inference model, ``scores[:, detection]`` of its outputs (detections come sorted,
-best first). ``target=`` takes any ``f(outputs) -> (N,)`` instead.
+best first; an image with fewer detections gets an all-zero map). ``target=`` takes
+any ``f(outputs) -> (N,)`` instead.
 
 **How it runs.** The model's graph is evaluated step by step, nested models inlined
 (:func:`kvision.features.graph`), so a layer inside a nested backbone is a tensor on

@@ -142,6 +142,75 @@ def test_occlusion_finds_the_only_pixels_the_score_reads():
     assert maps[:1].max() == maps[5:].max() == maps[:, :4].max() == maps[:, 7:].max() == 0
 
 
+# --- detectors, segmenters, transfer models ---------------------------------------------
+
+def test_a_detections_saliency_is_the_gradient_of_its_score_through_three_models():
+    """A localizer's inference model nests the localizer, which nests its backbone;
+    the score of detection k is its ``scores[:, k]``, differentiated here through
+    Keras' own call of the detector (decode and NMS included). Image 0 has one
+    detection, image 1 two."""
+    import kvision
+    from kvision.models.detection import localization
+    from kvision.visualization import layers
+
+    keras.utils.set_random_seed(0)
+    model = kvision.create("localizer", backbone="lenet5", classes=10, objects=2,
+                           input_shape=(32, 32, 1), hidden_units=16)
+    detector = localization.inference_model(model, score_threshold=0.0, max_detections=4)
+    x = tf.constant(np.random.default_rng(3).uniform(0, 255, (2, 32, 32, 1)), tf.float32)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        found = detector(x)
+        score = tf.reduce_sum(found["scores"][:, 0])
+    np.testing.assert_array_equal(found["num_detections"], [1, 2])
+    expected = np.abs(tape.gradient(score, x).numpy()).max(axis=-1)
+    expected /= expected.max(axis=(1, 2), keepdims=True)
+    got = A.saliency(detector, x.numpy(), detection=0)
+    np.testing.assert_allclose(got, expected, atol=float32_atol(expected, terms=400,
+                                                                depth=6))
+    assert layers.last_spatial_layer(detector) == "localizer/backbone/s4_pool"
+    cam = A.gradcam(detector, x.numpy(), detection=1, layer="localizer/backbone/c3_conv")
+    assert cam.shape == (2, 32, 32) and cam[1].max() == 1.0
+    assert cam[0].max() == 0.0  # no second detection: nothing to explain
+    with pytest.raises(ValueError, match=r"detection must be in \[0, 4\)"):
+        A.gradcam(detector, x.numpy(), detection=4)
+
+
+def test_a_segmenters_score_is_one_class_summed_over_its_pixels():
+    from kvision.tasks import with_task
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="c1")(inputs)
+    logits = keras.layers.Conv2D(3, 1, name="logits")(x)
+    probabilities = keras.layers.Activation("softmax", name="softmax")(logits)
+    model = with_task(keras.Model(inputs, probabilities), "segmentation")
+    images = np.random.default_rng(4).uniform(0, 1, (2, 8, 8, 3)).astype("float32")
+    raw = keras.Model(inputs, logits)(images).numpy()  # Keras' call, before softmax
+    labels = raw.argmax(axis=-1)
+    for c in range(3):
+        mask = labels == c
+        expected = np.where(mask.any(axis=(1, 2)),
+                            (raw[..., c] * mask).sum(axis=(1, 2)), raw[..., c].sum((1, 2)))
+        outputs, _ = A.forward(model, tf.constant(images))
+        got = A.score_target(model, c)(outputs).numpy()
+        np.testing.assert_allclose(got, expected, atol=float32_atol(expected, terms=64))
+    assert A.gradcam(model, images, class_index=1, layer="c1").shape == (2, 8, 8)
+
+
+def test_gradcam_runs_on_a_transfer_model_by_its_backbones_path():
+    from kvision import transfer
+
+    keras.utils.set_random_seed(0)
+    model = transfer.build_classifier("lenet5", classes=3, weights=None,
+                                      input_shape=(32, 32, 1))
+    x = np.random.default_rng(5).uniform(0, 255, (2, 32, 32, 1)).astype("float32")
+    by_path = A.gradcam(model, x, class_index=0, layer="backbone/c3_conv")
+    by_name = A.gradcam(model, x, class_index=0, layer="c3_conv")
+    np.testing.assert_array_equal(by_path, by_name)
+    assert by_path.shape == (2, 32, 32) and by_path.max() == 1.0
+
+
 # --- a classifier trained on digit scenes ---------------------------------------------
 
 SIZE = 32

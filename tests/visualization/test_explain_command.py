@@ -89,3 +89,27 @@ def test_other_bad_input_exits_2_with_one_line(files, tmp_path, capsys, extra, w
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and words in err
     assert not (tmp_path / "x.png").exists()
+
+
+def test_a_detector_explains_one_detection_and_refuses_one_it_did_not_find(tmp_path,
+                                                                           capsys):
+    import kvision
+    from kvision.models.detection import localization
+
+    keras.utils.set_random_seed(0)
+    model = kvision.create("localizer", backbone="lenet5", classes=10, objects=2,
+                           input_shape=(32, 32, 1), hidden_units=16)
+    detector = localization.inference_model(model, score_threshold=0.0,
+                                            max_detections=4)
+    detector.save(tmp_path / "det.keras")
+    pixels = np.random.default_rng(3).integers(0, 256, (32, 32), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "scene.png")
+    found = int(detector(pixels[None, ..., None].astype("float32"))["num_detections"][0])
+    argv = ["explain", str(tmp_path / "det.keras"), str(tmp_path / "scene.png")]
+    assert cli.main(argv + ["--detection", "0", "--out", str(tmp_path / "d.png")]) == 0
+    assert "detection 0" in capsys.readouterr().err
+    assert cli.main(argv + ["--detection", str(found), "--out",
+                            str(tmp_path / "e.png")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"found {found} detections" in err
+    assert not (tmp_path / "e.png").exists()
