@@ -21,7 +21,7 @@ PREPROCESSING_MODES = ("caffe", "tf", "torch", "none")
 # What a network does; "segmentation" is semantic segmentation (a class per pixel).
 # A list: a task module may add its own (kvision.tasks.base.register_task).
 TASKS = ["classification", "localization", "detection", "segmentation",
-         "instance_segmentation", "pose"]
+         "instance_segmentation", "pose", "embedding"]
 _BUILTIN_TASKS = tuple(TASKS)
 
 

@@ -4,6 +4,7 @@ from kvision.layers.atrous import AtrousConv2D
 from kvision.layers.backbone import InferenceBackbone
 from kvision.layers.detection import NonMaxSuppression
 from kvision.layers.labeling import InstanceLabeling
+from kvision.layers.margin import ArcFace, CosFace, MarginHead, NormFace, SphereFace
 from kvision.layers.normalization import LocalResponseNormalization
 from kvision.layers.overfeat import LocalizerDecode, WindowDecode
 from kvision.layers.pose import HeatmapDecode, HorizontalFlip
@@ -20,6 +21,7 @@ __all__ = ["AtrousConv2D", "ChannelShuffle", "ChannelSplit", "ImagePreprocessing
            "NonMaxSuppression", "ScaledResidual"]
 __all__ += ["HeatmapDecode", "HorizontalFlip"]
 __all__ += ["RoIAlign", "RoIPooling"]
+__all__ += ["ArcFace", "CosFace", "MarginHead", "NormFace", "SphereFace"]
 __all__ += ["BilinearKernel", "LocalizerDecode", "MaxPoolingWithArgmax2D", "MaxUnpooling2D",
             "ResizeLike", "WindowDecode", "YOLOv1Decode", "YOLOv1Output", "YOLOv3Decode",
             "YOLOv3Output"]

@@ -21,7 +21,7 @@ SEGMENTING = ("segmentation", "instance_segmentation")
 # What a model of each task is called in messages.
 NOUNS = {"classification": "classifier", "localization": "localizer",
          "detection": "detector", "segmentation": "segmenter",
-         "instance_segmentation": "instance segmenter"}
+         "instance_segmentation": "instance segmenter", "embedding": "embedding model"}
 
 __all__ = ["TASKS", "TaskModel", "check_inference_model", "class_word", "noun",
            "output_names", "task_of",

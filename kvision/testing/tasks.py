@@ -330,6 +330,33 @@ def _check_keypoints(model, x, outputs):
         f"{model.name}: keypoints outside the {width}x{height} image"
 
 
+# --- embedding -------------------------------------------------------------------------
+
+def _embedding_batch(model, name):
+    """``BATCH`` random images of alternating identities: the contrastive loss has
+    pairs to push apart whatever the batch size."""
+    rng = np.random.default_rng(3)
+    images = rng.uniform(0, 255, (BATCH, *_shape(model))).astype("float32")
+    return images, np.arange(BATCH) % 2
+
+
+def _embedding_loss():
+    from kvision.losses.embedding import ContrastiveLoss
+
+    return ContrastiveLoss()
+
+
+def _check_embeddings(model, x, outputs):
+    """The embedding protocol: finite ``(N, D)`` vectors, unit length when the model
+    ends in ``UnitNormalization``."""
+    embeddings = np.asarray(outputs)
+    assert embeddings.ndim == 2 and len(embeddings) == len(x), \
+        f"{model.name}: embeddings {embeddings.shape} for images {x.shape}"
+    assert np.all(np.isfinite(embeddings)), f"{model.name}: embeddings not finite"
+    if isinstance(model.layers[-1], keras.layers.UnitNormalization):
+        np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)
+
+
 _NAMED = {"backbone": SMALL_BACKBONE}
 
 TASKS = {
@@ -398,4 +425,10 @@ TASKS = {
         loss=lambda model, name: _module(name).losses(model),
         inference=lambda model, name: _module(name).inference_model(model),
         check=_check_keypoints),
+    "embedding": TaskCase(
+        small=default_small,
+        batch=_embedding_batch,
+        loss=lambda model, name: _embedding_loss(),
+        inference=lambda model, name: model,  # it answers embeddings itself
+        check=_check_embeddings),
 }
