@@ -2,4 +2,21 @@
 
 from kvision.visualization.plots import plot_confusion_matrix, plot_training_curves
 
-__all__ = ["plot_confusion_matrix", "plot_training_curves"]
+# Attribution maps and layers by path load Keras: imported when first asked for.
+_LAZY = {"kvision.visualization.attribution": (
+             "deconvnet", "gradcam", "gradcam_plus_plus", "guided_backprop", "occlusion",
+             "saliency"),
+         "kvision.visualization.layers": (
+             "activations", "activations_grid", "filters_grid", "layer_output")}
+
+__all__ = ["plot_confusion_matrix", "plot_training_curves",
+           *(name for names in _LAZY.values() for name in names)]
+
+
+def __getattr__(name):
+    import importlib
+
+    for module, names in _LAZY.items():
+        if name in names:
+            return getattr(importlib.import_module(module), name)
+    raise AttributeError(f"module 'kvision.visualization' has no attribute {name!r}")

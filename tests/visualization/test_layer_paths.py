@@ -73,3 +73,14 @@ def test_activations_grid_tiles_each_channel(tmp_path):
     assert small[6:10, 1:5].max() == 0  # channel 2 (second row)
     with pytest.raises(ValueError, match=r"\(h, w, C\)"):
         layers.activations_grid(np.zeros((1, 4, 4, 3)))
+
+
+def test_the_package_exports_the_maps_and_layer_tools():
+    import kvision.visualization as visualization
+    from kvision.visualization import attribution
+
+    assert visualization.gradcam is attribution.gradcam
+    assert visualization.layer_output is layers.layer_output
+    assert set(visualization.__all__) >= {"gradcam", "gradcam_plus_plus", "saliency",
+                                          "guided_backprop", "deconvnet", "occlusion",
+                                          "layer_output", "filters_grid", "activations"}
