@@ -213,9 +213,9 @@ def clipping(clipnorm=None, clipvalue=None) -> dict:
             continue
         if isinstance(value, bool) or not isinstance(value, (int, float)) \
                 or not value > 0 or value == float("inf"):
-            raise ValueError(f"{key} must be a positive number (each layer's gradient "
-                             f"{'norm' if key == 'clipnorm' else 'values'} are clipped "
-                             f"to it), got {value!r}.")
+            what = ("the L2 norm each weight's gradient is clipped to" if key == "clipnorm"
+                    else "the bound every gradient value is clipped to")
+            raise ValueError(f"{key} must be a positive number ({what}), got {value!r}.")
         given[key] = float(value)
     if len(given) > 1:
         raise ValueError("clipnorm and clipvalue: give one of the two (Keras' "
