@@ -72,6 +72,12 @@ class ModelInfo:
             ``"torch"`` (keras.applications' ``preprocess_input`` of the
             counterpart) or ``"none"`` (the network preprocesses inside, or has no
             ImageNet weights and kvision trains it on raw pixels).
+        torch_layout: the torchvision state-dict naming the network follows (a key
+            of ``kvision.weights_torch.LAYOUTS``), so ``weights=`` takes a ``.pth``
+            file; None if it follows none.
+        checkpoint: the published checkpoint ``weights="imagenet"`` converts, with
+            what its publisher reports: ``{"url", "sha256"`` (prefix), ``"top1",
+            "top5"`` (ImageNet validation, %), ``"source"}``; None if none.
     """
 
     name: str
@@ -92,6 +98,8 @@ class ModelInfo:
     default_classes: int = 1000
     preprocessing: str = "none"
     imagenet_loader: Callable | None = None
+    torch_layout: str | None = None
+    checkpoint: dict | None = None
 
     @property
     def has_imagenet_weights(self) -> bool:

@@ -6,7 +6,9 @@ its weights into the kvision model. A local file is a Keras 3 ``.weights.h5`` (o
 legacy ``.h5``); before loading, its variables are compared with the model's, and a
 mismatch is a ``ValueError`` naming the first variables that differ.
 :func:`load_torch_checkpoint` reads a PyTorch ``.pth`` state dict as NumPy arrays
-without torch (see :mod:`kvision.torch_checkpoint`).
+without torch (see :mod:`kvision.torch_checkpoint`); a network of torchvision's
+layout (``ModelInfo.torch_layout``) takes such a file as ``weights=`` (see
+:mod:`kvision.weights_torch`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import keras
 import numpy as np
 
 from kvision.torch_checkpoint import load_torch_checkpoint  # noqa: F401  (public here)
+from kvision.weights_torch import TORCH_EXTENSIONS, load_torch_file
 
 
 def check_weights_argument(info, weights, *, include_top, classes,
@@ -53,10 +56,17 @@ def check_weights_argument(info, weights, *, include_top, classes,
             f"Weights file not found: {weights!r} (expected 'imagenet', None or an "
             f"existing .weights.h5 file)."
         )
+    if weights.endswith(TORCH_EXTENSIONS):
+        if info.torch_layout is None:
+            raise ValueError(
+                f"{info.name} does not follow a torchvision layout, so it cannot take "
+                f"the PyTorch checkpoint {weights!r}; pass a Keras .weights.h5 file.")
+        return
     if not weights.endswith(".h5"):
         raise ValueError(
             f"Weights file {weights!r} must be a Keras '.weights.h5' (or legacy "
-            f"'.h5') file."
+            f"'.h5') file"
+            + (", or a torchvision '.pth' checkpoint." if info.torch_layout else ".")
         )
 
 
@@ -70,6 +80,8 @@ def load_into(model, weights, info, *, include_top=True, keras_kwargs=None):
             return info.imagenet_loader(model, info, include_top)
         return load_imagenet(model, info, include_top=include_top,
                              **(keras_kwargs or {}))
+    if weights.endswith(TORCH_EXTENSIONS):
+        return load_torch_file(model, weights, info.torch_layout)
     return load_file(model, weights)
 
 

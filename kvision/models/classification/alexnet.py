@@ -11,6 +11,7 @@ import keras
 from kvision.layers import LocalResponseNormalization
 from kvision.models._builder import build, builder_args
 from kvision.registry import register
+from kvision.weights_torch import torchvision_weights
 
 PAPER = "ImageNet Classification with Deep Convolutional Neural Networks"
 
@@ -70,7 +71,8 @@ def alexnet_head(x, classes, classifier_activation):
           params_convention="trainable",
           params_source="torchvision alexnet (AlexNet_Weights.IMAGENET1K_V1 "
                         "num_params); no BatchNorm, so all parameters",
-          stage_outputs={4: "conv1", 8: "conv2", 16: "conv5", 32: "pool5"})
+          stage_outputs={4: "conv1", 8: "conv2", 16: "conv5", 32: "pool5"},
+          **torchvision_weights("alexnet", "alexnet-owt-7be5be79.pth", 56.522, 79.066))
 def AlexNet(include_top=True, weights=None, input_tensor=None, input_shape=None,
             pooling=None, classes=1000, classifier_activation="softmax", name=None,
             local_response_norm=False):

@@ -24,6 +24,7 @@ from kvision.blocks.residual import (SUFFIXES, basic_block, bottleneck_block,
                                      preact_residual_stage, residual_stage)
 from kvision.models._builder import build, builder_args
 from kvision.registry import register
+from kvision.weights_torch import torchvision_weights
 
 PAPER = "Deep Residual Learning for Image Recognition"
 PAPER_V2 = "Identity Mappings in Deep Residual Networks"
@@ -111,19 +112,25 @@ def resnet(registry_name, depth, layout, args, **body_kwargs):
     return build(registry_name, body, **builder_args(args))
 
 
+# torchvision's ImageNet checkpoints of the networks of its layout: file, acc@1, acc@5.
+TORCHVISION = {"resnet18": ("resnet18-f37072fd.pth", 69.758, 89.078),
+               "resnet34": ("resnet34-b627a593.pth", 73.314, 91.420)}
+
+
 def _register(name, depth, layout, num_params):
     keras_app = {"keras": f"ResNet{depth}", "keras_v2": f"ResNet{depth}V2"}.get(layout)
     source = (f"keras.applications.{keras_app}, count_params()" if keras_app
               else f"torchvision {name}, trainable parameters")
     v2 = layout == "keras_v2"
+    torch = (torchvision_weights("resnet", *TORCHVISION[name]) if name in TORCHVISION
+             else dict(preprocessing={"keras": "caffe", "keras_v2": "tf"}.get(layout, "none")))
     return register(
         name, task="classification", family="resnet", year=2016 if v2 else 2015,
         paper=PAPER_V2 if v2 else PAPER,
         key_idea="pre-activation residual units" if v2 else "residual connections",
         default_size=224, min_size=32, num_params=num_params,
         params_convention="keras" if keras_app else "trainable", params_source=source,
-        stage_outputs=stage_outputs(depth, layout), keras_application=keras_app,
-        preprocessing={"keras": "caffe", "keras_v2": "tf"}.get(layout, "none"))
+        stage_outputs=stage_outputs(depth, layout), keras_application=keras_app, **torch)
 
 
 @_register("resnet18", 18, "torchvision", 11_689_512)

@@ -1,0 +1,267 @@
+"""torchvision checkpoints (``.pth``) in kvision networks of torchvision's layout.
+
+A network registered with ``torch_layout`` (its state-dict naming, one of
+:data:`LAYOUTS`) takes ``weights="path/to/file.pth"``: the file is read without torch
+(:func:`kvision.torch_checkpoint.load_torch_checkpoint`), every state-dict name is
+mapped to a Keras layer, and the tensors move to Keras' layouts:
+
+- convolution kernels OIHW -> HWIO (a grouped kernel ``(O, I/g, kh, kw)`` becomes
+  ``(kh, kw, I/g, O)``, the layout of ``Conv2D(groups=g)``; a depthwise one
+  ``(C, 1, kh, kw)`` becomes ``(kh, kw, C, 1)``);
+- Linear weights ``(out, in)`` are transposed; the first Linear after a conv stack
+  (AlexNet, VGG) also has its inputs permuted, since torch flattens a feature map
+  as (C, H, W) and Keras as (H, W, C);
+- BatchNorm's weight, bias, running mean and running variance become gamma, beta
+  and the moving statistics.
+
+Everything is checked before any weight is set: a file that does not fit is a
+``ValueError`` naming the first keys that are missing, unexpected, or of another
+shape, and the model is left as it was. ``weights="imagenet"`` downloads
+torchvision's published checkpoint (``ModelInfo.checkpoint``) through
+``keras.utils.get_file``, checks its sha256 prefix (the one in torchvision's file
+name), converts it once and caches a ``.weights.h5`` (:func:`imagenet_loader`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+
+import keras
+import numpy as np
+
+from kvision.torch_checkpoint import load_torch_checkpoint
+
+TORCH_EXTENSIONS = (".pth", ".pt")
+# Bookkeeping tensors of torch modules that carry no weights.
+_IGNORED = ("num_batches_tracked",)
+
+
+def is_torch_file(path) -> bool:
+    """Whether ``path`` names a PyTorch checkpoint (by its extension)."""
+    return os.fspath(path).endswith(TORCH_EXTENSIONS)
+
+
+# ---- state-dict names of each layout: Keras layer name -> torch module prefix ----
+
+def _resnet_name(layer):
+    """torchvision's ResNet/ResNeXt names (``layer1.0.conv1``, ``layer2.0.downsample.1``)."""
+    fixed = {"conv1_conv": "conv1", "conv1_bn": "bn1", "predictions": "fc"}
+    if layer in fixed:
+        return fixed[layer]
+    match = re.fullmatch(r"conv(\d)_block(\d+)_(\d)_(conv|bn)", layer)
+    if not match:
+        return None
+    stage, block, unit, kind = match.groups()
+    prefix = f"layer{int(stage) - 1}.{int(block) - 1}"
+    if unit == "0":  # the projection shortcut: Sequential(conv1x1, BatchNorm)
+        return f"{prefix}.downsample.{0 if kind == 'conv' else 1}"
+    return f"{prefix}.{'conv' if kind == 'conv' else 'bn'}{unit}"
+
+
+# AlexNet.features: conv at 0, 3, 6, 8, 10 (ReLU and MaxPool modules in between);
+# classifier: Dropout, Linear(1), ReLU, Dropout, Linear(4), ReLU, Linear(6).
+_ALEXNET = {"conv1": "features.0", "conv2": "features.3", "conv3": "features.6",
+            "conv4": "features.8", "conv5": "features.10", "fc1": "classifier.1",
+            "fc2": "classifier.4", "predictions": "classifier.6"}
+
+
+def _vgg_name(layer, model):
+    """torchvision's VGG names: ``features.<i>`` counts every module of the conv
+    stack (Conv2d, BatchNorm2d, ReLU, MaxPool2d); the classifier's Linear layers
+    are 0, 3 and 6 (ReLU and Dropout between)."""
+    fixed = {"fc1": "classifier.0", "fc2": "classifier.3", "predictions": "classifier.6"}
+    if layer in fixed:
+        return fixed[layer]
+    index = 0
+    for other in model.layers:  # Keras creates them in torch's module order
+        if not re.fullmatch(r"block\d+_(conv\d+(_bn|_relu)?|pool)", other.name):
+            continue
+        if other.name == layer:
+            return f"features.{index}"
+        # A conv with its ReLU fused (the VGGs without BatchNorm) is two modules.
+        fused = getattr(getattr(other, "activation", None), "__name__", "") == "relu"
+        index += 2 if fused else 1
+    return None
+
+
+class Layout:
+    """How one family's state dict names its modules.
+
+    ``name(layer_name, model)`` gives a Keras layer's torch prefix (None: the layer
+    has no counterpart); ``head`` are the prefixes of the classifier, which a model
+    without top leaves unused; ``flattened`` the Dense layers fed by a Flatten of a
+    feature map (their inputs are permuted from torch's C, H, W order).
+    """
+
+    def __init__(self, name, head, flattened=()):
+        self.name, self.head, self.flattened = name, tuple(head), frozenset(flattened)
+
+
+LAYOUTS = {
+    "resnet": Layout(lambda layer, model: _resnet_name(layer), head=("fc.",)),
+    "alexnet": Layout(lambda layer, model: _ALEXNET.get(layer), head=("classifier.",),
+                      flattened=("fc1",)),
+    "vgg": Layout(_vgg_name, head=("classifier.",), flattened=("fc1",)),
+}
+
+
+# ---- tensors: torch layouts <-> Keras layouts ----
+
+def _keys(layer, prefix):
+    """The state-dict keys of ``layer``'s variables, in Keras' variable order."""
+    if isinstance(layer, keras.layers.BatchNormalization):
+        return [f"{prefix}.{k}" for k in ("weight", "bias", "running_mean", "running_var")]
+    return [f"{prefix}.weight", f"{prefix}.bias"][:len(layer.weights)]
+
+
+def _torch_shape(layer, index, shape):
+    """The torch shape of the Keras variable ``index`` of ``layer`` (of ``shape``)."""
+    if index or len(shape) == 1:
+        return tuple(shape)
+    if isinstance(layer, keras.layers.DepthwiseConv2D):
+        kh, kw, channels, multiplier = shape
+        return (channels * multiplier, 1, kh, kw)
+    if len(shape) == 4:
+        kh, kw, inputs, outputs = shape
+        return (outputs, inputs, kh, kw)
+    return (shape[1], shape[0])
+
+
+def _to_keras(layer, index, tensor, flattened_map=None):
+    """A torch tensor in the Keras layout of variable ``index`` of ``layer``."""
+    tensor = np.asarray(tensor, dtype="float32")
+    if index or tensor.ndim == 1:
+        return tensor
+    if isinstance(layer, keras.layers.DepthwiseConv2D):
+        return tensor.transpose(2, 3, 0, 1)
+    if tensor.ndim == 4:
+        return tensor.transpose(2, 3, 1, 0)
+    if flattened_map is not None:  # inputs in torch's (C, H, W) order -> (H, W, C)
+        height, width, channels = flattened_map
+        tensor = (tensor.reshape(-1, channels, height, width).transpose(0, 2, 3, 1)
+                  .reshape(tensor.shape[0], -1))
+    return tensor.T
+
+
+def _state_dict(checkpoint, path):
+    """The tensor dict of a checkpoint (a bare state dict, or under ``state_dict`` /
+    ``model``, with DataParallel's ``module.`` prefix dropped)."""
+    state = checkpoint
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not state:
+        raise ValueError(f"{path!r} holds no state dict (found {type(state).__name__}).")
+    if all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def torch_values(model, state, layout, *, source="the checkpoint"):
+    """``[(layer, [arrays in Keras layout])]`` for every weighted layer of ``model``
+    from the torch ``state`` dict; ``ValueError`` naming the first keys that differ
+    (missing, unexpected, shape) before anything is set."""
+    layout = LAYOUTS[layout] if isinstance(layout, str) else layout
+    has_top = any(layer.name == "predictions" for layer in model.layers)
+    used, missing, shapes, values = set(), [], [], []
+    for layer in model.layers:
+        if not layer.weights:
+            continue
+        prefix = layout.name(layer.name, model)
+        if prefix is None:
+            raise ValueError(f"Layer {layer.name!r} of {model.name!r} has no "
+                             f"counterpart in the torchvision layout.")
+        flat = None
+        if layer.name in layout.flattened:  # the (H, W, C) map its Flatten flattens
+            flat = tuple(model.get_layer("flatten").input.shape[1:])
+        arrays = []
+        for index, (variable, key) in enumerate(zip(layer.weights, _keys(layer, prefix))):
+            used.add(key)
+            want = _torch_shape(layer, index, tuple(variable.shape))
+            if key not in state:
+                missing.append(key)
+            elif tuple(np.shape(state[key])) != want:
+                shapes.append(f"{key}: the model expects {want}, {source} has "
+                              f"{tuple(np.shape(state[key]))}")
+            else:
+                arrays.append(_to_keras(layer, index, state[key], flat))
+        values.append((layer, arrays))
+    unexpected = [k for k in state if k not in used and not k.endswith(_IGNORED)
+                  and (has_top or not k.startswith(layout.head))]
+    problems = []
+    if missing:
+        problems.append(f"missing in {source}: {', '.join(missing[:5])}")
+    if unexpected:
+        problems.append(f"not in the model: {', '.join(unexpected[:5])}")
+    problems += shapes[:5]
+    if problems:
+        raise ValueError(f"{source} does not fit {model.name!r} (torchvision's "
+                         f"layout): " + "; ".join(problems))
+    return values
+
+
+def load_torch_file(model, path, layout):
+    """Load the torchvision checkpoint at ``path`` into ``model`` (all or nothing)."""
+    path = os.fspath(path)
+    state = _state_dict(load_torch_checkpoint(path), path)
+    values = torch_values(model, state, layout, source=f"checkpoint {path!r}")
+    for layer, arrays in values:
+        layer.set_weights(arrays)
+    return model
+
+
+# ---- weights="imagenet": torchvision's published file, converted once ----
+
+def download_checkpoint(info):
+    """torchvision's checkpoint of ``info`` through ``keras.utils.get_file``, its
+    sha256 checked against the prefix torchvision publishes; offline a
+    ``ConnectionError`` saying what to do instead."""
+    checkpoint = info.checkpoint
+    filename = checkpoint["url"].rsplit("/", 1)[-1]
+    try:
+        path = keras.utils.get_file(filename, checkpoint["url"],
+                                    cache_subdir=os.path.join("kvision", "torchvision"))
+    except Exception as error:  # no network, refused, interrupted
+        raise ConnectionError(
+            f"Could not download the ImageNet weights of {info.name} from "
+            f"{checkpoint['url']} ({error}). Offline, pass a local .pth or .weights.h5 "
+            f"file as `weights=`.") from error
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    if not digest.hexdigest().startswith(checkpoint["sha256"]):
+        os.remove(path)  # a corrupt download must not be found again in the cache
+        raise ValueError(f"{filename}: sha256 {digest.hexdigest()[:12]}... does not start "
+                         f"with torchvision's {checkpoint['sha256']}; file removed.")
+    return path
+
+
+def imagenet_loader(model, info, include_top):
+    """``ModelInfo.imagenet_loader`` of the torchvision-layout networks: the
+    downloaded checkpoint converted into the full network once and cached as a
+    ``.weights.h5``, then copied by layer name (any input size, with or without top)."""
+    from kvision import weights as weights_lib
+
+    def convert():
+        reference = info.builder()
+        return load_torch_file(reference, download_checkpoint(info), info.torch_layout)
+
+    path = weights_lib.cached_weights(f"{info.name}_imagenet.weights.h5", convert)
+    reference = info.builder()
+    reference.load_weights(path)
+    return weights_lib.copy_by_layer_name(reference, model)
+
+
+def torchvision_weights(layout, filename, top1, top5):
+    """The registry metadata of a network with torchvision's ``IMAGENET1K_V1``
+    checkpoint ``filename`` (``name-<sha256 prefix>.pth``, under
+    download.pytorch.org/models/) and its published accuracy (%)."""
+    sha256 = filename.rsplit("-", 1)[1].split(".pth")[0]
+    return dict(
+        torch_layout=layout, preprocessing="torch", imagenet_loader=imagenet_loader,
+        checkpoint=dict(url=f"https://download.pytorch.org/models/{filename}",
+                        sha256=sha256, top1=top1, top5=top5,
+                        source="torchvision IMAGENET1K_V1 metadata (acc@1, acc@5)"))

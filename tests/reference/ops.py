@@ -1,0 +1,133 @@
+"""torch.nn.functional's building blocks in NumPy (NCHW), from torch's definitions.
+
+Convolutions go through im2col and one matmul per group, in float64, so the
+reference is far more precise than the float32 network it checks.
+"""
+
+import math
+
+import numpy as np
+
+
+def _pairs(value):
+    return (value, value) if isinstance(value, int) else tuple(value)
+
+
+def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """``F.conv2d``: x ``(N, C, H, W)``, weight ``(O, C/groups, kh, kw)``; zero padding,
+    output side ``floor((H + 2p - d(k - 1) - 1) / s) + 1``."""
+    (sh, sw), (ph, pw), (dh, dw) = _pairs(stride), _pairs(padding), _pairs(dilation)
+    n, c, h, w = x.shape
+    out_c, in_per_group, kh, kw = weight.shape
+    if c != in_per_group * groups:
+        raise ValueError(f"conv2d: {c} input channels, weight wants {in_per_group * groups}")
+    x = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    ow = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    # columns[n, c, i, j, oh, ow] = x[n, c, oh*sh + i*dh, ow*sw + j*dw]
+    columns = np.empty((n, c, kh, kw, oh, ow))
+    for i in range(kh):
+        for j in range(kw):
+            columns[:, :, i, j] = x[:, :, i * dh:i * dh + sh * (oh - 1) + 1:sh,
+                                    j * dw:j * dw + sw * (ow - 1) + 1:sw]
+    out = np.empty((n, out_c, oh, ow))
+    per_out = out_c // groups
+    for g in range(groups):
+        cols = columns[:, g * in_per_group:(g + 1) * in_per_group]
+        cols = cols.reshape(n, in_per_group * kh * kw, oh * ow)
+        kernel = weight[g * per_out:(g + 1) * per_out].reshape(per_out, -1).astype(np.float64)
+        out[:, g * per_out:(g + 1) * per_out] = (kernel @ cols).reshape(n, per_out, oh, ow)
+    if bias is not None:
+        out += bias.reshape(1, -1, 1, 1)
+    return out
+
+
+def batch_norm(x, running_mean, running_var, weight, bias, eps=1e-5):
+    """``F.batch_norm`` in inference: the running statistics, per channel (axis 1)."""
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    scale = weight / np.sqrt(running_var.astype(np.float64) + eps)
+    return (x - running_mean.reshape(shape)) * scale.reshape(shape) + bias.reshape(shape)
+
+
+def relu(x):
+    return np.maximum(x, 0.0)
+
+
+def linear(x, weight, bias=None):
+    """``F.linear``: ``x @ weight.T + bias``, weight ``(out, in)``."""
+    out = x.astype(np.float64) @ weight.astype(np.float64).T
+    return out if bias is None else out + bias
+
+
+def _pool_size(size, kernel, stride, padding, ceil_mode):
+    """torch's pooling output size: with ``ceil_mode`` the last window may start in
+    the right padding only if it starts inside the input or the left padding."""
+    span = size + 2 * padding - kernel
+    out = (math.ceil(span / stride) if ceil_mode else span // stride) + 1
+    if ceil_mode and (out - 1) * stride >= size + padding:
+        out -= 1
+    return out
+
+
+def _windows(x, kernel_size, stride, padding, ceil_mode, fill):
+    kh, kw = _pairs(kernel_size)
+    sh, sw = _pairs(kernel_size if stride is None else stride)
+    ph, pw = _pairs(padding)
+    n, c, h, w = x.shape
+    oh = _pool_size(h, kh, sh, ph, ceil_mode)
+    ow = _pool_size(w, kw, sw, pw, ceil_mode)
+    # Pad enough on the right for windows that run past the input (ceil_mode).
+    extra_h = max(0, (oh - 1) * sh + kh - (h + 2 * ph))
+    extra_w = max(0, (ow - 1) * sw + kw - (w + 2 * pw))
+    padded = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (ph, ph + extra_h),
+                                           (pw, pw + extra_w)), constant_values=fill)
+    windows = np.empty((n, c, oh, ow, kh, kw))
+    for i in range(kh):
+        for j in range(kw):
+            windows[..., i, j] = padded[:, :, i:i + sh * (oh - 1) + 1:sh,
+                                        j:j + sw * (ow - 1) + 1:sw]
+    return windows, (h, w, kh, kw, sh, sw, ph, pw, oh, ow)
+
+
+def max_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False):
+    """``F.max_pool2d``: padding is -inf (never chosen)."""
+    windows, _ = _windows(x, kernel_size, stride, padding, ceil_mode, -np.inf)
+    return windows.max(axis=(-2, -1))
+
+
+def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False,
+               count_include_pad=True):
+    """``F.avg_pool2d``: the divisor counts the zero padding (``count_include_pad``)
+    but never the part of a ceil_mode window beyond the padded input."""
+    windows, (h, w, kh, kw, sh, sw, ph, pw, oh, ow) = _windows(
+        x, kernel_size, stride, padding, ceil_mode, 0.0)
+    total = windows.sum(axis=(-2, -1))
+    rows = np.arange(oh) * sh - ph
+    cols = np.arange(ow) * sw - pw
+    if count_include_pad:
+        lo_h, hi_h, lo_w, hi_w = -ph, h + ph, -pw, w + pw
+    else:
+        lo_h, hi_h, lo_w, hi_w = 0, h, 0, w
+    count_h = np.minimum(rows + kh, hi_h) - np.maximum(rows, lo_h)
+    count_w = np.minimum(cols + kw, hi_w) - np.maximum(cols, lo_w)
+    return total / (count_h[:, None] * count_w[None, :])
+
+
+def adaptive_avg_pool2d(x, output_size):
+    """``F.adaptive_avg_pool2d``: output cell i averages rows
+    ``floor(i H / out) .. ceil((i + 1) H / out)``."""
+    oh, ow = _pairs(output_size)
+    n, c, h, w = x.shape
+    out = np.empty((n, c, oh, ow))
+    for i in range(oh):
+        r0, r1 = (i * h) // oh, -(-((i + 1) * h) // oh)
+        for j in range(ow):
+            c0, c1 = (j * w) // ow, -(-((j + 1) * w) // ow)
+            out[:, :, i, j] = x[:, :, r0:r1, c0:c1].mean(axis=(-2, -1))
+    return out
+
+
+def channel_shuffle(x, groups):
+    """torchvision's ``channel_shuffle``: view (N, g, C/g, H, W), transpose 1 and 2."""
+    n, c, h, w = x.shape
+    return x.reshape(n, groups, c // groups, h, w).transpose(0, 2, 1, 3, 4).reshape(n, c, h, w)

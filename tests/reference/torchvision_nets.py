@@ -1,0 +1,215 @@
+"""torchvision's networks' forward passes in NumPy, from torchvision/models/*.py.
+
+Each function takes ``state`` (a torch state dict of NumPy arrays, torch's layouts)
+and images ``x`` ``(N, 3, H, W)``, and returns what the torchvision module returns
+(logits; or, with ``features=True``, the map before the classifier's pooling).
+Module names and order are torchvision's: ``self.features = nn.Sequential(...)``
+gives ``features.<index>``.
+"""
+
+import numpy as np
+
+from . import ops
+
+
+def _conv(state, name, x, **kwargs):
+    return ops.conv2d(x, state[f"{name}.weight"], state.get(f"{name}.bias"), **kwargs)
+
+
+def _bn(state, name, x, eps=1e-5):
+    return ops.batch_norm(x, state[f"{name}.running_mean"], state[f"{name}.running_var"],
+                          state[f"{name}.weight"], state[f"{name}.bias"], eps)
+
+
+def _linear(state, name, x):
+    return ops.linear(x, state[f"{name}.weight"], state[f"{name}.bias"])
+
+
+# ---- resnet.py: BasicBlock, Bottleneck, ResNet ----
+
+def _basic_block(state, name, x, stride):
+    """BasicBlock.forward: conv3x3(stride)-bn-relu-conv3x3-bn, += identity, relu."""
+    out = ops.relu(_bn(state, f"{name}.bn1", _conv(state, f"{name}.conv1", x,
+                                                    stride=stride, padding=1)))
+    out = _bn(state, f"{name}.bn2", _conv(state, f"{name}.conv2", out, padding=1))
+    identity = x
+    if f"{name}.downsample.0.weight" in state:
+        identity = _bn(state, f"{name}.downsample.1",
+                       _conv(state, f"{name}.downsample.0", x, stride=stride))
+    return ops.relu(out + identity)
+
+
+def _bottleneck(state, name, x, stride, groups):
+    """Bottleneck.forward: conv1x1-bn-relu, conv3x3(stride, groups)-bn-relu,
+    conv1x1-bn, += identity, relu (stride in the 3x3: "v1.5")."""
+    out = ops.relu(_bn(state, f"{name}.bn1", _conv(state, f"{name}.conv1", x)))
+    out = ops.relu(_bn(state, f"{name}.bn2", _conv(state, f"{name}.conv2", out,
+                                                    stride=stride, padding=1,
+                                                    groups=groups)))
+    out = _bn(state, f"{name}.bn3", _conv(state, f"{name}.conv3", out))
+    identity = x
+    if f"{name}.downsample.0.weight" in state:
+        identity = _bn(state, f"{name}.downsample.1",
+                       _conv(state, f"{name}.downsample.0", x, stride=stride))
+    return ops.relu(out + identity)
+
+
+def resnet(state, x, layers, *, bottleneck=False, groups=1, features=False):
+    """ResNet.forward: conv1 7x7/2 pad 3, bn1, relu, maxpool 3/2 pad 1, layer1..4
+    (the first block of layer2..4 strides 2), adaptive avgpool 1x1, fc."""
+    x = ops.relu(_bn(state, "bn1", _conv(state, "conv1", x, stride=2, padding=3)))
+    x = ops.max_pool2d(x, 3, 2, padding=1)
+    for stage, blocks in enumerate(layers, start=1):
+        for block in range(blocks):
+            stride = 2 if stage > 1 and block == 0 else 1
+            name = f"layer{stage}.{block}"
+            x = (_bottleneck(state, name, x, stride, groups) if bottleneck
+                 else _basic_block(state, name, x, stride))
+    if features:
+        return x
+    x = ops.adaptive_avg_pool2d(x, 1).reshape(x.shape[0], -1)
+    return _linear(state, "fc", x)
+
+
+# ---- alexnet.py ----
+
+def alexnet(state, x, features=False):
+    """AlexNet.forward: features (conv 11/4 p2, relu, maxpool 3/2, conv 5 p2, relu,
+    maxpool, conv 3 p1 x3 with relu, maxpool), avgpool 6x6, flatten (C, H, W),
+    classifier (dropout, fc 9216->4096, relu, dropout, fc, relu, fc)."""
+    convs = {0: (4, 2), 3: (1, 2), 6: (1, 1), 8: (1, 1), 10: (1, 1)}
+    for index, (stride, padding) in convs.items():
+        x = ops.relu(_conv(state, f"features.{index}", x, stride=stride, padding=padding))
+        if index in (0, 3, 10):
+            x = ops.max_pool2d(x, 3, 2)
+    if features:
+        return x
+    x = ops.adaptive_avg_pool2d(x, 6).reshape(x.shape[0], -1)
+    x = ops.relu(_linear(state, "classifier.1", x))
+    x = ops.relu(_linear(state, "classifier.4", x))
+    return _linear(state, "classifier.6", x)
+
+
+# ---- vgg.py: make_layers(cfg, batch_norm) ----
+
+VGG_CFGS = {11: [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+            13: [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+            16: [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
+                 512, 512, 512, "M"],
+            19: [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512,
+                 "M", 512, 512, 512, 512, "M"]}
+
+
+def vgg(state, x, depth, *, batch_norm=True, features=False):
+    """VGG.forward: make_layers (conv3x3 p1 [+ BatchNorm2d] + ReLU per number, 2x2/2
+    max-pool per "M"), adaptive avgpool 7x7, flatten, classifier (fc, relu,
+    dropout, fc, relu, dropout, fc)."""
+    index = 0
+    for v in VGG_CFGS[depth]:
+        if v == "M":
+            x = ops.max_pool2d(x, 2, 2)
+            index += 1
+            continue
+        x = _conv(state, f"features.{index}", x, padding=1)
+        if batch_norm:
+            x = _bn(state, f"features.{index + 1}", x)
+        x = ops.relu(x)
+        index += 3 if batch_norm else 2
+    if features:
+        return x
+    x = ops.adaptive_avg_pool2d(x, 7).reshape(x.shape[0], -1)
+    x = ops.relu(_linear(state, "classifier.0", x))
+    x = ops.relu(_linear(state, "classifier.3", x))
+    return _linear(state, "classifier.6", x)
+
+
+# ---- the state dicts' shapes, from the modules' __init__ ----
+
+def _conv_shapes(name, out_c, in_c, k, bias=False, groups=1):
+    shapes = {f"{name}.weight": (out_c, in_c // groups, k, k)}
+    return {**shapes, f"{name}.bias": (out_c,)} if bias else shapes
+
+
+def _bn_shapes(name, c):
+    return {f"{name}.{k}": (c,) for k in ("weight", "bias", "running_mean", "running_var")} \
+        | {f"{name}.num_batches_tracked": ()}
+
+
+def _linear_shapes(name, out_f, in_f):
+    return {f"{name}.weight": (out_f, in_f), f"{name}.bias": (out_f,)}
+
+
+def resnet_shapes(layers, *, bottleneck=False, groups=1, width_per_group=64,
+                  classes=1000):
+    """ResNet.__init__ and _make_layer: a downsample where stride != 1 or the
+    channels change; Bottleneck's width ``int(planes * base_width / 64) * groups``."""
+    shapes = _conv_shapes("conv1", 64, 3, 7) | _bn_shapes("bn1", 64)
+    expansion = 4 if bottleneck else 1
+    inplanes = 64
+    for stage, (planes, blocks) in enumerate(zip((64, 128, 256, 512), layers), start=1):
+        for block in range(blocks):
+            stride = 2 if stage > 1 and block == 0 else 1
+            name = f"layer{stage}.{block}"
+            if bottleneck:
+                width = int(planes * width_per_group / 64) * groups
+                shapes |= (_conv_shapes(f"{name}.conv1", width, inplanes, 1)
+                           | _bn_shapes(f"{name}.bn1", width)
+                           | _conv_shapes(f"{name}.conv2", width, width, 3, groups=groups)
+                           | _bn_shapes(f"{name}.bn2", width)
+                           | _conv_shapes(f"{name}.conv3", planes * 4, width, 1)
+                           | _bn_shapes(f"{name}.bn3", planes * 4))
+            else:
+                shapes |= (_conv_shapes(f"{name}.conv1", planes, inplanes, 3)
+                           | _bn_shapes(f"{name}.bn1", planes)
+                           | _conv_shapes(f"{name}.conv2", planes, planes, 3)
+                           | _bn_shapes(f"{name}.bn2", planes))
+            if stride != 1 or inplanes != planes * expansion:
+                shapes |= (_conv_shapes(f"{name}.downsample.0", planes * expansion,
+                                        inplanes, 1)
+                           | _bn_shapes(f"{name}.downsample.1", planes * expansion))
+            inplanes = planes * expansion
+    return shapes | _linear_shapes("fc", classes, 512 * expansion)
+
+
+def alexnet_shapes(classes=1000):
+    shapes = {}
+    for index, (out_c, in_c, k) in {0: (64, 3, 11), 3: (192, 64, 5), 6: (384, 192, 3),
+                                    8: (256, 384, 3), 10: (256, 256, 3)}.items():
+        shapes |= _conv_shapes(f"features.{index}", out_c, in_c, k, bias=True)
+    return (shapes | _linear_shapes("classifier.1", 4096, 256 * 6 * 6)
+            | _linear_shapes("classifier.4", 4096, 4096)
+            | _linear_shapes("classifier.6", classes, 4096))
+
+
+def vgg_shapes(depth, *, batch_norm=True, classes=1000):
+    shapes, index, in_c = {}, 0, 3
+    for v in VGG_CFGS[depth]:
+        if v == "M":
+            index += 1
+            continue
+        shapes |= _conv_shapes(f"features.{index}", v, in_c, 3, bias=True)
+        if batch_norm:
+            shapes |= _bn_shapes(f"features.{index + 1}", v)
+        index, in_c = index + (3 if batch_norm else 2), v
+    return (shapes | _linear_shapes("classifier.0", 4096, 512 * 7 * 7)
+            | _linear_shapes("classifier.3", 4096, 4096)
+            | _linear_shapes("classifier.6", classes, 4096))
+
+
+def random_state(shapes, seed=0):
+    """Random weights for ``shapes``: He-scaled kernels (activations stay O(1) deep
+    into the network), and BatchNorm affine parameters and running statistics far
+    from their identity values, so a statistic left out or swapped shows."""
+    rng = np.random.default_rng(seed)
+    state = {}
+    for key, shape in shapes.items():
+        if key.endswith("num_batches_tracked"):
+            state[key] = np.array(7, dtype=np.int64)
+        elif len(shape) > 1:
+            fan_in = int(np.prod(shape[1:]))
+            state[key] = rng.standard_normal(shape, dtype=np.float32) * np.float32(np.sqrt(2.0 / fan_in))
+        elif key.endswith(("running_var", ".weight")):  # variance, BN scale: > 0
+            state[key] = rng.uniform(0.5, 1.5, shape).astype(np.float32)
+        else:  # biases, BN shifts, running means
+            state[key] = rng.normal(0, 0.2, shape).astype(np.float32)
+    return state

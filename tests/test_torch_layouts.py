@@ -1,0 +1,169 @@
+"""torchvision checkpoints load into the kvision networks of torchvision's layout,
+and the loaded networks compute what torchvision's modules compute.
+
+Each checkpoint is written in torch's zip format (the writer of
+test_torch_checkpoint.py, no torch needed) with random weights and random
+BatchNorm statistics, loaded through ``weights=``, and the outputs on two random
+images are compared with ``reference/``: torchvision's forward in NumPy, written
+from torchvision's module code, not from kvision's.
+"""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+
+import kvision
+from kvision.testing import float32_atol
+from reference import torchvision_nets as tv
+from test_torch_checkpoint import Tensor, _write_zip, fake_torch  # noqa: F401 (fixture)
+
+
+def write_checkpoint(path, state, torch):
+    """``state`` (name -> array) as torch.save writes a state dict (zip format)."""
+    import collections
+
+    bases, tensors = {}, collections.OrderedDict()
+    for i, (key, array) in enumerate(state.items()):
+        array = np.ascontiguousarray(array)
+        bases[str(i)] = array.reshape(-1)
+        strides = tuple(s // array.itemsize for s in array.strides)
+        tensors[key] = Tensor(str(i), bases[str(i)], 0, array.shape, strides, torch)
+    _write_zip(path, tensors, bases)
+    return path
+
+
+def images(size, seed=1):
+    return np.random.default_rng(seed).normal(size=(2, size, size, 3)).astype("float32")
+
+
+def check_against_reference(model, reference, x, *, terms, depth):
+    """The model's outputs on ``x`` (NHWC) equal ``reference(x as NCHW)`` within
+    float32 rounding over ``depth`` reductions of up to ``terms`` products."""
+    got = np.asarray(model(x, training=False))
+    expected = reference(x.transpose(0, 3, 1, 2))
+    if expected.ndim == 4:
+        expected = expected.transpose(0, 2, 3, 1)
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, rtol=0,
+                               atol=float32_atol(expected, terms=terms, depth=depth))
+    return got, expected
+
+
+RESNETS = {"resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3)}
+
+
+@pytest.mark.parametrize("name", sorted(RESNETS))
+def test_resnet_checkpoint_gives_torchvisions_outputs(name, fake_torch, tmp_path):
+    layers = RESNETS[name]
+    state = tv.random_state(tv.resnet_shapes(layers, classes=10))
+    path = write_checkpoint(tmp_path / f"{name}.pth", state, fake_torch)
+    model = kvision.create(name, weights=path, input_shape=(64, 64, 3), classes=10,
+                           classifier_activation=None)
+    check_against_reference(model, lambda x: tv.resnet(state, x, layers), images(64),
+                            terms=9 * 512, depth=2 * sum(layers) + 2)
+
+
+def test_resnet_features_without_top_ignore_the_classifier(fake_torch, tmp_path):
+    state = tv.random_state(tv.resnet_shapes(RESNETS["resnet18"]), seed=2)
+    path = write_checkpoint(tmp_path / "resnet18.pth", state, fake_torch)
+    model = kvision.create("resnet18", weights=path, include_top=False,
+                           input_shape=(48, 48, 3))
+    check_against_reference(
+        model, lambda x: tv.resnet(state, x, RESNETS["resnet18"], features=True),
+        images(48), terms=9 * 512, depth=18)
+
+
+@pytest.mark.slow
+def test_alexnet_checkpoint_gives_torchvisions_outputs(fake_torch, tmp_path):
+    """At 127x127 the last map is 3x3 and the 6x6 adaptive pool repeats cells, so
+    the flatten-order permutation of fc1 (torch C,H,W; Keras H,W,C) is exercised."""
+    state = tv.random_state(tv.alexnet_shapes(classes=10), seed=3)
+    path = write_checkpoint(tmp_path / "alexnet.pth", state, fake_torch)
+    model = kvision.create("alexnet", weights=path, input_shape=(127, 127, 3), classes=10,
+                           classifier_activation=None)
+    check_against_reference(model, lambda x: tv.alexnet(state, x), images(127),
+                            terms=9216, depth=8)
+
+
+def test_a_checkpoint_that_does_not_fit_names_the_keys_and_changes_nothing(
+        fake_torch, tmp_path):
+    state = tv.random_state(tv.resnet_shapes(RESNETS["resnet18"], classes=10))
+    state["layer9.0.conv1.weight"] = state.pop("layer1.0.conv1.weight")
+    state["layer2.0.bn1.running_var"] = np.ones(7, "float32")
+    path = write_checkpoint(tmp_path / "bad.pth", state, fake_torch)
+    model = kvision.create("resnet18", input_shape=(32, 32, 3), classes=10)
+    before = [w.copy() for w in model.get_weights()]
+    with pytest.raises(ValueError) as error:
+        kvision.weights.load_into(model, path, kvision.get_info("resnet18"))
+    message = str(error.value)
+    assert "missing in checkpoint" in message and "layer1.0.conv1.weight" in message
+    assert "not in the model: layer9.0.conv1.weight" in message
+    assert "layer2.0.bn1.running_var: the model expects (128,)" in message
+    assert "(7,)" in message
+    assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+    with pytest.raises(ValueError, match=r"expects \(1000, 512\).*\(10, 512\)"):
+        kvision.create("resnet18", weights=write_checkpoint(
+            tmp_path / "ten.pth", tv.random_state(tv.resnet_shapes((2, 2, 2, 2), classes=10)),
+            fake_torch))
+
+
+def test_pth_files_only_for_torchvision_layouts(tmp_path):
+    path = tmp_path / "weights.pth"
+    path.write_bytes(b"")
+    with pytest.raises(ValueError, match="does not follow a torchvision layout"):
+        kvision.create("resnet50", weights=path)
+    with pytest.raises(FileNotFoundError):
+        kvision.create("resnet18", weights=tmp_path / "missing.pth")
+
+
+def test_imagenet_offline_is_a_clear_connection_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+
+    def offline(*args, **kwargs):
+        raise Exception("URL fetch failure: no network")
+
+    monkeypatch.setattr(keras.utils, "get_file", offline)
+    with pytest.raises(ConnectionError, match=r"resnet18-f37072fd\.pth.*Offline, pass a "
+                                              r"local \.pth or \.weights\.h5 file"):
+        kvision.create("resnet18", weights="imagenet")
+    assert not list(tmp_path.rglob("*.weights.h5"))
+
+
+def test_imagenet_downloads_checks_converts_once_and_caches(fake_torch, monkeypatch,
+                                                           tmp_path):
+    """get_file is faked with a local checkpoint; the hash prefix is the file's."""
+    import hashlib
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "home"))
+    state = tv.random_state(tv.resnet_shapes(RESNETS["resnet18"]), seed=4)
+    path = write_checkpoint(tmp_path / "resnet18-download.pth", state, fake_torch)
+    requested = []
+
+    def fake_get_file(fname, origin, **kwargs):
+        requested.append(origin)
+        return str(path)
+
+    monkeypatch.setattr(keras.utils, "get_file", fake_get_file)
+    info = kvision.get_info("resnet18")
+    monkeypatch.setitem(info.checkpoint, "sha256", "0123abcd")
+    with pytest.raises(ValueError, match="does not start with torchvision's 0123abcd"):
+        kvision.create("resnet18", weights="imagenet")
+    assert not path.exists()  # a corrupt download is not kept
+    write_checkpoint(path, state, fake_torch)
+    monkeypatch.setitem(info.checkpoint, "sha256",
+                        hashlib.sha256(path.read_bytes()).hexdigest()[:8])
+    model = kvision.create("resnet18", weights="imagenet", include_top=False,
+                           input_shape=(40, 40, 3))
+    assert requested[-1] == "https://download.pytorch.org/models/resnet18-f37072fd.pth"
+    assert (tmp_path / "home" / "kvision" / "resnet18_imagenet.weights.h5").is_file()
+    check_against_reference(
+        model, lambda x: tv.resnet(state, x, RESNETS["resnet18"], features=True),
+        images(40), terms=9 * 512, depth=18)
+    calls = len(requested)
+    full = kvision.create("resnet18", weights="imagenet", classifier_activation=None,
+                          input_shape=(64, 64, 3))
+    assert len(requested) == calls  # the cached conversion, no second download
+    check_against_reference(full, lambda x: tv.resnet(state, x, RESNETS["resnet18"]),
+                            images(64), terms=9 * 512, depth=18)
