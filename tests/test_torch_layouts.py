@@ -167,3 +167,30 @@ def test_imagenet_downloads_checks_converts_once_and_caches(fake_torch, monkeypa
     assert len(requested) == calls  # the cached conversion, no second download
     check_against_reference(full, lambda x: tv.resnet(state, x, RESNETS["resnet18"]),
                             images(64), terms=9 * 512, depth=18)
+
+
+@pytest.mark.parametrize("depth", [11, 13])
+def test_vgg_bn_checkpoint_gives_torchvisions_features(depth, fake_torch, tmp_path):
+    """Features only: kvision's VGG top flattens the map without torchvision's 7x7
+    adaptive pool, so its fc1 fits the checkpoint at 224x224 alone (the flatten
+    permutation it shares with AlexNet is checked there)."""
+    shapes = {k: v for k, v in tv.vgg_shapes(depth).items() if k.startswith("features.")}
+    state = tv.random_state(shapes, seed=5)  # the 123M classifier would only cost time
+    path = write_checkpoint(tmp_path / f"vgg{depth}_bn.pth", state, fake_torch)
+    model = kvision.create(f"vgg{depth}_bn", weights=path, include_top=False,
+                           input_shape=(32, 32, 3))
+    check_against_reference(model, lambda x: tv.vgg(state, x, depth, features=True),
+                            images(32), terms=9 * 512, depth=depth)
+
+
+def test_resnext_checkpoint_gives_torchvisions_outputs(fake_torch, tmp_path):
+    """Grouped 3x3 kernels: torch's (O, I/groups, 3, 3) is Conv2D(groups)'s layout."""
+    layers = (3, 4, 6, 3)
+    state = tv.random_state(tv.resnet_shapes(layers, bottleneck=True, groups=32,
+                                             width_per_group=4, classes=10), seed=7)
+    path = write_checkpoint(tmp_path / "resnext50_32x4d.pth", state, fake_torch)
+    model = kvision.create("resnext50_32x4d", weights=path, input_shape=(32, 32, 3),
+                           classes=10, classifier_activation=None)
+    check_against_reference(
+        model, lambda x: tv.resnet(state, x, layers, bottleneck=True, groups=32),
+        images(32), terms=2048, depth=3 * sum(layers) + 2)

@@ -9,7 +9,8 @@ Three layouts:
   ImageNet weights load.
 - ``"torchvision"``: torchvision's (timm's) ResNet: stride in the 3x3 ("v1.5"), no
   conv bias, epsilon 1e-5; ResNet-18/34 (basic blocks), and the base of ResNeXt
-  and SE-Net.
+  and SE-Net. ResNet-18/34 and ResNeXt take torchvision's ``.pth`` files as
+  ``weights=``, and ``"imagenet"`` for its published ones (``torch`` preprocessing).
 - ``"keras_v2"``: keras.applications' ResNet50V2/101V2/152V2, pre-activation
   blocks; its ImageNet weights load.
 

@@ -9,8 +9,14 @@ bias, BatchNorm epsilon 1e-5); the grouped conv is one ``Conv2D(groups=...)``.
 
 from kvision.models.classification.resnet import resnet, stage_outputs
 from kvision.registry import register
+from kvision.weights_torch import torchvision_weights
 
 PAPER = "Aggregated Residual Transformations for Deep Neural Networks"
+
+
+# torchvision's ImageNet checkpoints (IMAGENET1K_V1): file, acc@1, acc@5.
+TORCHVISION = {"resnext50_32x4d": ("resnext50_32x4d-7cdf4587.pth", 77.618, 93.698),
+               "resnext101_32x8d": ("resnext101_32x8d-8ba56ff5.pth", 79.312, 94.526)}
 
 
 def _register(name, depth, num_params):
@@ -19,7 +25,8 @@ def _register(name, depth, num_params):
         key_idea="grouped-conv bottlenecks (cardinality)", default_size=224,
         min_size=32, num_params=num_params, params_convention="trainable",
         params_source=f"torchvision {name}, trainable parameters",
-        stage_outputs=stage_outputs(depth), keras_application=None)
+        stage_outputs=stage_outputs(depth), keras_application=None,
+        **torchvision_weights("resnet", *TORCHVISION[name]))
 
 
 def resnext(registry_name, depth, args):

@@ -2,13 +2,17 @@
 Large-Scale Image Recognition"): stacks of 3x3 convolutions, five max-pools, three FC.
 
 VGG16/VGG19 keep keras.applications' layer layout, so its ImageNet weights load.
-The ``_bn`` variants put BatchNorm after every convolution (torchvision's layout).
+The ``_bn`` variants put BatchNorm after every convolution (torchvision's layout):
+``weights=`` takes torchvision's ``vgg*_bn`` ``.pth`` files, or ``"imagenet"`` for
+its published ones. kvision's top flattens the last map without torchvision's 7x7
+adaptive pool, so with ``include_top`` those weights fit 224x224 inputs only.
 """
 
 import keras
 
 from kvision.models._builder import build, builder_args
 from kvision.registry import register
+from kvision.weights_torch import torchvision_weights
 
 # Convolutions per block, for the configurations A (11), B (13), D (16), E (19).
 DEPTHS = {11: (1, 1, 2, 2, 2), 13: (2, 2, 2, 2, 2), 16: (2, 2, 3, 3, 3),
@@ -56,8 +60,17 @@ def _stages(depth, batch_norm):
             16: f"block5_conv{last[4]}{suffix}", 32: "block5_pool"}
 
 
+# torchvision's ImageNet checkpoints of the BatchNorm VGGs: file, acc@1, acc@5.
+TORCHVISION = {"vgg11_bn": ("vgg11_bn-6002323d.pth", 70.370, 89.810),
+               "vgg13_bn": ("vgg13_bn-abd245e5.pth", 71.586, 90.374),
+               "vgg16_bn": ("vgg16_bn-6c64b313.pth", 73.360, 91.516),
+               "vgg19_bn": ("vgg19_bn-c79401a0.pth", 74.218, 91.842)}
+
+
 def _register(depth, batch_norm, num_params, keras_app=None):
     name = f"vgg{depth}" + ("_bn" if batch_norm else "")
+    torch = (torchvision_weights("vgg", *TORCHVISION[name]) if name in TORCHVISION
+             else dict(preprocessing="caffe" if keras_app else "none"))
     source = (f"keras.applications.{keras_app}, count_params()" if keras_app
               else f"torchvision {name}, trainable parameters")
     return register(
@@ -66,7 +79,7 @@ def _register(depth, batch_norm, num_params, keras_app=None):
         default_size=224, min_size=32, num_params=num_params,
         params_convention="keras" if keras_app else "trainable",
         params_source=source, stage_outputs=_stages(depth, batch_norm),
-        keras_application=keras_app, preprocessing="caffe" if keras_app else "none")
+        keras_application=keras_app, **torch)
 
 
 _DOC = """VGG-{depth}{bn} (configuration {config} of the paper).
