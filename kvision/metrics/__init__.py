@@ -1,1 +1,2 @@
-"""Evaluation metrics, one file per task: ``detection``, ``segmentation``, ``pose``."""
+"""Evaluation metrics, one file per task: ``detection``, ``segmentation``, ``pose``,
+``embedding`` (verification, identification, open set)."""
