@@ -119,7 +119,17 @@ def _side_by_side(image, drawn):
 
 
 def _what(trained, model, images, args):
-    """``", class 'cat'"``: which score was explained, for the message."""
+    """``", its top class 'cat' at layer top_activation"``: what was explained."""
+    from kvision.visualization.layers import last_spatial_layer
+
+    where = ""
+    if args.layer or args.method in ("gradcam", "gradcam++"):
+        where = f" at layer {args.layer or last_spatial_layer(model)}"
+    return _score_words(trained, model, images, args) + where
+
+
+def _score_words(trained, model, images, args):
+    """Which score was explained."""
     import numpy as np
 
     from kvision.tasks import DETECTING

@@ -525,10 +525,11 @@ def overlay(image, heatmap, alpha=0.5, colormap="inferno") -> np.ndarray:
     return np.round(((1 - alpha) * _rgb(image) + alpha * coloured) * 255).astype("uint8")
 
 
-def projection_image(gradients) -> np.ndarray:
+def projection_image(gradients, percentile=99.5) -> np.ndarray:
     """A signed projection (H, W, C) as uint8 (H, W, 3): grey 128 is zero, each
-    pixel ``128 + 127 * g / max |g|`` (the sign kept, as Springenberg shows it)."""
+    pixel ``128 + 127 * g / s`` clipped, ``s`` the ``percentile`` of ``|g|`` (the
+    largest value alone would leave a few pixels visible and the rest grey)."""
     g = np.asarray(gradients, "float32")
-    top = np.abs(g).max()
-    g = g / top if top > 0 else g
+    top = np.percentile(np.abs(g), percentile)
+    g = np.clip(g / top, -1, 1) if top > 0 else g
     return np.round(_rgb(127.5 + 127.5 * g) * 255).astype("uint8")
