@@ -33,6 +33,7 @@ MODULES = (
     "kvision.layers.backbone",
     "kvision.layers.detection",
     "kvision.layers.labeling",
+    "kvision.layers.mask_rcnn",
     "kvision.layers.margin",
     "kvision.layers.normalization",
     "kvision.layers.overfeat",
@@ -49,6 +50,7 @@ MODULES = (
     "kvision.losses.segmentation",
     "kvision.metrics.segmentation",
     "kvision.models.detection.fast_rcnn",
+    "kvision.models.detection.mask_rcnn",
     "kvision.models.detection.rcnn",
     "kvision.tasks.model",
 )

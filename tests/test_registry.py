@@ -50,7 +50,7 @@ def test_typos_suggest_the_names_meant(typed, suggested):
     assert "efficientnet_b7" not in close
 
 
-@pytest.mark.parametrize("typed", ["nonexistent_net", "banana", "mask_rcnn"])
+@pytest.mark.parametrize("typed", ["nonexistent_net", "banana", "cascade_rcnn"])
 def test_made_up_names_suggest_nothing(typed):
     with pytest.raises(ValueError, match=f"Unknown model '{typed}'") as error:
         get_info(typed)
