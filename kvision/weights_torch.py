@@ -86,6 +86,21 @@ def _vgg_name(layer, model):
     return None
 
 
+def _squeezenet_name(layer, model):
+    """torchvision's SqueezeNet names: ``features.0`` (conv1, then ReLU and a pool),
+    ``features.<i>`` the Fire modules counted with the pools between them (its
+    ``squeeze``, ``expand1x1``, ``expand3x3``), ``classifier.1`` the final conv."""
+    if layer in ("conv1", "conv10"):
+        return {"conv1": "features.0", "conv10": "classifier.1"}[layer]
+    match = re.fullmatch(r"fire(\d)_(squeeze|expand1x1|expand3x3)", layer)
+    if not match:
+        return None
+    pools = {int(l.name[4:]) for l in model.layers if re.fullmatch(r"pool\d", l.name)}
+    fire = int(match.group(1))
+    index = 3 + (fire - 2) + sum(1 for p in pools if 2 <= p < fire)
+    return f"features.{index}.{match.group(2)}"
+
+
 class Layout:
     """How one family's state dict names its modules.
 
@@ -104,6 +119,7 @@ LAYOUTS = {
     "alexnet": Layout(lambda layer, model: _ALEXNET.get(layer), head=("classifier.",),
                       flattened=("fc1",)),
     "vgg": Layout(_vgg_name, head=("classifier.",), flattened=("fc1",)),
+    "squeezenet": Layout(_squeezenet_name, head=("classifier.",)),
 }
 
 

@@ -46,6 +46,7 @@ def check_against_reference(model, reference, x, *, terms, depth):
     if expected.ndim == 4:
         expected = expected.transpose(0, 2, 3, 1)
     assert got.shape == expected.shape
+    assert np.ptp(expected) > 0.1 * np.abs(expected).max() > 0  # not a degenerate case
     np.testing.assert_allclose(got, expected, rtol=0,
                                atol=float32_atol(expected, terms=terms, depth=depth))
     return got, expected
@@ -194,3 +195,15 @@ def test_resnext_checkpoint_gives_torchvisions_outputs(fake_torch, tmp_path):
     check_against_reference(
         model, lambda x: tv.resnet(state, x, layers, bottleneck=True, groups=32),
         images(32), terms=2048, depth=3 * sum(layers) + 2)
+
+
+@pytest.mark.parametrize("version", ["1_0", "1_1"])
+def test_squeezenet_checkpoint_gives_torchvisions_outputs(version, fake_torch, tmp_path):
+    """At 45x45 (1.0) / 39x39 (1.1) the ceil_mode pools take partial windows."""
+    size = {"1_0": 45, "1_1": 39}[version]
+    state = tv.random_state(tv.squeezenet_shapes(version, classes=10), seed=8)
+    path = write_checkpoint(tmp_path / f"squeezenet{version}.pth", state, fake_torch)
+    model = kvision.create(f"squeezenet{version}", weights=path, classes=10,
+                           input_shape=(size, size, 3), classifier_activation=None)
+    check_against_reference(model, lambda x: tv.squeezenet(state, x, version),
+                            images(size), terms=9 * 64, depth=26)

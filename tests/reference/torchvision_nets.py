@@ -213,3 +213,62 @@ def random_state(shapes, seed=0):
         else:  # biases, BN shifts, running means
             state[key] = rng.normal(0, 0.2, shape).astype(np.float32)
     return state
+
+
+# ---- squeezenet.py: Fire, SqueezeNet ----
+
+SQUEEZENET = {  # features: ("conv", out, kernel) | "M" | ("fire", squeeze, expand)
+    "1_0": [("conv", 96, 7), "M", ("fire", 16, 64), ("fire", 16, 64), ("fire", 32, 128),
+            "M", ("fire", 32, 128), ("fire", 48, 192), ("fire", 48, 192),
+            ("fire", 64, 256), "M", ("fire", 64, 256)],
+    "1_1": [("conv", 64, 3), "M", ("fire", 16, 64), ("fire", 16, 64), "M",
+            ("fire", 32, 128), ("fire", 32, 128), "M", ("fire", 48, 192),
+            ("fire", 48, 192), ("fire", 64, 256), ("fire", 64, 256)],
+}
+
+
+def _squeezenet_modules(version):
+    """(features index, module) in nn.Sequential order (the conv's ReLU is one)."""
+    index = 0
+    for module in SQUEEZENET[version]:
+        yield index, module
+        index += 2 if module != "M" and module[0] == "conv" else 1
+
+
+def squeezenet(state, x, version, features=False):
+    """SqueezeNet.forward: features (conv stride 2 + ReLU, MaxPool 3/2 ceil_mode,
+    Fire: relu(squeeze), cat(relu(expand1x1), relu(expand3x3 pad 1))), classifier
+    (dropout, final conv 1x1, ReLU, adaptive avgpool 1x1), flatten."""
+    for index, module in _squeezenet_modules(version):
+        name = f"features.{index}"
+        if module == "M":
+            x = ops.max_pool2d(x, 3, 2, ceil_mode=True)
+        elif module[0] == "conv":
+            x = ops.relu(_conv(state, name, x, stride=2))
+        else:
+            s = ops.relu(_conv(state, f"{name}.squeeze", x))
+            x = np.concatenate([ops.relu(_conv(state, f"{name}.expand1x1", s)),
+                                ops.relu(_conv(state, f"{name}.expand3x3", s, padding=1))],
+                               axis=1)
+    if features:
+        return x
+    x = ops.relu(_conv(state, "classifier.1", x))
+    return ops.adaptive_avg_pool2d(x, 1).reshape(x.shape[0], -1)
+
+
+def squeezenet_shapes(version, classes=1000):
+    shapes, channels = {}, 3
+    for index, module in _squeezenet_modules(version):
+        name = f"features.{index}"
+        if module == "M":
+            continue
+        if module[0] == "conv":
+            shapes |= _conv_shapes(name, module[1], channels, module[2], bias=True)
+            channels = module[1]
+        else:
+            _, squeeze, expand = module
+            shapes |= (_conv_shapes(f"{name}.squeeze", squeeze, channels, 1, bias=True)
+                       | _conv_shapes(f"{name}.expand1x1", expand, squeeze, 1, bias=True)
+                       | _conv_shapes(f"{name}.expand3x3", expand, squeeze, 3, bias=True))
+            channels = 2 * expand
+    return shapes | _conv_shapes("classifier.1", classes, 512, 1, bias=True)

@@ -11,6 +11,7 @@ import keras
 from kvision.models._builder import build, builder_args
 from kvision.blocks.pooling import max_pool_ceil
 from kvision.registry import register
+from kvision.weights_torch import torchvision_weights
 
 PAPER = ("SqueezeNet: AlexNet-level accuracy with 50x fewer parameters and <0.5MB "
          "model size")
@@ -72,6 +73,11 @@ def _squeezenet(version, args):
                  **builder_args(args))
 
 
+# torchvision's ImageNet checkpoints (IMAGENET1K_V1): file, acc@1, acc@5.
+TORCHVISION = {"1_0": ("squeezenet1_0-b66bff10.pth", 58.092, 80.420),
+               "1_1": ("squeezenet1_1-b8a52dc0.pth", 58.178, 80.624)}
+
+
 def _register(version, num_params, min_size, stages):
     return register(
         f"squeezenet{version}", task="classification", family="squeezenet", year=2016,
@@ -80,7 +86,8 @@ def _register(version, num_params, min_size, stages):
         params_convention="trainable",
         params_source=f"torchvision squeezenet{version} (SqueezeNet{version.upper()}"
                       "_Weights num_params); no BatchNorm, so all parameters",
-        stage_outputs=stages)
+        stage_outputs=stages,
+        **torchvision_weights("squeezenet", *TORCHVISION[version]))
 
 
 @_register("1_0", 1_248_424, 21, {4: "fire4_concat", 8: "fire8_concat",
