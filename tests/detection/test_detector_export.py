@@ -21,20 +21,58 @@ NAMES = [f"digit{i}" for i in range(10)]
 SHAPE = (48, 48, 1)
 
 
-@pytest.fixture(scope="module")
-def detector():
+def _overfeat():
     """OverFeat on LeNet-5 slid at two scales, NMS inside: many detections."""
     keras.utils.set_random_seed(0)
     classifier = kvision.create("overfeat", backbone="lenet5", classes=10,
                                 input_shape=(32, 32, 1), units=(16,), box_units=(8,))
-    return O.inference_model(classifier, image_shape=SHAPE, scales=(1.0, 0.8),
-                             score_threshold=0.1, iou_threshold=0.5, max_detections=20)
+    detector = O.inference_model(classifier, image_shape=SHAPE, scales=(1.0, 0.8),
+                                 score_threshold=0.1, iou_threshold=0.5, max_detections=20)
+    scenes = digit_scenes(3, image_size=48, objects=(1, 2), channels=1, seed=4)
+    return detector, scenes.images.astype("float32")
+
+
+def _faster_rcnn():
+    """Faster R-CNN (FPN, RoIAlign, proposals and NMS in the graph) on a small body,
+    trained 120 steps on four scenes so that its detections are real ones."""
+    from kvision.models.detection import rcnn
+
+    keras.utils.set_random_seed(0)
+    scenes = digit_scenes(4, image_size=64, digit_size=(10, 24), seed=1)
+    inputs = keras.Input((64, 64, 3))
+    x = inputs
+    for i, filters in enumerate((16, 32, 32, 48, 64)):
+        x = keras.layers.Conv2D(filters, 3, strides=2, padding="same", activation="relu",
+                                name=f"c{i}")(x)
+    wh = np.concatenate([b[:, 2:] - b[:, :2] for b in scenes.boxes])
+    model = kvision.create("faster_rcnn", classes=10, input_shape=(64, 64, 3),
+                           backbone=keras.Model(inputs, x), fpn_channels=16,
+                           representation=64, rpn_pre_nms_top_n=(100, 100),
+                           rpn_post_nms_top_n=(50, 50),
+                           sampling={"box_batch_size_per_image": 32},
+                           **rcnn.data_arguments("faster_rcnn", wh))
+    model.compile(optimizer=keras.optimizers.Adam(3e-3))
+    model.fit(rcnn.training_dataset(scenes, model, batch_size=4, shuffle=False).repeat(),
+              steps_per_epoch=120, epochs=1, verbose=0)
+    detector = rcnn.inference_model(model, score_threshold=0.2, max_detections=20)
+    return detector, scenes.images.astype("float32")
+
+
+@pytest.fixture(scope="module", params=["overfeat", "faster_rcnn"])
+def exported(request):
+    """``(detector, images)`` for each kind of detector graph: one-stage sliding
+    windows, and two-stage with RoIAlign and proposals built from builtins."""
+    return {"overfeat": _overfeat, "faster_rcnn": _faster_rcnn}[request.param]()
 
 
 @pytest.fixture(scope="module")
-def images():
-    scenes = digit_scenes(3, image_size=48, objects=(1, 2), channels=1, seed=4)
-    return scenes.images.astype("float32")
+def detector(exported):
+    return exported[0]
+
+
+@pytest.fixture(scope="module")
+def images(exported):
+    return exported[1]
 
 
 def _iou(a, b):
@@ -99,7 +137,7 @@ def test_int8_is_refused_for_detectors(detector, tmp_path):
 
     with pytest.raises(ValueError, match="int8"):
         tflite(detector, tmp_path / "d.tflite", quantize="int8",
-               representative_data=np.zeros((2, *SHAPE), "float32"))
+               representative_data=np.zeros((2, *detector.input_shape[1:]), "float32"))
 
 
 def test_detection_parity_uses_cocos_iou_and_matches_identical_flat_boxes():
