@@ -101,6 +101,28 @@ def _squeezenet_name(layer, model):
     return f"features.{index}.{match.group(2)}"
 
 
+# ShuffleNet V2's InvertedResidual: branch1 = (dw conv, BN, 1x1 conv, BN, ReLU),
+# branch2 = (1x1 conv, BN, ReLU, dw conv, BN, 1x1 conv, BN, ReLU).
+_SHUFFLE_UNIT = {"branch1_dwconv": "branch1.0", "branch1_dwbn": "branch1.1",
+                 "branch1_1_conv": "branch1.2", "branch1_1_bn": "branch1.3",
+                 "branch2_1_conv": "branch2.0", "branch2_1_bn": "branch2.1",
+                 "branch2_dwconv": "branch2.3", "branch2_dwbn": "branch2.4",
+                 "branch2_2_conv": "branch2.5", "branch2_2_bn": "branch2.6"}
+
+
+def _shufflenet_name(layer):
+    """torchvision's ShuffleNetV2 names (``conv1.0``, ``stage2.0.branch1.2``, ``fc``)."""
+    fixed = {"conv1_conv": "conv1.0", "conv1_bn": "conv1.1", "conv5_conv": "conv5.0",
+             "conv5_bn": "conv5.1", "predictions": "fc"}
+    if layer in fixed:
+        return fixed[layer]
+    match = re.fullmatch(r"stage(\d)_block(\d+)_(\w+)", layer)
+    if not match or match.group(3) not in _SHUFFLE_UNIT:
+        return None
+    stage, block, part = match.groups()
+    return f"stage{stage}.{int(block) - 1}.{_SHUFFLE_UNIT[part]}"
+
+
 class Layout:
     """How one family's state dict names its modules.
 
@@ -120,6 +142,7 @@ LAYOUTS = {
                       flattened=("fc1",)),
     "vgg": Layout(_vgg_name, head=("classifier.",), flattened=("fc1",)),
     "squeezenet": Layout(_squeezenet_name, head=("classifier.",)),
+    "shufflenet": Layout(lambda layer, model: _shufflenet_name(layer), head=("fc.",)),
 }
 
 

@@ -207,3 +207,14 @@ def test_squeezenet_checkpoint_gives_torchvisions_outputs(version, fake_torch, t
                            input_shape=(size, size, 3), classifier_activation=None)
     check_against_reference(model, lambda x: tv.squeezenet(state, x, version),
                             images(size), terms=9 * 64, depth=26)
+
+
+@pytest.mark.parametrize("width", [0.5, 1.0])
+def test_shufflenet_v2_checkpoint_gives_torchvisions_outputs(width, fake_torch, tmp_path):
+    """Depthwise kernels (C, 1, 3, 3), torch's chunk and channel_shuffle."""
+    state = tv.random_state(tv.shufflenet_v2_shapes(width, classes=10), seed=9)
+    path = write_checkpoint(tmp_path / "shufflenet.pth", state, fake_torch)
+    model = kvision.create("shufflenet_v2_x1_0", weights=path, width_multiplier=width,
+                           input_shape=(64, 64, 3), classes=10, classifier_activation=None)
+    check_against_reference(model, lambda x: tv.shufflenet_v2(state, x), images(64),
+                            terms=1024, depth=3 * 16 + 3)

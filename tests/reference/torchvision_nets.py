@@ -272,3 +272,75 @@ def squeezenet_shapes(version, classes=1000):
                        | _conv_shapes(f"{name}.expand3x3", expand, squeeze, 3, bias=True))
             channels = 2 * expand
     return shapes | _conv_shapes("classifier.1", classes, 512, 1, bias=True)
+
+
+# ---- shufflenetv2.py: InvertedResidual, ShuffleNetV2 ----
+
+SHUFFLENET_WIDTHS = {0.5: (24, 48, 96, 192, 1024), 1.0: (24, 116, 232, 464, 1024)}
+
+
+def _conv_bn(state, name, x, *, relu, **kwargs):
+    """Sequential(conv, BatchNorm2d[, ReLU]) at ``name.0``, ``name.1``."""
+    x = _bn(state, f"{name}.1", _conv(state, f"{name}.0", x, **kwargs))
+    return ops.relu(x) if relu else x
+
+
+def _inverted_residual(state, name, x, stride):
+    """InvertedResidual.forward: stride 1 chunks the channels in two and keeps the
+    first half; stride 2 feeds x to both branches; cat, channel_shuffle(2)."""
+    def branch2(y):
+        y = ops.relu(_bn(state, f"{name}.branch2.1", _conv(state, f"{name}.branch2.0", y)))
+        y = _bn(state, f"{name}.branch2.4",
+                _conv(state, f"{name}.branch2.3", y, stride=stride, padding=1,
+                      groups=y.shape[1]))
+        return ops.relu(_bn(state, f"{name}.branch2.6", _conv(state, f"{name}.branch2.5", y)))
+
+    if stride == 1:
+        x1, x2 = np.split(x, 2, axis=1)
+        out = np.concatenate([x1, branch2(x2)], axis=1)
+    else:
+        b1 = _bn(state, f"{name}.branch1.1",
+                 _conv(state, f"{name}.branch1.0", x, stride=stride, padding=1,
+                       groups=x.shape[1]))
+        b1 = ops.relu(_bn(state, f"{name}.branch1.3", _conv(state, f"{name}.branch1.2", b1)))
+        out = np.concatenate([b1, branch2(x)], axis=1)
+    return ops.channel_shuffle(out, 2)
+
+
+def shufflenet_v2(state, x, features=False):
+    """ShuffleNetV2.forward: conv1 (3x3/2 p1, BN, ReLU), maxpool 3/2 p1, stage2..4
+    (4, 8, 4 units, the first strided), conv5 (1x1, BN, ReLU), mean over H, W, fc."""
+    x = _conv_bn(state, "conv1", x, relu=True, stride=2, padding=1)
+    x = ops.max_pool2d(x, 3, 2, padding=1)
+    for stage, repeats in zip((2, 3, 4), (4, 8, 4)):
+        for i in range(repeats):
+            x = _inverted_residual(state, f"stage{stage}.{i}", x, 2 if i == 0 else 1)
+    x = _conv_bn(state, "conv5", x, relu=True)
+    if features:
+        return x
+    return _linear(state, "fc", x.mean(axis=(2, 3)))
+
+
+def shufflenet_v2_shapes(width=1.0, classes=1000):
+    stem, *stages, last = SHUFFLENET_WIDTHS[width]
+    shapes = _conv_shapes("conv1.0", stem, 3, 3) | _bn_shapes("conv1.1", stem)
+    inp = stem
+    for stage, out, repeats in zip((2, 3, 4), stages, (4, 8, 4)):
+        bf = out // 2
+        for i in range(repeats):
+            name = f"stage{stage}.{i}"
+            if i == 0:
+                shapes |= (_conv_shapes(f"{name}.branch1.0", inp, inp, 3, groups=inp)
+                           | _bn_shapes(f"{name}.branch1.1", inp)
+                           | _conv_shapes(f"{name}.branch1.2", bf, inp, 1)
+                           | _bn_shapes(f"{name}.branch1.3", bf))
+            b2_in = inp if i == 0 else bf
+            shapes |= (_conv_shapes(f"{name}.branch2.0", bf, b2_in, 1)
+                       | _bn_shapes(f"{name}.branch2.1", bf)
+                       | _conv_shapes(f"{name}.branch2.3", bf, bf, 3, groups=bf)
+                       | _bn_shapes(f"{name}.branch2.4", bf)
+                       | _conv_shapes(f"{name}.branch2.5", bf, bf, 1)
+                       | _bn_shapes(f"{name}.branch2.6", bf))
+            inp = out
+    return (shapes | _conv_shapes("conv5.0", last, inp, 1) | _bn_shapes("conv5.1", last)
+            | _linear_shapes("fc", classes, last))

@@ -13,6 +13,7 @@ from kvision.blocks import conv_bn_act
 from kvision.layers import ChannelShuffle, ChannelSplit
 from kvision.models._builder import build, builder_args
 from kvision.registry import register
+from kvision.weights_torch import torchvision_weights
 
 PAPER = "ShuffleNet V2: Practical Guidelines for Efficient CNN Architecture Design"
 
@@ -93,7 +94,9 @@ def _width_tag(width_multiplier):
           params_source="torchvision shufflenet_v2_x1_0 "
                         "(ShuffleNet_V2_X1_0_Weights num_params)",
           stage_outputs={4: "maxpool", 8: "stage2_block4_shuffle",
-                         16: "stage3_block8_shuffle", 32: "conv5_relu"})
+                         16: "stage3_block8_shuffle", 32: "conv5_relu"},
+          **torchvision_weights("shufflenet", "shufflenetv2_x1-5666bf0f80.pth",
+                                69.362, 88.316))
 def ShuffleNetV2(include_top=True, weights=None, input_tensor=None, input_shape=None,
                  pooling=None, classes=1000, classifier_activation="softmax",
                  name=None, width_multiplier=1.0):
