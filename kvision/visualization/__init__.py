@@ -5,7 +5,7 @@ from kvision.visualization.plots import plot_confusion_matrix, plot_training_cur
 # Attribution maps and layers by path load Keras: imported when first asked for.
 _LAZY = {"kvision.visualization.attribution": (
              "deconvnet", "gradcam", "gradcam_plus_plus", "guided_backprop", "occlusion",
-             "saliency"),
+             "randomization_check", "saliency"),
          "kvision.visualization.layers": (
              "activations", "activations_grid", "filters_grid", "layer_output")}
 

@@ -55,8 +55,8 @@ from kvision import features
 from kvision.visualization import layers as _layers
 
 __all__ = ["RECTIFIERS", "deconvnet", "forward", "gradcam", "gradcam_plus_plus",
-           "guided_backprop", "occlusion", "overlay", "projection_image", "saliency",
-           "score_target"]
+           "guided_backprop", "occlusion", "overlay", "projection_image",
+           "randomization_check", "rank_correlation", "saliency", "score_target"]
 
 # Activation functions (by keras.activations name) that the guided / deconvnet rules
 # replace; keras.activations.get("swish") is silu, "hard_swish" is hard_silu.
@@ -457,7 +457,8 @@ def occlusion(model, images, class_index=None, patch=None, stride=None, *,
     classes = None if class_index is not None or target is not None else \
         _top_classes(model, images)
     score = _scorer(model)
-    corners = [(y, x) for y in _starts(h, patch, stride) for x in _starts(w, patch, stride)]
+    corners = [(y, x) for y in _starts(h, patch, stride)
+               for x in _starts(w, patch, stride)]
     maps = np.zeros((n, h, w), "float32")
     for i in range(n):
         chosen = classes if class_index is None else class_index
@@ -498,6 +499,57 @@ def _scorer(model):
         outputs = outputs_of(tf.convert_to_tensor(batch, tf.float32))
         return np.asarray(target(outputs))
     return score
+
+
+# --- sanity ----------------------------------------------------------------------------
+
+def _ranks(values):
+    """Ranks 0..n-1 of ``values``, ties given their mean rank (as Spearman's rho)."""
+    _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
+    first = np.cumsum(counts) - counts
+    return (first + (counts - 1) / 2.0)[inverse]
+
+
+def rank_correlation(maps, others) -> float:
+    """Mean over images of Spearman's rank correlation between two sets of maps
+    (NaN where a map is constant: its ranks say nothing)."""
+    rhos = []
+    for a, b in zip(np.asarray(maps), np.asarray(others)):
+        ra, rb = _ranks(a.ravel()), _ranks(b.ravel())
+        if ra.std() == 0 or rb.std() == 0:
+            rhos.append(np.nan)
+            continue
+        rhos.append(np.corrcoef(ra, rb)[0, 1])
+    return float(np.mean(rhos))
+
+
+def randomization_check(model, images, method, threshold=0.75, seed=None,
+                        **kwargs) -> dict:
+    """Adebayo et al. (2018)'s model-randomization test of an attribution method.
+
+    ``method(model, images, **kwargs)`` (:func:`gradcam`, :func:`saliency`...; signed
+    projections count by ``max_c |.|``) is run on ``model`` and on a copy whose
+    weights are freshly initialized (``keras.models.clone_model``; ``seed``, if
+    given, seeds Keras' global generator first). A map
+    that shows what the model learned changes: the mean rank correlation must be
+    below ``threshold``. One near 1 means the method draws the image (its edges, its
+    ink) rather than the model, and is flagged: ``passed`` is False.
+
+    Returns ``{"rank_correlation", "repeatable" (the same maps twice), "passed"}``.
+    """
+    def pixels(found):
+        found = np.asarray(found)
+        return _pixel_map(found) if found.ndim == 4 else found
+
+    images = _images(model, images)
+    maps = pixels(method(model, images, **kwargs))
+    repeatable = bool(np.array_equal(maps, pixels(method(model, images, **kwargs))))
+    if seed is not None:
+        keras.utils.set_random_seed(seed)
+    randomized = keras.models.clone_model(model)  # new layers, initial weights
+    rho = rank_correlation(maps, pixels(method(randomized, images, **kwargs)))
+    return {"rank_correlation": rho, "repeatable": repeatable,
+            "passed": bool(repeatable and rho < threshold)}
 
 
 # --- pictures ------------------------------------------------------------------------
