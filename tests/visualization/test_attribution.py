@@ -85,6 +85,8 @@ def _one_layer(activation, fused):
     inputs = keras.Input((6,))
     if fused:
         h = keras.layers.Dense(6, activation=activation, name="act")(inputs)
+    elif isinstance(activation, keras.layers.Layer):  # ReLU, LeakyReLU, ELU layers
+        h = activation(keras.layers.Dense(6, name="linear")(inputs))
     else:
         h = keras.layers.Activation(activation, name="act")(
             keras.layers.Dense(6, name="linear")(inputs))
@@ -107,9 +109,15 @@ def _silu(x):
     return x / (1 + np.exp(-x))
 
 
-@pytest.mark.parametrize("activation, f, fused", [("gelu", _gelu, True),
-                                                  ("swish", _silu, False)])
+def _leaky(x):
+    return np.where(x > 0, x, 0.1 * x)
+
+
+@pytest.mark.parametrize("activation, f, fused", [
+    ("gelu", _gelu, True), ("swish", _silu, False), ("leaky", _leaky, False)])
 def test_guided_and_deconvnet_rules_on_a_non_relu_activation(activation, f, fused):
+    if activation == "leaky":
+        activation = keras.layers.LeakyReLU(negative_slope=0.1, name="act")
     model, w = _one_layer(activation, fused)
     x = np.array([[1.2, 0.7, -0.8, -1.5, 0.3, 2.0]], "float32")  # every sign pairing
     h = 1e-4  # central difference in float64: f'(x) independent of TensorFlow
@@ -124,8 +132,34 @@ def test_guided_and_deconvnet_rules_on_a_non_relu_activation(activation, f, fuse
     vanilla = np.abs(fprime * w)
     np.testing.assert_allclose(A.saliency(model, x, class_index=0)[0],
                                vanilla / vanilla.max(), atol=1e-5)
-    assert model.get_layer("act").activation.__name__ == keras.activations.get(
-        activation).__name__
+    if isinstance(activation, str):
+        assert model.get_layer("act").activation.__name__ == keras.activations.get(
+            activation).__name__
+
+
+def test_smoothgrad_averages_the_gradients_of_its_noisy_copies():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((6, 6, 2))
+    x = keras.layers.Conv2D(3, 3, activation="tanh")(inputs)
+    y = keras.layers.Dense(2)(keras.layers.Flatten()(x))  # logits: no softmax
+    model = keras.Model(inputs, y)
+    images = np.random.default_rng(7).uniform(0, 1, (2, 6, 6, 2)).astype("float32")
+    chosen = model(images).numpy().argmax(axis=-1)  # fixed on the clean images
+    rng = np.random.default_rng(0)  # the draws saliency(seed=0) makes, in order
+    spread = 0.2 * (images.max(axis=(1, 2, 3)) - images.min(axis=(1, 2, 3)))
+    total = 0
+    for _ in range(4):
+        noisy = tf.constant(images + rng.normal(size=images.shape)
+                            * spread[:, None, None, None], tf.float32)
+        with tf.GradientTape() as tape:
+            tape.watch(noisy)
+            score = tf.reduce_sum(tf.gather(model(noisy), chosen, batch_dims=1))
+        total = total + np.abs(tape.gradient(score, noisy).numpy()).max(axis=-1)
+    expected = total / total.max(axis=(1, 2), keepdims=True)
+    got = A.saliency(model, images, smoothgrad=4, noise=0.2, seed=0)
+    np.testing.assert_allclose(got, expected, atol=float32_atol(expected, terms=18,
+                                                                depth=3))
+    assert np.abs(got - A.saliency(model, images)).max() > 0.01  # not the plain map
 
 
 def test_occlusion_finds_the_only_pixels_the_score_reads():
