@@ -127,7 +127,7 @@ def _pk_rows(table, identities, p, k, seed):
     repeated = tf.cast(tf.random.stateless_uniform([p, k], seeds[2]) *
                        tf.cast(count, tf.float32), tf.int64)
     position = tf.where(count >= k, distinct, tf.minimum(repeated, count - 1))
-    return tf.gather(order, tf.gather(offsets, chosen)[:, None] + position)
+    return tf.reshape(tf.gather(order, tf.gather(offsets, chosen)[:, None] + position), [-1])
 
 
 # --- collapse ------------------------------------------------------------------------------
@@ -137,13 +137,15 @@ class CollapseMonitor(keras.callbacks.Callback):
 
     Batch-hard triplet training can fall into a constant embedding: every image maps
     to one point, every distance is 0 and the loss sits exactly at the margin
-    (Hermans et al. 2017; pytorch-metric-learning's "loss = margin" reports). After
-    each epoch the monitor embeds ``images`` (a held batch) and measures the spread,
-    the mean squared distance of the embeddings to their mean (the trace of their
-    covariance: 0 when collapsed, about 1 for L2-normalized embeddings spread over
-    the sphere). When the spread is below ``threshold`` and (if ``margin`` is known)
-    the epoch's loss is within ``tolerance`` of ``margin``, for ``patience`` epochs
-    in a row, it logs a warning on the ``kvision.embedding`` logger.
+    (Hermans et al. 2017's supplement; pytorch-metric-learning#20,
+    omoindrot/tensorflow-triplet-loss#6, where a lower learning rate was the cure).
+    After each epoch the monitor embeds ``images`` (a held batch) and measures the
+    spread, the mean squared distance of the embeddings to their mean (the trace of
+    their covariance: 0 when collapsed, at most 1 for L2-normalized embeddings; a
+    small randomly initialized network on the digits gives 0.02-0.03). When the
+    spread is below ``threshold`` and (if ``margin`` is known) the epoch's loss is
+    within ``tolerance`` of ``margin``, for ``patience`` epochs in a row, it logs a
+    warning on the ``kvision.embedding`` logger.
 
     Args:
         images: a held batch of model inputs.
