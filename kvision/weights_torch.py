@@ -123,26 +123,54 @@ def _shufflenet_name(layer):
     return f"stage{stage}.{int(block) - 1}.{_SHUFFLE_UNIT[part]}"
 
 
+def _googlenet_name(layer):
+    """torchvision's GoogLeNet names: BasicConv2d ``.conv``/``.bn`` inside
+    ``conv1..3``, ``inception3a.branch1``, ``.branch2.<k>``, ``.branch3.<k>``,
+    ``.branch4.1`` (after its pool), ``aux1.conv``, ``aux1.fc1``, ``aux1.fc2``; ``fc``."""
+    fixed = {"predictions": "fc", "aux1": "aux1.fc2", "aux2": "aux2.fc2",
+             "aux1_fc1": "aux1.fc1", "aux2_fc1": "aux2.fc1"}
+    if layer in fixed:
+        return fixed[layer]
+    match = re.fullmatch(r"(conv\d|aux\d_reduce|inception\d\w_branch(\d)(_\d)?)_(conv|bn)",
+                         layer)
+    if not match:
+        return None
+    module, branch, step, kind = match.groups()
+    if module.startswith("aux"):
+        return f"{module[:4]}.conv.{kind}"
+    if branch is None:
+        return f"{module}.{kind}"
+    block = module.split("_")[0]
+    position = {"1": "", "4": ".1"}.get(branch, f".{int((step or '_1')[1:]) - 1}")
+    return f"{block}.branch{branch}{position}.{kind}"
+
+
 class Layout:
     """How one family's state dict names its modules.
 
     ``name(layer_name, model)`` gives a Keras layer's torch prefix (None: the layer
     has no counterpart); ``head`` are the prefixes of the classifier, which a model
-    without top leaves unused; ``flattened`` the Dense layers fed by a Flatten of a
-    feature map (their inputs are permuted from torch's C, H, W order).
+    without top leaves unused; ``optional`` prefixes of modules a model may leave
+    out (GoogLeNet's auxiliary classifiers); ``flattened`` maps the Dense layers fed
+    by a Flatten of a feature map to that Flatten (their inputs are permuted from
+    torch's C, H, W order).
     """
 
-    def __init__(self, name, head, flattened=()):
-        self.name, self.head, self.flattened = name, tuple(head), frozenset(flattened)
+    def __init__(self, name, head, flattened=None, optional=()):
+        self.name, self.head, self.optional = name, tuple(head), tuple(optional)
+        self.flattened = dict(flattened or {})
 
 
 LAYOUTS = {
     "resnet": Layout(lambda layer, model: _resnet_name(layer), head=("fc.",)),
     "alexnet": Layout(lambda layer, model: _ALEXNET.get(layer), head=("classifier.",),
-                      flattened=("fc1",)),
-    "vgg": Layout(_vgg_name, head=("classifier.",), flattened=("fc1",)),
+                      flattened={"fc1": "flatten"}),
+    "vgg": Layout(_vgg_name, head=("classifier.",), flattened={"fc1": "flatten"}),
     "squeezenet": Layout(_squeezenet_name, head=("classifier.",)),
     "shufflenet": Layout(lambda layer, model: _shufflenet_name(layer), head=("fc.",)),
+    "googlenet": Layout(lambda layer, model: _googlenet_name(layer), head=("fc.",),
+                        optional=("aux1.", "aux2."),
+                        flattened={"aux1_fc1": "aux1_flatten", "aux2_fc1": "aux2_flatten"}),
 }
 
 
@@ -214,7 +242,7 @@ def torch_values(model, state, layout, *, source="the checkpoint"):
                              f"counterpart in the torchvision layout.")
         flat = None
         if layer.name in layout.flattened:  # the (H, W, C) map its Flatten flattens
-            flat = tuple(model.get_layer("flatten").input.shape[1:])
+            flat = tuple(model.get_layer(layout.flattened[layer.name]).input.shape[1:])
         arrays = []
         for index, (variable, key) in enumerate(zip(layer.weights, _keys(layer, prefix))):
             used.add(key)
@@ -227,8 +255,10 @@ def torch_values(model, state, layout, *, source="the checkpoint"):
             else:
                 arrays.append(_to_keras(layer, index, state[key], flat))
         values.append((layer, arrays))
+    left_out = tuple(p for p in layout.optional if not any(k.startswith(p) for k in used))
     unexpected = [k for k in state if k not in used and not k.endswith(_IGNORED)
-                  and (has_top or not k.startswith(layout.head))]
+                  and (has_top or not k.startswith(layout.head))
+                  and not (left_out and k.startswith(left_out))]
     problems = []
     if missing:
         problems.append(f"missing in {source}: {', '.join(missing[:5])}")

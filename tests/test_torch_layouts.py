@@ -218,3 +218,32 @@ def test_shufflenet_v2_checkpoint_gives_torchvisions_outputs(width, fake_torch, 
                            input_shape=(64, 64, 3), classes=10, classifier_activation=None)
     check_against_reference(model, lambda x: tv.shufflenet_v2(state, x), images(64),
                             terms=1024, depth=3 * 16 + 3)
+
+
+def test_googlenet_checkpoint_gives_torchvisions_outputs(fake_torch, tmp_path):
+    """The checkpoint carries the auxiliary classifiers (torchvision's published one
+    does); a model without them leaves those keys unused."""
+    state = tv.random_state(tv.googlenet_shapes(classes=10), seed=10)
+    path = write_checkpoint(tmp_path / "googlenet.pth", state, fake_torch)
+    model = kvision.create("googlenet", weights=path, input_shape=(64, 64, 3), classes=10,
+                           classifier_activation=None)
+    check_against_reference(model, lambda x: tv.googlenet(state, x), images(64),
+                            terms=832, depth=3 + 2 * 9 + 1)
+    with_aux = kvision.create("googlenet", weights=path, input_shape=(224, 224, 3),
+                              classes=10, aux_logits=True)
+    np.testing.assert_array_equal(with_aux.get_layer("aux2_fc1").get_weights()[1],
+                                  state["aux2.fc1.bias"])
+
+
+def test_googlenet_imagenet_preprocessing_is_torchvisions_transform_input():
+    """torchvision's pretrained GoogLeNet normalizes with ImageNet's mean and std,
+    then _transform_input maps channel c to x_c * std_c / 0.5 + (mean_c - 0.5) / 0.5."""
+    from kvision.layers import ImagePreprocessing
+
+    pixels = np.random.default_rng(11).uniform(0, 255, (2, 8, 8, 3)).astype("float32")
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    normalized = (pixels / 255.0 - mean) / std
+    expected = normalized * (std / 0.5) + (mean - 0.5) / 0.5
+    mode = kvision.get_info("googlenet").preprocessing
+    np.testing.assert_allclose(np.asarray(ImagePreprocessing(mode)(pixels)), expected,
+                               rtol=0, atol=float32_atol(expected, terms=3))

@@ -344,3 +344,76 @@ def shufflenet_v2_shapes(width=1.0, classes=1000):
             inp = out
     return (shapes | _conv_shapes("conv5.0", last, inp, 1) | _bn_shapes("conv5.1", last)
             | _linear_shapes("fc", classes, last))
+
+
+# ---- googlenet.py: BasicConv2d, Inception, GoogLeNet ----
+
+GOOGLENET = {  # in, ch1x1, ch3x3red, ch3x3, ch5x5red, ch5x5, pool_proj
+    "inception3a": (192, 64, 96, 128, 16, 32, 32),
+    "inception3b": (256, 128, 128, 192, 32, 96, 64),
+    "inception4a": (480, 192, 96, 208, 16, 48, 64),
+    "inception4b": (512, 160, 112, 224, 24, 64, 64),
+    "inception4c": (512, 128, 128, 256, 24, 64, 64),
+    "inception4d": (512, 112, 144, 288, 32, 64, 64),
+    "inception4e": (528, 256, 160, 320, 32, 128, 128),
+    "inception5a": (832, 256, 160, 320, 32, 128, 128),
+    "inception5b": (832, 384, 192, 384, 48, 128, 128),
+}
+
+
+def _basic_conv2d(state, name, x, **kwargs):
+    """BasicConv2d.forward: conv (no bias), BatchNorm2d(eps=0.001), ReLU."""
+    return ops.relu(_bn(state, f"{name}.bn", _conv(state, f"{name}.conv", x, **kwargs),
+                        eps=1e-3))
+
+
+def _inception(state, name, x):
+    """Inception.forward: cat of branch1 (1x1), branch2 (1x1, 3x3 p1), branch3 (1x1,
+    3x3 p1: torchvision's kernel_size=3), branch4 (maxpool 3/1 p1 ceil, 1x1)."""
+    b1 = _basic_conv2d(state, f"{name}.branch1", x)
+    b2 = _basic_conv2d(state, f"{name}.branch2.1",
+                       _basic_conv2d(state, f"{name}.branch2.0", x), padding=1)
+    b3 = _basic_conv2d(state, f"{name}.branch3.1",
+                       _basic_conv2d(state, f"{name}.branch3.0", x), padding=1)
+    b4 = _basic_conv2d(state, f"{name}.branch4.1",
+                       ops.max_pool2d(x, 3, 1, padding=1, ceil_mode=True))
+    return np.concatenate([b1, b2, b3, b4], axis=1)
+
+
+def googlenet(state, x, features=False):
+    """GoogLeNet._forward (transform_input=False, no aux in eval): conv1 7x7/2 p3,
+    maxpool1 3/2 ceil, conv2 1x1, conv3 3x3 p1, maxpool2 3/2 ceil, 3a, 3b, maxpool3
+    3/2 ceil, 4a..4e, maxpool4 2/2 ceil, 5a, 5b, adaptive avgpool 1, dropout, fc."""
+    x = _basic_conv2d(state, "conv1", x, stride=2, padding=3)
+    x = ops.max_pool2d(x, 3, 2, ceil_mode=True)
+    x = _basic_conv2d(state, "conv3", _basic_conv2d(state, "conv2", x), padding=1)
+    x = ops.max_pool2d(x, 3, 2, ceil_mode=True)
+    for name in GOOGLENET:
+        x = _inception(state, name, x)
+        if name in ("inception3b", "inception4e"):
+            x = ops.max_pool2d(x, 3 if name == "inception3b" else 2, 2, ceil_mode=True)
+    if features:
+        return x
+    return _linear(state, "fc", ops.adaptive_avg_pool2d(x, 1).reshape(x.shape[0], -1))
+
+
+def googlenet_shapes(classes=1000, aux_logits=True):
+    """With the InceptionAux heads (conv 1x1 128, fc1 2048->1024, fc2), as
+    torchvision's published checkpoint has them."""
+    def basic(name, out_c, in_c, k):
+        return _conv_shapes(f"{name}.conv", out_c, in_c, k) | _bn_shapes(f"{name}.bn", out_c)
+
+    shapes = basic("conv1", 64, 3, 7) | basic("conv2", 64, 64, 1) | basic("conv3", 192, 64, 3)
+    for name, (cin, c1, c3r, c3, c5r, c5, pool) in GOOGLENET.items():
+        shapes |= (basic(f"{name}.branch1", c1, cin, 1)
+                   | basic(f"{name}.branch2.0", c3r, cin, 1)
+                   | basic(f"{name}.branch2.1", c3, c3r, 3)
+                   | basic(f"{name}.branch3.0", c5r, cin, 1)
+                   | basic(f"{name}.branch3.1", c5, c5r, 3)
+                   | basic(f"{name}.branch4.1", pool, cin, 1))
+    if aux_logits:
+        for aux, cin in (("aux1", 512), ("aux2", 528)):
+            shapes |= (basic(f"{aux}.conv", 128, cin, 1)
+                       | _linear_shapes(f"{aux}.fc1", 1024, 2048)
+                       | _linear_shapes(f"{aux}.fc2", classes, 1024))
+    return shapes | _linear_shapes("fc", classes, 1024)

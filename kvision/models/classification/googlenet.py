@@ -18,6 +18,7 @@ from kvision.blocks.inception import (basic_conv, conv_chain, inception_module,
                                       pooled, require_side)
 from kvision.models._builder import build, builder_args
 from kvision.registry import register
+from kvision.weights_torch import torchvision_weights
 
 # Module widths (1x1, 3x3 reduce, 3x3, "5x5" reduce, "5x5", pool proj): Table 1.
 MODULES = {
@@ -109,7 +110,11 @@ def inference_model(model):
           params_source="torchvision googlenet(aux_logits=False), trainable "
                         "parameters (13,004,888 with aux_logits=True)",
           stage_outputs={4: "conv3_act", 8: "inception3b", 16: "inception4e",
-                         32: "inception5b"})
+                         32: "inception5b"},
+          # torchvision runs its published weights with transform_input=True, which
+          # turns its ImageNet normalization into x / 127.5 - 1: keras' "tf" mode.
+          **dict(torchvision_weights("googlenet", "googlenet-1378be20.pth", 69.778,
+                                     89.530), preprocessing="tf"))
 def GoogLeNet(include_top=True, weights=None, input_tensor=None, input_shape=None,
               pooling=None, classes=1000, classifier_activation="softmax", name=None,
               aux_logits=False):
