@@ -145,7 +145,7 @@ def forward(model, images, *, watch=None, rule=None, logits=True, tape=None):
         raise ValueError(f"rule must be one of {RULES}, got {rule!r}.")
     g = features.graph(model)
     _single_image_input(g)
-    target = _layers.resolve(model, watch) if watch is not None else None
+    watch_id = None if watch is None else _tensor_id(model, g, watch)
     final = {t for t in g.outputs}
     values = {g.inputs[0]: images}
     watched = None
@@ -156,8 +156,8 @@ def forward(model, images, *, watch=None, rule=None, logits=True, tape=None):
         result = _call(step.op, args, kwargs, rule, squash)
         for t, value in zip(step.outputs, keras.tree.flatten(result)):
             values[t] = value
-        if target is not None and _matches(step.path, target):
-            watched = values[step.outputs[0]]
+        if watch_id in step.outputs:
+            watched = values[watch_id]
             if tape is not None:
                 tape.watch(watched)
     outputs = [values[t] for t in g.outputs]
@@ -167,10 +167,21 @@ def forward(model, images, *, watch=None, rule=None, logits=True, tape=None):
     return outputs, watched
 
 
-def _matches(path, target):
-    # resolve_path gives the top-level name alone for a nested model itself.
-    return tuple(path) == tuple(target) or (len(target) == 1 and path[-1] == target[0]
-                                            and len(path) == 1)
+def _tensor_id(model, g, watch):
+    """The id, in ``g``'s numbering, of the output of the layer at path ``watch``:
+    a layer's own output, or a top-level nested model's (its last inner step's)."""
+    target = _layers.resolve(model, watch)
+    for step in g.steps:
+        if tuple(step.path) == target and len(step.outputs) == 1:
+            return step.outputs[0]
+    fn = features.functional(model)
+    if len(target) == 1:
+        for node in features.ordered_nodes(fn):
+            if node.operation.name == target[0] and len(node.outputs) == 1:
+                return id(node.outputs[0])
+    raise ValueError(f"Layer {watch!r} of {model.name!r} has no single output to "
+                     f"explain (a model nested deeper, or several outputs): name a "
+                     f"layer inside it.")
 
 
 # --- what is explained ---------------------------------------------------------------

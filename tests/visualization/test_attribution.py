@@ -62,6 +62,8 @@ def test_gradcam_is_the_papers_formula_through_a_nested_backbone():
     np.testing.assert_allclose(got, expected, atol=float32_atol(expected, terms=108,
                                                                 depth=3))
     np.testing.assert_allclose(A.gradcam(model, x, layer="backbone/r2"), got)
+    # The nested model named alone is its output: the same map.
+    np.testing.assert_allclose(A.gradcam(model, x, layer="backbone"), got)
 
 
 def test_gradcam_plus_plus_is_the_papers_weighting():
