@@ -266,8 +266,8 @@ def torch_values(model, state, layout, *, source="the checkpoint"):
         problems.append(f"not in the model: {', '.join(unexpected[:5])}")
     problems += shapes[:5]
     if problems:
-        raise ValueError(f"{source} does not fit {model.name!r} (torchvision's "
-                         f"layout): " + "; ".join(problems))
+        raise ValueError(f"{source[0].upper()}{source[1:]} does not fit "
+                         f"{model.name!r} (torchvision's layout): " + "; ".join(problems))
     return values
 
 
@@ -275,7 +275,7 @@ def load_torch_file(model, path, layout):
     """Load the torchvision checkpoint at ``path`` into ``model`` (all or nothing)."""
     path = os.fspath(path)
     state = _state_dict(load_torch_checkpoint(path), path)
-    values = torch_values(model, state, layout, source=f"checkpoint {path!r}")
+    values = torch_values(model, state, layout, source=f"the checkpoint {path!r}")
     for layer, arrays in values:
         layer.set_weights(arrays)
     return model

@@ -99,7 +99,7 @@ def test_a_checkpoint_that_does_not_fit_names_the_keys_and_changes_nothing(
     with pytest.raises(ValueError) as error:
         kvision.weights.load_into(model, path, kvision.get_info("resnet18"))
     message = str(error.value)
-    assert "missing in checkpoint" in message and "layer1.0.conv1.weight" in message
+    assert "missing in the checkpoint" in message and "layer1.0.conv1.weight" in message
     assert "not in the model: layer9.0.conv1.weight" in message
     assert "layer2.0.bn1.running_var: the model expects (128,)" in message
     assert "(7,)" in message
