@@ -247,3 +247,39 @@ def test_googlenet_imagenet_preprocessing_is_torchvisions_transform_input():
     mode = kvision.get_info("googlenet").preprocessing
     np.testing.assert_allclose(np.asarray(ImagePreprocessing(mode)(pixels)), expected,
                                rtol=0, atol=float32_atol(expected, terms=3))
+
+
+def test_reference_ops_follow_torchs_definitions():
+    """The reference's im2col conv against the definition written as loops (groups,
+    stride, padding, dilation), and pooling sizes/divisors worked out by hand from
+    torch's formulas."""
+    from reference import ops
+
+    rng = np.random.default_rng(12)
+    x, w, b = rng.normal(size=(2, 4, 7, 6)), rng.normal(size=(6, 2, 3, 2)), rng.normal(size=6)
+    got = ops.conv2d(x, w, b, stride=(2, 1), padding=(1, 2), dilation=(2, 1), groups=2)
+    padded = np.pad(x, ((0, 0), (0, 0), (1, 1), (2, 2)))
+    expected = np.zeros((2, 6, 3, 9))  # (7 + 2 - 2*2 - 1) // 2 + 1, (6 + 4 - 1 - 1) + 1
+    for o in range(6):
+        g = o // 3
+        for i in range(3):
+            for j in range(9):
+                patch = padded[:, 2 * g:2 * g + 2, 2 * i:2 * i + 5:2, j:j + 2]
+                expected[:, o, i, j] = (patch * w[o]).sum(axis=(1, 2, 3)) + b[o]
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+
+    ones = np.ones((1, 1, 5, 5))
+    assert ops.max_pool2d(ones, 2, 2).shape == (1, 1, 2, 2)
+    assert ops.max_pool2d(ones, 2, 2, ceil_mode=True).shape == (1, 1, 3, 3)
+    # ceil_mode: the last window holds one real cell, and averages over it alone.
+    np.testing.assert_array_equal(ops.avg_pool2d(ones, 2, 2, ceil_mode=True), 1.0)
+    # padding 1 on 4x4, 3x3/2 ceil: ceil((4 + 2 - 3) / 2) + 1 = 3 windows, starting at
+    # -1, 1, 3; the last is kept since it starts inside the input (3 < 4 + 1).
+    pooled = ops.avg_pool2d(np.ones((1, 1, 4, 4)), 3, 2, padding=1, ceil_mode=True)
+    assert pooled.shape == (1, 1, 3, 3)
+    assert pooled[0, 0, 0, 0] == pytest.approx(4 / 9)  # zero padding counted
+    assert pooled[0, 0, 2, 2] == pytest.approx(1 / 4)  # window cut at input + padding
+    np.testing.assert_array_equal(ops.adaptive_avg_pool2d(np.arange(5.0).reshape(1, 1, 1, 5),
+                                                          (1, 2)), [[[[1.0, 3.0]]]])
+    shuffled = ops.channel_shuffle(np.arange(6.0).reshape(1, 6, 1, 1), 2)
+    assert shuffled.reshape(-1).tolist() == [0, 3, 1, 4, 2, 5]
