@@ -1,4 +1,5 @@
-"""Exact nearest-neighbour search over embeddings: ``kvision.retrieval.Index``.
+"""Nearest-neighbour search over embeddings: ``kvision.retrieval.Index``, exact or
+through FAISS (``backend=``).
 
 Brute force with numpy matrix products, queries taken in batches so that memory stays
 bounded by ``batch_size x len(index)`` distances. Vectors are kept as float32 (half the
@@ -14,18 +15,36 @@ parallel vectors) may come in either order.
     index.add(embeddings, ids=["cat.jpg", "dog.jpg", ...])   # (n, dim)
     ids, distances = index.query(queries, k=5)               # (m, 5) each, nearest first
     index.save("gallery.npz"); Index.load("gallery.npz")     # one .npz, no pickle
+
+At scale, the same API over FAISS (``pip install "kvision[faiss]"``, imported only
+when a FAISS backend is asked for): ``backend="faiss-flat"`` (exact, FAISS's
+kernels), ``"faiss-ivfpq"`` (inverted lists of product-quantised codes, trained on
+the vectors present at the first query; later adds are encoded without retraining)
+or ``"faiss-hnsw"`` (a graph; no training). FAISS proposes the ``k`` candidates; their
+distances are then computed from the stored vectors exactly as above, so
+``"faiss-flat"`` gives the exact index's ids and distances, and the approximate ones
+give true distances to the neighbours they found. Options (``nlist``, ``nprobe``,
+``m``, ``nbits``, ``hnsw_m``, ``ef_search``, ``ef_construction``) trade recall for
+speed: ``benchmarks/retrieval_speed.py`` measures both.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 
 import numpy as np
 
 METRICS = ("cosine", "euclidean")
+BACKENDS = ("exact", "faiss-flat", "faiss-ivfpq", "faiss-hnsw")
+_OPTIONS = {"faiss-flat": {},
+            "faiss-ivfpq": {"nlist": None, "nprobe": 16, "m": None, "nbits": 8},
+            "faiss-hnsw": {"hnsw_m": 32, "ef_search": 64, "ef_construction": 40},
+            "exact": {}}
 _FORMAT = "kvision.retrieval.Index/1"  # stored in every file, checked on load
 _KEYS = ("format", "metric", "batch_size", "vectors", "center", "ids")
+_FAISS_KEYS = ("backend", "options", "faiss_index", "faiss_count")  # absent: exact
 _GATHER_LIMIT = 1 << 22  # float64 values gathered at once when refining distances
 
 
@@ -35,15 +54,29 @@ class Index:
     ``metric="cosine"``: distance ``1 - cos(q, x)`` (vectors are stored unit-normalised;
     a zero vector has distance 1 to everything, as in scikit-learn).
     ``metric="euclidean"``: the L2 distance ``||q - x||``.
+    ``backend``: ``"exact"`` (numpy) or a FAISS index (see the module's docstring),
+    with its ``options``.
     """
 
-    def __init__(self, metric="cosine", batch_size=1024):
+    def __init__(self, metric="cosine", batch_size=1024, backend="exact", **options):
         if metric not in METRICS:
             raise ValueError(f"metric must be one of {METRICS}, got {metric!r}.")
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size}.")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}.")
+        unknown = sorted(set(options) - set(_OPTIONS[backend]))
+        if unknown:
+            raise ValueError(f"backend {backend!r} takes the options "
+                             f"{sorted(_OPTIONS[backend]) or 'none'}, got {unknown}.")
+        if backend != "exact":
+            _import_faiss(backend)          # fail now, not at the first query
         self.metric = metric
         self.batch_size = int(batch_size)
+        self.backend = backend
+        self.options = {**_OPTIONS[backend], **options}
+        self._faiss = None         # built at the first query from the stored vectors
+        self._faiss_count = 0      # how many stored rows it holds
         self._parts = []           # float32 blocks added since the last search
         self._matrix = None        # (n, dim) float32: unit rows (cosine) or x - center
         self._center = None        # (dim,) float64 shift, zero for cosine
@@ -79,7 +112,8 @@ class Index:
         return np.empty(0, "int64") if self._ids is None else self._ids.copy()
 
     def __repr__(self):
-        return f"Index(metric={self.metric!r}, size={len(self)}, dim={self.dim})"
+        return (f"Index(metric={self.metric!r}, backend={self.backend!r}, "
+                f"size={len(self)}, dim={self.dim})")
 
     # -- adding -------------------------------------------------------------------
     def add(self, embeddings, ids=None):
@@ -166,7 +200,8 @@ class Index:
         out_dist = np.empty((len(queries), k), dtype="float64")
         for start in range(0, len(queries), self.batch_size):
             batch = queries[start:start + self.batch_size]
-            pos, dist = self._nearest(batch, k)
+            pos, dist = (self._nearest(batch, k) if self.backend == "exact"
+                         else self._faiss_nearest(batch, k))
             order = np.argsort(dist, axis=1, kind="stable")
             out_pos[start:start + len(batch)] = np.take_along_axis(pos, order, axis=1)
             out_dist[start:start + len(batch)] = np.take_along_axis(dist, order, axis=1)
@@ -203,6 +238,36 @@ class Index:
             out[rows] = np.sqrt(np.einsum("rkd,rkd->rk", diff, diff))
         return out
 
+    # -- FAISS --------------------------------------------------------------------
+    def _faiss_nearest(self, batch, k):
+        """Like :meth:`_nearest`, with FAISS proposing the candidates; rows for which
+        it finds fewer than ``k`` (an IVF probe of too few lists) are searched
+        exactly."""
+        index = self._faiss_index()
+        _, pos = index.search(np.ascontiguousarray(batch, dtype="float32"), k)
+        short = (pos < 0).any(axis=1)
+        pos = np.where(pos < 0, 0, pos)
+        if self.metric == "cosine":
+            # float64 dot products of the stored unit rows: the true distances
+            dist = 1.0 - np.einsum("bkd,bd->bk", self._vectors[pos].astype("float64"),
+                                   batch)
+        else:
+            dist = self._euclidean(batch, pos)
+        if short.any():
+            pos[short], dist[short] = self._nearest(batch[short], k)
+        return pos, dist
+
+    def _faiss_index(self):
+        """The FAISS index, built or brought up to date with the stored rows."""
+        vectors = self._vectors
+        if self._faiss is None:
+            self._faiss = _build_faiss(self.backend, self.options, self.metric, vectors)
+            self._faiss_count = 0
+        if self._faiss_count < len(vectors):
+            self._faiss.add(np.ascontiguousarray(vectors[self._faiss_count:]))
+            self._faiss_count = len(vectors)
+        return self._faiss
+
     # -- files --------------------------------------------------------------------
     def save(self, path):
         """Write the index to one ``.npz`` file at ``path`` (exactly that name) and
@@ -219,13 +284,24 @@ class Index:
             with os.fdopen(fd, "wb") as f:
                 np.savez(f, format=np.array(_FORMAT), metric=np.array(self.metric),
                          batch_size=np.array(self.batch_size), vectors=vectors,
-                         center=center, ids=self.ids)
+                         center=center, ids=self.ids, **self._faiss_arrays())
             os.replace(tmp, path)
         except BaseException:
             if os.path.exists(tmp):
                 os.remove(tmp)
             raise
         return path
+
+    def _faiss_arrays(self):
+        """The backend, its options and the FAISS index as it is (a trained IVF-PQ
+        keeps its codebooks: a loaded index answers as the saved one did)."""
+        if self.backend == "exact":
+            return {}
+        serialized = (np.zeros(0, "uint8") if self._faiss is None else
+                      _import_faiss(self.backend).serialize_index(self._faiss))
+        return {"backend": np.array(self.backend),
+                "options": np.array(json.dumps(self.options)),
+                "faiss_index": serialized, "faiss_count": np.array(self._faiss_count)}
 
     @classmethod
     def load(cls, path):
@@ -238,7 +314,13 @@ class Index:
         except (ValueError, OSError, EOFError) as err:
             raise ValueError(f"{path!r} is not a kvision retrieval index file (an .npz "
                              f"written by Index.save): {err}") from None
-        index = cls(metric=str(arrays["metric"]), batch_size=int(arrays["batch_size"]))
+        backend = str(arrays.get("backend", "exact"))
+        options = json.loads(str(arrays["options"])) if "options" in arrays else {}
+        index = cls(metric=str(arrays["metric"]), batch_size=int(arrays["batch_size"]),
+                    backend=backend, **options)
+        if len(arrays.get("faiss_index", ())):
+            index._faiss = _import_faiss(backend).deserialize_index(arrays["faiss_index"])
+            index._faiss_count = int(arrays["faiss_count"])
         if len(arrays["center"]):
             index._center = arrays["center"].astype("float64")
             index._parts = [arrays["vectors"].astype("float32")]
@@ -258,10 +340,49 @@ def _read_arrays(path):
             raise ValueError(f"the archive lacks {missing}.")
         if str(data["format"]) != _FORMAT:
             raise ValueError(f"unknown format {str(data['format'])!r}.")
-        return {key: data[key] for key in _KEYS}
+        return {key: data[key] for key in _KEYS + _FAISS_KEYS if key in data.files}
 
 
 def _unit_rows(x):
     """Rows scaled to unit L2 norm; zero rows stay zero (cosine distance 1)."""
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return x / np.where(norms == 0, 1.0, norms)
+
+
+def _import_faiss(backend):
+    """The ``faiss`` module, or an ImportError that says how to install it."""
+    try:
+        import faiss
+    except ImportError:
+        raise ImportError(f"backend={backend!r} needs FAISS, which is not installed: "
+                          f"pip install 'kvision[faiss]' (the faiss-cpu package), or use "
+                          f"backend='exact'.") from None
+    return faiss
+
+
+def _build_faiss(backend, options, metric, vectors):
+    """An empty (trained, for IVF-PQ) FAISS index for ``vectors`` ``(n, dim)``:
+    inner product on the unit rows for cosine, L2 on the centred rows for euclidean."""
+    faiss = _import_faiss(backend)
+    n, dim = vectors.shape
+    kind = faiss.METRIC_INNER_PRODUCT if metric == "cosine" else faiss.METRIC_L2
+    if backend == "faiss-flat":
+        return faiss.IndexFlat(dim, kind)
+    if backend == "faiss-hnsw":
+        index = faiss.IndexHNSWFlat(dim, int(options["hnsw_m"]), kind)
+        index.hnsw.efConstruction = int(options["ef_construction"])
+        index.hnsw.efSearch = int(options["ef_search"])
+        return index
+    # IVF-PQ: k-means needs ~39 points per list and per PQ centroid; with fewer
+    # vectors, fewer lists and bits (a tiny index still works, if not usefully)
+    nlist = options["nlist"] or int(np.clip(4 * np.sqrt(n), 1, max(1, n // 39)))
+    nbits = int(min(options["nbits"], max(1, np.floor(np.log2(max(2, n // 39))))))
+    m = options["m"] or next(c for c in (16, 8, 4, 2, 1) if dim % c == 0)
+    if dim % m:
+        raise ValueError(f"faiss-ivfpq's m ({m} sub-vectors) must divide the "
+                         f"dimension {dim}.")
+    index = faiss.IndexIVFPQ(faiss.IndexFlat(dim, kind), dim, int(nlist), int(m), nbits,
+                             kind)
+    index.train(np.ascontiguousarray(vectors))
+    index.nprobe = int(min(options["nprobe"], nlist))
+    return index
