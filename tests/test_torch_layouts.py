@@ -283,3 +283,27 @@ def test_reference_ops_follow_torchs_definitions():
                                                           (1, 2)), [[[[1.0, 3.0]]]])
     shuffled = ops.channel_shuffle(np.arange(6.0).reshape(1, 6, 1, 1), 2)
     assert shuffled.reshape(-1).tolist() == [0, 3, 1, 4, 2, 5]
+
+
+# Every network that takes torchvision checkpoints, and the test above that holds it
+# to the reference (resnext101/vgg16/19_bn share their family's mapping and test).
+COVERED = {"resnet18", "resnet34", "alexnet", "vgg11_bn", "vgg13_bn", "vgg16_bn",
+           "vgg19_bn", "resnext50_32x4d", "resnext101_32x8d", "squeezenet1_0",
+           "squeezenet1_1", "shufflenet_v2_x1_0", "googlenet"}
+
+
+def test_torchvision_metadata_is_complete_and_every_layout_is_tested():
+    from kvision.weights_torch import LAYOUTS
+
+    with_layout = {n for n in kvision.list_models() if kvision.get_info(n).torch_layout}
+    assert with_layout == COVERED
+    for name in with_layout:
+        info = kvision.get_info(name)
+        assert info.torch_layout in LAYOUTS, name
+        checkpoint = info.checkpoint
+        assert checkpoint["url"].startswith("https://download.pytorch.org/models/"), name
+        assert checkpoint["url"].endswith(f"-{checkpoint['sha256']}.pth"), name
+        int(checkpoint["sha256"], 16)
+        assert len(checkpoint["sha256"]) >= 8, name
+        assert 50 < checkpoint["top1"] < checkpoint["top5"] < 100, name
+        assert info.has_imagenet_weights and info.preprocessing in ("torch", "tf"), name
