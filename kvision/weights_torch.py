@@ -321,7 +321,13 @@ def imagenet_loader(model, info, include_top):
     path = weights_lib.cached_weights(f"{info.name}_imagenet.weights.h5", convert)
     reference = info.builder()
     reference.load_weights(path)
-    return weights_lib.copy_by_layer_name(reference, model)
+    try:
+        return weights_lib.copy_by_layer_name(reference, model)
+    except ValueError as error:  # a knob changed the shapes (width_multiplier, groups)
+        raise ValueError(
+            f"torchvision's ImageNet weights of {info.name} fit its default "
+            f"configuration only ({error}); build it with the builder's default "
+            f"knobs, or pass weights=None.") from None
 
 
 def torchvision_weights(layout, filename, top1, top5):

@@ -170,6 +170,21 @@ def test_imagenet_downloads_checks_converts_once_and_caches(fake_torch, monkeypa
                             images(64), terms=9 * 512, depth=18)
 
 
+def test_imagenet_weights_refuse_a_changed_width_by_name(fake_torch, monkeypatch,
+                                                         tmp_path):
+    """torchvision's shufflenet_v2_x1_0 file into a width_multiplier=0.5 network."""
+    import hashlib
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "home"))
+    path = write_checkpoint(tmp_path / "x1.pth",
+                            tv.random_state(tv.shufflenet_v2_shapes(1.0)), fake_torch)
+    monkeypatch.setattr(keras.utils, "get_file", lambda *args, **kwargs: str(path))
+    monkeypatch.setitem(kvision.get_info("shufflenet_v2_x1_0").checkpoint, "sha256",
+                        hashlib.sha256(path.read_bytes()).hexdigest()[:10])
+    with pytest.raises(ValueError, match="fit its default configuration only"):
+        kvision.create("shufflenet_v2_x1_0", weights="imagenet", width_multiplier=0.5)
+
+
 @pytest.mark.parametrize("depth", [11, 13])
 def test_vgg_bn_checkpoint_gives_torchvisions_features(depth, fake_torch, tmp_path):
     """Features only: kvision's VGG top flattens the map without torchvision's 7x7
