@@ -54,7 +54,8 @@ def check_weights_argument(info, weights, *, include_top, classes,
     if not os.path.isfile(weights):
         raise FileNotFoundError(
             f"Weights file not found: {weights!r} (expected 'imagenet', None or an "
-            f"existing .weights.h5 file)."
+            f"existing .weights.h5 file"
+            + (", or a torchvision .pth checkpoint)." if info.torch_layout else ").")
         )
     if weights.endswith(TORCH_EXTENSIONS):
         if info.torch_layout is None:

@@ -38,11 +38,6 @@ TORCH_EXTENSIONS = (".pth", ".pt")
 _IGNORED = ("num_batches_tracked",)
 
 
-def is_torch_file(path) -> bool:
-    """Whether ``path`` names a PyTorch checkpoint (by its extension)."""
-    return os.fspath(path).endswith(TORCH_EXTENSIONS)
-
-
 # ---- state-dict names of each layout: Keras layer name -> torch module prefix ----
 
 def _resnet_name(layer):

@@ -110,13 +110,25 @@ def test_a_checkpoint_that_does_not_fit_names_the_keys_and_changes_nothing(
             fake_torch))
 
 
+def write_empty(path):
+    """A zip-format checkpoint holding an empty dict (what torch.save({}) writes)."""
+    import pickle
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("archive/data.pkl", pickle.dumps({}, protocol=2))
+    return path
+
+
 def test_pth_files_only_for_torchvision_layouts(tmp_path):
     path = tmp_path / "weights.pth"
     path.write_bytes(b"")
     with pytest.raises(ValueError, match="does not follow a torchvision layout"):
         kvision.create("resnet50", weights=path)
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match="or a torchvision .pth checkpoint"):
         kvision.create("resnet18", weights=tmp_path / "missing.pth")
+    with pytest.raises(ValueError, match="holds no state dict"):
+        kvision.create("resnet18", weights=write_empty(tmp_path / "empty.pth"))
 
 
 def test_imagenet_offline_is_a_clear_connection_error(monkeypatch, tmp_path):
