@@ -206,8 +206,8 @@ def random_state(shapes, seed=0):
         if key.endswith("num_batches_tracked"):
             state[key] = np.array(7, dtype=np.int64)
         elif len(shape) > 1:
-            fan_in = int(np.prod(shape[1:]))
-            state[key] = rng.standard_normal(shape, dtype=np.float32) * np.float32(np.sqrt(2.0 / fan_in))
+            he = np.float32(np.sqrt(2.0 / np.prod(shape[1:])))  # fan-in scaling
+            state[key] = rng.standard_normal(shape, dtype=np.float32) * he
         elif key.endswith(("running_var", ".weight")):  # variance, BN scale: > 0
             state[key] = rng.uniform(0.5, 1.5, shape).astype(np.float32)
         else:  # biases, BN shifts, running means
