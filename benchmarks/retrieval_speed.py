@@ -1,12 +1,18 @@
-"""kvision.retrieval.Index vs scikit-learn's brute-force NearestNeighbors.
+"""retrieval.Index backends side by side: recall@10 against exact search and queries
+per second, at 10^4, 10^5 and 10^6 vectors of dimension 128.
 
-For index sizes 1k, 10k and 100k random unit vectors (dim 256), both search the same
-data for the same queries in this one process, alternately, and the best of
-``--rounds`` is kept. Prints the time per query of each, the ratio kvision/sklearn
-(below 1 = kvision faster), and how kvision's time per query grows with index size
-(exact search is linear in it: 10x the vectors should cost about 10x per query).
+Every index searches the same data for the same queries in this one process; query
+rounds alternate between the indexes (so machine load hits all alike) and the best of
+``--rounds`` is kept. scikit-learn's brute-force ``NearestNeighbors`` is the outside
+reference for the exact index's speed. Build time is the add plus the FAISS build
+(IVF-PQ's training, HNSW's graph). Speed is given as a ratio to the exact index (> 1 is
+faster); recall@10 is the share of the exact 10 nearest that an index returns.
 
-    python benchmarks/retrieval_speed.py [--metric cosine] [--queries 1000] [--k 10]
+The data is embedding-like by default (points around 1,000 centres: neighbours that
+mean something); ``--data gaussian`` draws plain noise, where approximate search is at
+its worst and recall figures are much lower (FAISS's own benchmarks use SIFT/Deep1B).
+
+    python benchmarks/retrieval_speed.py [--sizes 10000,100000,1000000] [--queries 1000]
 """
 
 from __future__ import annotations
@@ -15,63 +21,95 @@ import argparse
 import time
 
 import numpy as np
-from sklearn.neighbors import NearestNeighbors
 
 from kvision.retrieval import Index
 
-SIZES = (1_000, 10_000, 100_000)
+INDEXES = (("exact", {}), ("faiss-flat", {}), ("faiss-ivfpq", {"nprobe": 16}),
+           ("faiss-hnsw", {"ef_search": 64}))
 
 
-def unit_vectors(n, dim, rng):
-    x = rng.normal(size=(n, dim)).astype("float32")
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
+def make_data(size, n_queries, dim, kind, rng):
+    """float32 ``(size, dim)`` data and ``(n_queries, dim)`` queries from one law."""
+    if kind == "gaussian":
+        return (rng.standard_normal((size, dim), dtype="float32"),
+                rng.standard_normal((n_queries, dim), dtype="float32"))
+    centres = rng.standard_normal((1000, dim), dtype="float32")
+
+    def draw(n):
+        x = centres[rng.integers(0, len(centres), n)]
+        x += 0.5 * rng.standard_normal((n, dim), dtype="float32")
+        return x
+
+    return draw(size), draw(n_queries)
 
 
-def best_time(fn, rounds):
-    best = float("inf")
-    for _ in range(rounds):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
+def build(backend, options, metric, data):
+    """The index with ``data`` added and its FAISS index built; seconds taken."""
+    start = time.perf_counter()
+    index = Index(metric, backend=backend, **options).add(data)
+    index.query(data[:1], k=1)                 # builds (trains) the FAISS index
+    return index, time.perf_counter() - start
 
 
-def compare(size, dim, n_queries, k, metric, rounds, rng):
-    """Seconds per query for kvision and sklearn, and their top-k agreement."""
-    data, queries = unit_vectors(size, dim, rng), unit_vectors(n_queries, dim, rng)
-    ours = Index(metric=metric).add(data)
-    theirs = NearestNeighbors(n_neighbors=k, metric=metric, algorithm="brute").fit(data)
-    ours_s = theirs_s = float("inf")
-    for _ in range(rounds):  # alternate, so machine load hits both alike
-        ours_s = min(ours_s, best_time(lambda: ours.query(queries, k), 1))
-        theirs_s = min(theirs_s, best_time(lambda: theirs.kneighbors(queries), 1))
-    agree = (ours.query(queries, k)[0] == theirs.kneighbors(queries)[1]).mean()
-    return ours_s / n_queries, theirs_s / n_queries, agree
+def sklearn_seconds(data, queries, k, metric, rounds):
+    from sklearn.neighbors import NearestNeighbors
+
+    nn = NearestNeighbors(n_neighbors=k, metric=metric, algorithm="brute").fit(data)
+    return min(_timed(lambda: nn.kneighbors(queries))[1] for _ in range(rounds))
+
+
+def _timed(fn):
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def compare(size, args, rng):
+    """Rows (name, build s, queries/s, recall@10) for one index size."""
+    data, queries = make_data(size, args.queries, args.dim, args.data, rng)
+    built = {name: build(name, options, args.metric, data) for name, options in INDEXES}
+    best = {name: float("inf") for name in built}
+    answers = {}
+    for _ in range(args.rounds):               # alternate the indexes round by round
+        for name, (index, _) in built.items():
+            answers[name], seconds = _timed(lambda: index.query(queries, args.k)[0])
+            best[name] = min(best[name], seconds)
+    truth = answers["exact"]
+    rows = []
+    for name, (_, build_s) in built.items():
+        found = answers[name]
+        recall = np.mean([len(np.intersect1d(a, b)) for a, b in zip(found, truth)]) / args.k
+        rows.append((name, build_s, args.queries / best[name], recall))
+    if args.sklearn:
+        rows.append(("scikit-learn brute", 0.0,
+                     args.queries / sklearn_seconds(data, queries, args.k, args.metric,
+                                                    args.rounds), 1.0))
+    return rows
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="10000,100000,1000000")
     parser.add_argument("--metric", default="cosine", choices=("cosine", "euclidean"))
-    parser.add_argument("--dim", type=int, default=256)
+    parser.add_argument("--data", default="clustered", choices=("clustered", "gaussian"))
+    parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--k", type=int, default=10)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--no-sklearn", dest="sklearn", action="store_false",
+                        help="leave out scikit-learn's brute force")
     args = parser.parse_args(argv)
     rng = np.random.default_rng(0)
-    print(f"metric={args.metric} dim={args.dim} queries={args.queries} k={args.k} "
-          f"(best of {args.rounds})")
-    print(f"{'size':>8} {'kvision us/q':>13} {'sklearn us/q':>13} {'ratio':>7} "
-          f"{'growth':>7} {'top-k agree':>12}")
-    first = None
-    for size in SIZES:
-        ours, theirs, agree = compare(size, args.dim, args.queries, args.k, args.metric,
-                                      args.rounds, rng)
-        first = first or (size, ours)
-        growth = ours / first[1]
-        print(f"{size:>8} {ours * 1e6:>13.1f} {theirs * 1e6:>13.1f} {ours / theirs:>7.2f} "
-              f"{growth:>6.1f}x {agree:>12.4f}")
-    print(f"growth = kvision time per query relative to {first[0]} vectors "
-          f"(linear search: {SIZES[-1] // first[0]}x the vectors)")
+    print(f"metric={args.metric} data={args.data} dim={args.dim} queries={args.queries} "
+          f"k={args.k} (best of {args.rounds}); options: {dict(INDEXES)}")
+    print(f"| vectors | index | build s | queries/s | vs exact | recall@{args.k} |")
+    print("|---|---|---|---|---|---|")
+    for size in (int(s) for s in args.sizes.split(",")):
+        rows = compare(size, args, rng)
+        exact_qps = rows[0][2]
+        for name, build_s, qps, recall in rows:
+            print(f"| {size:,} | {name} | {build_s:.1f} | {qps:,.0f} | "
+                  f"{qps / exact_qps:.2f}x | {recall:.3f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -23,9 +23,10 @@ the vectors present at the first query; later adds are encoded without retrainin
 or ``"faiss-hnsw"`` (a graph; no training). FAISS proposes the ``k`` candidates; their
 distances are then computed from the stored vectors exactly as above, so
 ``"faiss-flat"`` gives the exact index's ids and distances, and the approximate ones
-give true distances to the neighbours they found. Options (``nlist``, ``nprobe``,
-``m``, ``nbits``, ``hnsw_m``, ``ef_search``, ``ef_construction``) trade recall for
-speed: ``benchmarks/retrieval_speed.py`` measures both.
+give true distances to the neighbours they found; IVF-PQ asks for ``rerank`` times
+``k`` candidates (4 by default) and keeps the truly nearest ``k``. Options (``nlist``,
+``nprobe``, ``m``, ``nbits``, ``rerank``, ``hnsw_m``, ``ef_search``,
+``ef_construction``) trade recall for speed: ``benchmarks/retrieval_speed.py`` measures both.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ import numpy as np
 METRICS = ("cosine", "euclidean")
 BACKENDS = ("exact", "faiss-flat", "faiss-ivfpq", "faiss-hnsw")
 _OPTIONS = {"faiss-flat": {},
-            "faiss-ivfpq": {"nlist": None, "nprobe": 16, "m": None, "nbits": 8},
+            "faiss-ivfpq": {"nlist": None, "nprobe": 16, "m": None, "nbits": 8,
+                            "rerank": 4},
             "faiss-hnsw": {"hnsw_m": 32, "ef_search": 64, "ef_construction": 40},
             "exact": {}}
 _FORMAT = "kvision.retrieval.Index/1"  # stored in every file, checked on load
@@ -244,15 +246,24 @@ class Index:
         it finds fewer than ``k`` (an IVF probe of too few lists) are searched
         exactly."""
         index = self._faiss_index()
-        _, pos = index.search(np.ascontiguousarray(batch, dtype="float32"), k)
-        short = (pos < 0).any(axis=1)
-        pos = np.where(pos < 0, 0, pos)
+        # IVF-PQ's distances are coarse (8 bits per 8 dimensions): ask for rerank x k
+        # candidates and keep the k truly nearest among them (IVFPQ+R, Jegou 2011)
+        wanted = min(len(self), k * int(self.options.get("rerank", 1)))
+        _, pos = index.search(np.ascontiguousarray(batch, dtype="float32"), wanted)
+        short = (pos[:, :k] < 0).any(axis=1)
+        pos_missing = pos < 0
+        pos = np.where(pos_missing, 0, pos)
         if self.metric == "cosine":
             # float64 dot products of the stored unit rows: the true distances
             dist = 1.0 - np.einsum("bkd,bd->bk", self._vectors[pos].astype("float64"),
                                    batch)
         else:
             dist = self._euclidean(batch, pos)
+        dist[pos_missing] = np.inf
+        if wanted > k:
+            keep = np.argpartition(dist, k - 1, axis=1)[:, :k]
+            pos = np.take_along_axis(pos, keep, axis=1)
+            dist = np.take_along_axis(dist, keep, axis=1)
         if short.any():
             pos[short], dist[short] = self._nearest(batch[short], k)
         return pos, dist
@@ -383,6 +394,11 @@ def _build_faiss(backend, options, metric, vectors):
                          f"dimension {dim}.")
     index = faiss.IndexIVFPQ(faiss.IndexFlat(dim, kind), dim, int(nlist), int(m), nbits,
                              kind)
+    # k-means on every vector of a large index costs minutes for no better lists:
+    # train on a seeded sample of 64 per list (FAISS would sample 256)
+    sample = max(64 * int(nlist), 64 << nbits)
+    if n > sample:
+        vectors = vectors[np.sort(np.random.default_rng(0).choice(n, sample, False))]
     index.train(np.ascontiguousarray(vectors))
     index.nprobe = int(min(options["nprobe"], nlist))
     return index

@@ -52,7 +52,8 @@ def test_approximate_backends_find_most_true_neighbours(backend, options, metric
     built = approx._faiss                      # the options reached FAISS
     assert (built.hnsw.efSearch if backend == "faiss-hnsw" else built.nprobe) == (
         options.get("ef_search", options.get("nprobe")))
-    assert recall > (0.5 if backend == "faiss-ivfpq" else 0.9), recall
+    # measured 0.9995-1.0 (IVF-PQ re-ranks 4 x k candidates; 0.78-0.89 without)
+    assert recall > 0.95, recall
     # the distances given are the true distances to the ids given, nearest first
     picked = data[ids]
     if metric == "euclidean":
