@@ -166,7 +166,7 @@ def glyphs(identities=100, per_identity=10, image_size=32, split="train", seed=0
     from kvision.data.folders import as_size
 
     height, width = as_size(image_size)
-    names = _chosen(identities, split)
+    names = _chosen(identities, split)   # the argument, not the function
     per_identity = _positive_int(per_identity, "per_identity")
     labels = np.repeat(np.arange(len(names), dtype="int64"), per_identity)
     rng = np.random.default_rng(seed)
@@ -196,18 +196,19 @@ def glyphs(identities=100, per_identity=10, image_size=32, split="train", seed=0
     return images, labels, names
 
 
-def _chosen(identities, split):
-    """The class names a call asks for, checked against the split."""
-    available = globals()["identities"](split)
-    if isinstance(identities, (int, np.integer)) and not isinstance(identities, bool):
-        if not 1 <= identities <= len(available):
+def _chosen(wanted, split):
+    """The class names a call asks for (a count or characters), checked against the
+    split."""
+    available = identities(split)
+    if isinstance(wanted, (int, np.integer)) and not isinstance(wanted, bool):
+        if not 1 <= wanted <= len(available):
             raise ValueError(f"identities must be between 1 and {len(available)} (the "
-                             f"{split} split's size), got {identities}.")
-        return available[:int(identities)]
-    names = tuple(identities)
+                             f"{split} split's size), got {wanted}.")
+        return available[:int(wanted)]
+    names = tuple(wanted)
     wrong = [c for c in names if c not in set(available)]
     if not names or wrong:
-        other = set(globals()["identities"]("test" if split == "train" else "train"))
+        other = set(identities("test" if split == "train" else "train"))
         where = ", ".join(f"{c!r} ({'the other split' if c in other else 'no identity'})"
                           for c in wrong[:10])
         raise ValueError(f"identities must be a count or characters of the {split} "
