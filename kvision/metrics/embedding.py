@@ -35,8 +35,9 @@ def verification(similarities, same, fars=(1e-3, 1e-4)):
     is at least it), starting at (0, 0). ``eer``: where the false-accept rate equals
     the false-reject rate, interpolated between ROC points; ``threshold``: the score
     at that point (accept ``>= threshold``). ``tar_at_far[f]``: the best true-accept
-    rate at a false-accept rate of at most ``f`` (0 when ``f`` is below ``1 /
-    negatives``: a rate that cannot be measured with so few pairs is not guessed).
+    rate at a false-accept rate of at most ``f``, read off the ROC's points, never
+    interpolated: with fewer than ``1 / f`` different pairs it is the rate at FAR 0
+    (same pairs scoring above every different pair), so measure 1e-4 on 10^4 or more.
     """
     scores, labels = _check_pairs(similarities, same)
     far, tar, thresholds = _roc(scores, labels)
