@@ -216,6 +216,8 @@ def _class_count(model, task):
         return max(int(output.shape[-1]), 2)
     if task in SEGMENTING or task in DETECTING or isinstance(model.output, dict):
         return None  # any count fits (a pose model's names are its joints')
+    if task == "embedding":
+        return None  # its names are its training identities, not its output's width
     return int(model.output_shape[-1])
 
 

@@ -6,7 +6,7 @@ Every registered network is also a public CapWords builder here
 
 from kvision import registry as _registry
 # Importing the family packages registers their networks.
-from kvision.models import classification, detection, pose, segmentation  # noqa: F401
+from kvision.models import classification, detection, embedding, pose, segmentation  # noqa: F401
 from kvision.models.profile import profile
 from kvision.registry import ModelInfo, create, get_info, list_models
 

@@ -36,7 +36,8 @@ BUILTIN_MODULES = {"localization": "kvision.tasks.detection",
                    "detection": "kvision.tasks.detection",
                    "segmentation": "kvision.tasks.segmentation",
                    "instance_segmentation": "kvision.tasks.segmentation",
-                   "pose": "kvision.tasks.pose"}
+                   "pose": "kvision.tasks.pose",
+                   "embedding": "kvision.tasks.embedding"}
 _TASKS: dict = {}
 
 

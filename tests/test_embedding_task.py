@@ -1,0 +1,82 @@
+"""``kvision train`` / ``evaluate`` for embedding models (issue 19, "The workflow"):
+``embedding_net`` trained on glyph identities logs the held-out rank-1 every epoch,
+equal to ``kvision evaluate``'s and to a NumPy nearest-neighbour count on the saved
+model's embeddings of identities it never saw; bad data is one clear error line."""
+
+import csv
+import json
+
+import keras
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from kvision import cli
+from kvision.data.glyphs import glyphs
+from kvision.tasks import task_of
+
+pytestmark = pytest.mark.xdist_group("train_tasks")
+
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """One epoch of ``kvision train embedding_net`` on 64 glyph images."""
+    folder = tmp_path_factory.mktemp("embedding") / "run"
+    assert cli.main(["train", "embedding_net", "--data", "glyphs", "--epochs", "1",
+                     "--max-images", "64", "--batch-size", "16",
+                     "--out", str(folder)]) == 0
+    return folder
+
+
+def _numpy_figures(model, seed=0):
+    """Leave-one-out rank-1 and pair AUC of the test identities' held-out glyphs
+    (what load_data draws by default: 100 identities x 4), computed here."""
+    images, labels, _ = glyphs(100, 4, image_size=32, split="test", seed=seed)
+    e = np.asarray(model.predict(images.astype("float32"), verbose=0), "float64")
+    e /= np.linalg.norm(e, axis=1, keepdims=True)
+    similarity = e @ e.T
+    np.fill_diagonal(similarity, -np.inf)           # a query is not its own neighbour
+    rank1 = np.mean(labels[np.argmax(similarity, axis=1)] == labels)
+    i, j = np.triu_indices(len(e), k=1)
+    auc = roc_auc_score(labels[i] == labels[j], (e[i] * e[j]).sum(1))
+    return rank1, auc
+
+
+def test_train_logs_the_rank1_that_evaluate_and_numpy_measure(run, capsys):
+    with open(run / "training_log.csv") as f:
+        logged = float(list(csv.DictReader(f))[-1]["val_rank1"])
+    for name in ("embedding_net.keras", "1/saved_model.pb", "run.json"):
+        assert (run / name).is_file(), name
+    capsys.readouterr()
+    assert cli.main(["evaluate", str(run), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    saved = keras.saving.load_model(run / "embedding_net.keras", safe_mode=True)
+    assert task_of(saved) == "embedding"
+    rank1, auc = _numpy_figures(saved)
+    # 400 queries: one query is 0.0025; float32 ties may move a neighbour, not two.
+    assert logged == pytest.approx(report["rank1"], abs=1e-9)
+    assert report["rank1"] == pytest.approx(rank1, abs=0.0051)
+    assert report["auc"] == pytest.approx(auc, abs=1e-4)
+    assert set(report) >= {"rank5", "map_at_r", "eer", "tar_at_far"}
+    assert report["rank1"] <= report["rank5"] <= 1
+
+
+def test_the_saved_model_answers_unit_embeddings(run):
+    saved = keras.saving.load_model(run / "embedding_net.keras", safe_mode=True)
+    x = np.random.default_rng(0).uniform(0, 255, (3, 32, 32, 3)).astype("float32")
+    e = np.asarray(saved.predict(x, verbose=0))
+    assert e.shape == (3, 128)
+    np.testing.assert_allclose(np.linalg.norm(e, axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("data, message", [
+    ("/no/such/folder", "No identity data at '/no/such/folder'"),
+])
+def test_bad_data_is_one_clear_error(data, message, tmp_path, capsys):
+    assert cli.main(["train", "embedding_net", "--data", data, "--epochs", "1",
+                     "--out", str(tmp_path / "run")]) != 0
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
