@@ -228,18 +228,69 @@ class SegmentationTask(base.Task):
 
 
 class InstanceSegmentationTask(SegmentationTask):
-    """Instance segmenters: a mask, class and score per object; COCO mask AP. Trained
-    from Python (:mod:`kvision.models.segmentation.instance`); evaluated, predicted
-    and exported here."""
+    """Instance segmenters: a mask, class and score per object; COCO mask AP.
+    Mask R-CNN trains here on ``digit-scenes`` (each digit's mask); the two-network
+    form (:mod:`kvision.models.segmentation.instance`) trains from Python. Evaluated,
+    predicted and exported here."""
 
     name, noun, metric, metric_label = ("instance_segmentation", "instance segmenter",
                                         "map_50", "mask AP@0.5")
     export_kind = "detector"  # the single-network form answers the detection outputs
+    default_epochs = 6
+    default_learning_rate = 1e-3
+
+    def default_image_size(self, info, data):
+        return 96 if data == DIGIT_SCENES else info.default_size  # the detectors' scenes
 
     def check_trainable(self, name):
-        raise ValueError(f"{name} trains from Python (kvision.models.segmentation."
-                         f"instance: training_targets, losses, fit); kvision train does "
-                         f"not train instance segmenters yet.")
+        module = self.model_module(name)
+        if not all(hasattr(module, f) for f in ("training_dataset", "losses",
+                                                 "inference_model", "mask_loss")):
+            raise ValueError(f"{name} trains from Python (kvision.models.segmentation."
+                             f"instance: training_targets, losses, fit); kvision train "
+                             f"does not train this instance segmenter (it trains "
+                             f"mask_rcnn).")
+
+    def training_data(self, source, *, image_size, channels, seed, max_images=None):
+        """``digit-scenes`` with each digit's box, class and mask (the detectors'
+        scenes and digit sizes)."""
+        if source != DIGIT_SCENES:
+            raise ValueError(f"--data {source!r}: an instance segmenter trains on "
+                             f"{DIGIT_SCENES} (each object's mask) so far.")
+        from kvision.data.synthetic import digit_scenes
+
+        shape = detection._Shape((image_size, image_size), channels)
+        digit_size = tuple(max(4, round(d * image_size / detection._SCENE_SIDE))
+                           for d in (12, 32))
+        scenes = digit_scenes(max_images or DIGIT_SCENES_TRAIN, image_size=image_size,
+                              digit_size=digit_size, channels=channels, subset="train",
+                              distortion=detection.DIGIT_SCENES_DISTORTION, seed=seed + 1)
+        validation = self.load_data(DIGIT_SCENES, shape, seed=seed)
+        wh = np.concatenate([b[:, 2:] - b[:, :2] for b in scenes.boxes])
+        return base.TrainingData(
+            scenes, len(scenes), validation, tuple(scenes.class_names), DIGIT_SCENES,
+            f"{DIGIT_SCENES}: {len(scenes)} training scenes with masks (handwriting of "
+            f"the train half), {validation.description}", {"box_sizes": wh})
+
+    def build(self, name, data, *, input_shape, model_args, backbone_weights=None,
+              regime=None):
+        fitted = getattr(self.model_module(name), "data_arguments", None)
+        arguments = dict(fitted(name, data.extras["box_sizes"]) if fitted else {})
+        arguments.update(model_args)  # what the user says wins
+        return base.Task.build(self, name, data, input_shape=input_shape,
+                               model_args=arguments, backbone_weights=backbone_weights,
+                               regime=regime)
+
+    def losses(self, name, model):
+        return self.model_module(name).losses(model)
+
+    def fit_dataset(self, name, model, data, *, batch_size, seed, shuffle=True):
+        return self.model_module(name).training_dataset(
+            data.train, model, batch_size=batch_size, shuffle=shuffle, seed=seed)
+
+    def inference_model(self, name, model):
+        # Every instance above 0.05 (mask AP ranks them by score), as torchvision.
+        return self.model_module(name).inference_model(model, score_threshold=0.05)
 
     def load_data(self, source, trained, *, seed=0, max_images=None):
         """Held-out ``digit-scenes`` with each digit's mask (the images at the model's
