@@ -54,7 +54,8 @@ import numpy as np
 from kvision import features
 from kvision.visualization import layers as _layers
 
-__all__ = ["RECTIFIERS", "deconvnet", "forward", "gradcam", "gradcam_plus_plus",
+__all__ = ["RECTIFIERS", "deconvnet", "deletion_insertion", "forward", "gradcam",
+           "gradcam_plus_plus",
            "guided_backprop", "occlusion", "overlay", "projection_image",
            "randomization_check", "rank_correlation", "saliency", "score_target"]
 
@@ -561,6 +562,73 @@ def randomization_check(model, images, method, threshold=0.75, seed=None,
     rho = rank_correlation(maps, pixels(method(randomized, images, **kwargs)))
     return {"rank_correlation": rho, "repeatable": repeatable,
             "passed": bool(repeatable and rho < threshold)}
+
+
+# --- faithfulness ----------------------------------------------------------------------
+
+def _pixel_order(maps, rng):
+    """Per image, the flat pixel indices from the most to the least important; ties
+    (Grad-CAM's zeros, occlusion's flat regions) in a seeded random order, not the
+    raster order that would favour the image's top rows."""
+    flat = maps.reshape(len(maps), -1)
+    return np.stack([np.lexsort((rng.random(row.size), -row)) for row in flat])
+
+
+def _class_probability(model, batch, classes, batch_size):
+    """The model's output for ``classes`` (one per image of ``batch``)."""
+    found = [np.asarray(model(batch[i:i + batch_size], training=False))
+             for i in range(0, len(batch), batch_size)]
+    return np.take_along_axis(np.concatenate(found), classes[:, None], axis=1)[:, 0]
+
+
+def deletion_insertion(model, images, maps, class_index=None, steps=16, fill=None, *,
+                       seed=0, batch_size=64) -> dict:
+    """Deletion and insertion AUC of attribution ``maps`` (Petsiuk et al., 2018).
+
+    Deletion: the pixels are set to ``fill`` (default each image's mean value) from
+    the most to the least important in ``steps`` equal steps; the model's output for
+    the class (``class_index``, default each clean image's top class) falls, and the
+    area under that curve over the fraction deleted (0..1, trapezoids) is the
+    deletion AUC: lower is more faithful. Insertion starts from the all-``fill``
+    image and puts the pixels back in the same order: higher is more faithful. The
+    output is the model's own (probabilities for a softmax classifier).
+
+    ``maps``: ``(N, H, W)``, or ``(N, H, W, C)`` signed projections counted by
+    ``max_c |.|``. Returns ``{"deletion": (N,), "insertion": (N,)}`` float64 and
+    ``"curves"``: ``{"deletion", "insertion"}`` each ``(N, steps + 1)``.
+    """
+    images = _images(model, images)
+    maps = np.asarray(maps, "float32")
+    maps = _pixel_map(maps) if maps.ndim == 4 else maps
+    if maps.shape != images.shape[:3]:
+        raise ValueError(f"maps must be shaped {images.shape[:3]} (one (H, W) map per "
+                         f"image), got {maps.shape}.")
+    if int(steps) < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}.")
+    n, h, w, c = images.shape
+    classes = _top_classes(model, images) if class_index is None else \
+        np.broadcast_to(np.asarray(class_index), (n,))
+    classes = np.asarray(classes, "int64")
+    order = _pixel_order(maps, np.random.default_rng(seed))
+    filled = np.broadcast_to(images.mean(axis=(1, 2, 3)) if fill is None else
+                             np.asarray(fill, "float32"), (n,))
+    counts = np.round(np.linspace(0, h * w, int(steps) + 1)).astype(int)
+    curves = {"deletion": [], "insertion": []}
+    for i in range(n):
+        pixels = images[i].reshape(h * w, c)
+        removed = np.zeros((len(counts), h * w), bool)
+        for s, count in enumerate(counts):
+            removed[s, order[i, :count]] = True
+        for kind, hide in (("deletion", removed), ("insertion", ~removed)):
+            batch = np.where(hide[..., None], filled[i], pixels[None])
+            batch = batch.reshape(len(counts), h, w, c).astype("float32")
+            curves[kind].append(_class_probability(
+                model, batch, np.full(len(counts), classes[i]), batch_size))
+    fractions = counts / (h * w)
+    result = {"curves": {k: np.array(v) for k, v in curves.items()}}
+    for kind, values in result["curves"].items():
+        result[kind] = np.trapezoid(values, fractions, axis=1)
+    return result
 
 
 # --- pictures ------------------------------------------------------------------------
