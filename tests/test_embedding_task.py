@@ -80,3 +80,20 @@ def test_bad_data_is_one_clear_error(data, message, tmp_path, capsys):
     assert message in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()
+
+
+def test_each_epoch_draws_new_pk_batches_the_same_for_the_same_seed():
+    from kvision.tasks.base import get_task
+
+    task = get_task("embedding")
+    data = task.training_data("digits", image_size=8, channels=1, seed=0, max_images=200)
+
+    def epoch_labels(dataset):
+        return np.concatenate([y.numpy() for _, y in dataset])
+
+    first = task.fit_dataset("embedding_net", None, data, batch_size=16, seed=0)
+    again = task.fit_dataset("embedding_net", None, data, batch_size=16, seed=0)
+    one, two = epoch_labels(first), epoch_labels(first)
+    assert len(one) == 13 * 16 and (one.reshape(-1, 4) == one.reshape(-1, 4)[:, :1]).all()
+    assert not np.array_equal(one, two)                     # a new draw every epoch
+    np.testing.assert_array_equal(one, epoch_labels(again))  # reproducible by seed
