@@ -4,8 +4,8 @@ from kvision.visualization.plots import plot_confusion_matrix, plot_training_cur
 
 # Attribution maps and layers by path load Keras: imported when first asked for.
 _LAZY = {"kvision.visualization.attribution": (
-             "deconvnet", "gradcam", "gradcam_plus_plus", "guided_backprop", "occlusion",
-             "randomization_check", "saliency"),
+             "deconvnet", "deletion_insertion", "gradcam", "gradcam_plus_plus",
+             "guided_backprop", "occlusion", "randomization_check", "saliency"),
          "kvision.visualization.layers": (
              "activations", "activations_grid", "filters_grid", "layer_output")}
 
