@@ -16,7 +16,8 @@ from kvision import cli
 from kvision.commands import COMMANDS
 
 # The commands the README documents, in the order ``kvision --help`` lists them.
-DOCUMENTED = ["list", "info", "train", "evaluate", "predict", "explain", "sort", "export"]
+DOCUMENTED = ["list", "info", "train", "evaluate", "predict", "explain", "sort", "embed",
+              "search", "export"]
 
 
 def _cli_commands():

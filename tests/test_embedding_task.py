@@ -97,3 +97,65 @@ def test_each_epoch_draws_new_pk_batches_the_same_for_the_same_seed():
     assert len(one) == 13 * 16 and (one.reshape(-1, 4) == one.reshape(-1, 4)[:, :1]).all()
     assert not np.array_equal(one, two)                     # a new draw every epoch
     np.testing.assert_array_equal(one, epoch_labels(again))  # reproducible by seed
+
+
+@pytest.fixture(scope="module")
+def gallery_folder(tmp_path_factory):
+    """3 test identities x 3 glyph images as ``root/<identity>/*.png``, and a probe."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("gallery")
+    images, labels, _ = glyphs(3, 3, image_size=32, split="test", seed=5)
+    for i, (image, label) in enumerate(zip(images, labels)):
+        (root / f"id{label}").mkdir(exist_ok=True)
+        Image.fromarray(image).save(root / f"id{label}" / f"{i}.png")
+    return root
+
+
+def test_embed_then_search_answers_the_nearest_identities(run, gallery_folder, tmp_path,
+                                                          capsys):
+    index = tmp_path / "gallery.npz"
+    assert cli.main(["embed", str(run), str(gallery_folder), "--index", str(index)]) == 0
+    assert "9 images of 3 identities embedded (128-D)" in capsys.readouterr().out
+    probe = gallery_folder / "id1" / "4.png"
+    assert cli.main(["search", str(run), str(probe), "--index", str(index), "-k",
+                     "9"]) == 0
+    answer = capsys.readouterr().out.strip()
+    # The reference: cosine distances of the saved model's embeddings, in NumPy.
+    from kvision.predict import load_images, load_trained
+
+    trained = load_trained(str(run))
+    files = sorted(gallery_folder.glob("*/*.png"))
+    images, _, _ = load_images([str(f) for f in files], trained)
+    e = np.asarray(trained.model.predict(images, verbose=0), "float64")
+    e /= np.linalg.norm(e, axis=1, keepdims=True)
+    distance = 1 - e @ e[files.index(probe)]
+    order = np.argsort(distance, kind="stable")
+    listed = answer.split("(", 1)[1].rstrip(")").split(", ")
+    assert answer.startswith(f"{probe}: id1 (id1/4.png ")      # itself, at distance ~0
+    found = {item.rsplit(" ", 1)[0]: float(item.rsplit(" ", 1)[1]) for item in listed}
+    expected = {f"{files[i].parent.name}/{files[i].name}": distance[i] for i in order}
+    assert set(found) == set(expected)
+    for name, value in found.items():
+        assert value == pytest.approx(expected[name], abs=1e-4)  # printed to 4 places
+    assert cli.main(["search", str(run), str(probe), "--index", str(index),
+                     "--threshold", "-1"]) == 0
+    assert capsys.readouterr().out.startswith(f"{probe}: unknown (")
+
+
+def test_search_refuses_a_gallery_of_another_dimension(run, gallery_folder, tmp_path,
+                                                      capsys):
+    from kvision.retrieval import Index
+
+    other = Index("cosine").add(np.eye(3), ids=np.array(["a/1", "b/1", "c/1"]))
+    other.save(tmp_path / "other.npz")
+    probe = str(next(gallery_folder.glob("*/*.png")))
+    assert cli.main(["search", str(run), probe, "--index",
+                     str(tmp_path / "other.npz")]) != 0
+    err = capsys.readouterr().err
+    assert "holds 3-D embeddings; the model answers 128-D" in err
+    assert len(err.strip().splitlines()) == 1
+    assert cli.main(["embed", str(run), str(tmp_path / "none"), "--index",
+                     str(tmp_path / "g.npz")]) != 0
+    assert "No folder of identities" in capsys.readouterr().err
+    assert not (tmp_path / "g.npz").exists()

@@ -9,13 +9,14 @@ The list command's module is ``list_``: a submodule named ``list`` would replace
 builtin ``list`` inside this package.
 """
 
-from kvision.commands import evaluate, explain, info, list_, predict, sort, train
+from kvision.commands import (embed, evaluate, explain, info, list_, predict, search, sort,
+                              train)
 
 # The export command stays with the export code it drives (its module also holds the
 # library's ``export()``); it is one command like the others.
 from kvision.export import command as export
 
 # In the order ``kvision --help`` lists them.
-COMMANDS = (list_, info, train, evaluate, predict, explain, sort, export)
+COMMANDS = (list_, info, train, evaluate, predict, explain, sort, embed, search, export)
 
 __all__ = ["COMMANDS"]
