@@ -49,10 +49,8 @@ MODULES = (
     "kvision.losses.embedding",
     "kvision.losses.segmentation",
     "kvision.metrics.segmentation",
-    "kvision.models.detection.fast_rcnn",
-    "kvision.models.detection.mask_rcnn",
-    "kvision.models.detection.rcnn",
     "kvision.tasks.model",
+    "kvision.tasks.two_stage",
 )
 
 _FILE_LOADERS = (importlib.machinery.SourceFileLoader,

@@ -246,3 +246,32 @@ class ValidBoxes(keras.layers.Layer):
 
     def compute_output_spec(self, boxes):
         return keras.KerasTensor(boxes.shape[:-1], "bool")
+
+
+@keras.saving.register_keras_serializable(package="kvision")
+class SingleLevelRoIPooling(keras.layers.Layer):
+    """:class:`kvision.layers.RoIPooling` called as the pyramid pooler is,
+    ``layer([rois, features])``."""
+
+    def __init__(self, output_size=7, spatial_scale=1 / 16, **kwargs):
+        super().__init__(**kwargs)
+        from kvision.layers.roi import RoIPooling
+
+        self.pool = RoIPooling(output_size, spatial_scale=spatial_scale,
+                               name=f"{self.name}_pool")
+        self.output_size, self.spatial_scale = output_size, spatial_scale
+
+    def build(self, input_shape):
+        self.pool.build([input_shape[1], input_shape[0]])
+        self.built = True
+
+    def call(self, inputs):
+        rois, features = inputs
+        return self.pool([features, rois])
+
+    def compute_output_spec(self, inputs):
+        return self.pool.compute_output_spec([inputs[1], inputs[0]])
+
+    def get_config(self):
+        return {**super().get_config(), "output_size": self.output_size,
+                "spatial_scale": self.spatial_scale}

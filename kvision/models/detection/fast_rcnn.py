@@ -38,23 +38,9 @@ from kvision.models.detection import rcnn
 from kvision.models.detection.yolo import backbone_features, check_classes, load_weights
 from kvision.registry import register
 from kvision.tasks.model import TaskModel
+from kvision.tasks.two_stage import HEAD_LOSSES, ProposalDetector  # noqa: F401
 
 PAPER = "Fast R-CNN"
-HEAD_LOSSES = ("classifier_loss", "box_loss")
-
-
-@keras.saving.register_keras_serializable(package="kvision")
-class ProposalDetector(rcnn.TwoStageDetector):
-    """A two-stage detector whose proposals are an input (Fast R-CNN): only the box
-    head's losses."""
-
-    loss_names = HEAD_LOSSES
-
-    def loss_parts(self, y, y_pred):
-        gt_boxes = keras.ops.cast(y["boxes"], "float32")
-        gt_classes = keras.ops.cast(y["classes"], "int32")
-        box, (rois, labels, matched) = self.head_losses(y_pred, gt_boxes, gt_classes)
-        return [*box, *self.roi_losses(y, y_pred, rois, labels, matched)]
 
 
 def _build(name, registry_name, *, classes, input_shape, backbone, backbone_weights,

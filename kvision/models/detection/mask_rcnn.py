@@ -47,37 +47,14 @@ from kvision.models.detection import rcnn
 from kvision.ops import rcnn as rcnn_ops
 from kvision.registry import register
 from kvision.tasks.model import TaskModel
+from kvision.tasks.two_stage import MASK_LOSS, MaskRCNNModel  # noqa: F401
 
 PAPER = "Mask R-CNN"
 POOL_SIZE = 14     # MultiScaleRoIAlign output of the mask branch
 MASK_SIZE = 28     # the predictor's 2x upsampled masks
-MASK_LOSS = "mask_loss"
 # torchvision's RoIHeads defaults: the detections the network's own mask branch sees.
 DETECTIONS = {"score_threshold": 0.05, "iou_threshold": 0.5, "max_detections": 100}
 RAW = ("class_logits", "box_deltas", "proposals", "proposal_valid")
-
-
-@keras.saving.register_keras_serializable(package="kvision")
-class MaskRCNNModel(rcnn.TwoStageDetector):
-    """A :class:`rcnn.TwoStageDetector` that also trains the mask head: ``fit`` it on
-    ``(images, {"boxes" (B, G, 4), "classes" (B, G), "masks" (B, G, H, W)})``
-    (:func:`training_dataset`); ``mask_loss`` is logged with the other four."""
-
-    loss_names = (*rcnn.LOSS_PARTS, MASK_LOSS)
-
-    def roi_losses(self, y, y_pred, rois, labels, matched):
-        if "masks" not in y:
-            raise ValueError("Mask R-CNN trains on (images, {'boxes', 'classes', 'masks' "
-                             "(B, G, H, W)}) batches (mask_rcnn.training_dataset); got "
-                             f"targets {sorted(y)}.")
-        # sample_rois ranks the foreground first and takes at most this many of it.
-        kept = int(self.sampling.box_batch_size_per_image
-                   * self.sampling.box_positive_fraction)
-        rois, labels, matched = rois[:, :kept], labels[:, :kept], matched[:, :kept]
-        pooled = self.get_layer("mask_roi_pool")([rois, *self.pooled_features(y_pred)])
-        logits = self.get_layer("mask_head")(pooled)
-        targets = mask_targets(y["masks"], rois, matched, logits.shape[2])
-        return [mask_loss(logits, labels, targets)]
 
 
 # --- losses ---------------------------------------------------------------------------

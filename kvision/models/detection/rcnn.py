@@ -48,11 +48,12 @@ import numpy as np
 
 from kvision.layers.detection import NonMaxSuppression
 from kvision.layers.rcnn import (BoxHeadDecode, InferenceOnly, PyramidRoIAlign,
-                                 RegionProposals)
+                                 RegionProposals, SingleLevelRoIPooling)
 from kvision.models.detection.yolo import backbone_features, check_classes, load_weights
-from kvision.ops import rcnn as rcnn_ops
 from kvision.registry import register
 from kvision.tasks.model import TaskModel
+from kvision.tasks.two_stage import (  # noqa: F401  (the model classes live there)
+    LOSS_PARTS, POOLED_LEVELS, Sampling, TwoStageDetector)
 
 PAPER = "Faster R-CNN: Towards Real-Time Object Detection with Region Proposal Networks"
 FPN_PAPER = "Feature Pyramid Networks for Object Detection"
@@ -62,115 +63,6 @@ PYRAMID_SIZES = ((32.0,), (64.0,), (128.0,), (256.0,), (512.0,))  # P2..P6
 # torchvision's defaults (FasterRCNN.__init__), (training, inference) pairs.
 RPN_PRE_NMS_TOP_N = (2000, 1000)
 RPN_POST_NMS_TOP_N = (2000, 1000)
-POOLED_LEVELS = ("P2", "P3", "P4", "P5")
-LOSS_PARTS = ("rpn_objectness_loss", "rpn_box_loss", "classifier_loss", "box_loss")
-
-
-@dataclasses.dataclass(frozen=True)
-class Sampling:
-    """The training recipe's sampling (torchvision's FasterRCNN defaults)."""
-
-    rpn_fg_iou: float = 0.7
-    rpn_bg_iou: float = 0.3
-    rpn_batch_size_per_image: int = 256
-    rpn_positive_fraction: float = 0.5
-    box_batch_size_per_image: int = 512
-    box_positive_fraction: float = 0.25
-    box_fg_iou: float = 0.5
-    box_bg_iou: tuple = (0.1, 0.5)
-
-
-@keras.saving.register_keras_serializable(package="kvision")
-class TwoStageDetector(TaskModel):
-    """A functional two-stage detector (see the module docstring) that computes its
-    own training losses: ``compile`` it without a loss and ``fit`` it on
-    ``(images, {"boxes" (B, G, 4) xyxy pixels, "classes" (B, G) int, -1 padding})``
-    (:func:`training_dataset`). The four parts of the loss are logged as metrics."""
-
-    loss_names = LOSS_PARTS  # one tracker each; a subclass with more losses adds names
-
-    def __init__(self, inputs, outputs, name=None, **kwargs):
-        sampling = kwargs.pop("sampling", None) or {}
-        super().__init__(inputs, outputs, name=name, **kwargs)
-        sampling = dict(sampling)
-        if "box_bg_iou" in sampling:
-            sampling["box_bg_iou"] = tuple(sampling["box_bg_iou"])
-        self.sampling = Sampling(**sampling)
-        self.loss_trackers = [keras.metrics.Mean(name=part) for part in self.loss_names]
-
-    def get_config(self):
-        return {**super().get_config(), "sampling": dataclasses.asdict(self.sampling)}
-
-    @classmethod
-    def from_config(cls, config, custom_objects=None):
-        config = dict(config)
-        sampling = config.pop("sampling", None)
-        model = super().from_config(config, custom_objects=custom_objects)
-        model.sampling = Sampling(**{**(sampling or {}),
-                                     "box_bg_iou": tuple((sampling or {}).get(
-                                         "box_bg_iou", Sampling.box_bg_iou))})
-        return model
-
-    def pooled_features(self, y_pred):
-        """The feature maps the RoI pooler reads, fine to coarse (the outputs named
-        after their level)."""
-        return [y_pred[name] for name in POOLED_LEVELS if name in y_pred]
-
-    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        if not isinstance(y, dict) or "boxes" not in y or "classes" not in y:
-            raise ValueError("TwoStageDetector trains on (images, {'boxes': (B, G, 4), "
-                             "'classes': (B, G)}) batches (rcnn.training_dataset); got "
-                             f"targets {type(y).__name__}.")
-        parts = self.loss_parts(y, y_pred)
-        for tracker, value in zip(self.loss_trackers, parts):
-            tracker.update_state(value)
-        return keras.ops.sum(keras.ops.stack(parts)) + (
-            keras.ops.sum(self.losses) if self.losses else 0.0)
-
-    def loss_parts(self, y, y_pred):
-        """The RPN's objectness and box losses, then the box head's classification and
-        box losses on RoIs sampled against ``y``, then :meth:`roi_losses`."""
-        gt_boxes = keras.ops.cast(y["boxes"], "float32")
-        gt_classes = keras.ops.cast(y["classes"], "int32")
-        rpn = self.rpn_losses(y_pred, gt_boxes, gt_classes)
-        box, (rois, roi_labels, matched) = self.head_losses(y_pred, gt_boxes, gt_classes)
-        return [*rpn, *box, *self.roi_losses(y, y_pred, rois, roi_labels, matched)]
-
-    def rpn_losses(self, y_pred, gt_boxes, gt_classes):
-        """Anchors labelled at IoU 0.7 / 0.3, 256 sampled per image with up to half
-        positive: ``(objectness, box)`` losses."""
-        s = self.sampling
-        anchors = keras.ops.convert_to_tensor(self.get_layer("proposals").anchors)
-        labels, matched = rcnn_ops.label_anchors(anchors, gt_boxes, gt_classes,
-                                                 high=s.rpn_fg_iou, low=s.rpn_bg_iou)
-        labels = rcnn_ops.sample_anchors(labels, s.rpn_batch_size_per_image,
-                                         s.rpn_positive_fraction)
-        targets = rcnn_ops.encode_deltas(rcnn_ops.take_matched(gt_boxes, matched),
-                                         anchors[None])
-        return rcnn_ops.rpn_losses(y_pred["rpn_objectness"], y_pred["rpn_deltas"], labels,
-                                   targets)
-
-    def head_losses(self, y_pred, gt_boxes, gt_classes):
-        """RoIs sampled from the proposals and the ground truth, pooled and answered by
-        the box head: ``((classification, box) losses, (rois, labels, matched))``."""
-        s = self.sampling
-        rois, roi_labels, roi_targets, matched = rcnn_ops.sample_rois(
-            y_pred["proposals"], y_pred["proposal_valid"], gt_boxes, gt_classes,
-            num=s.box_batch_size_per_image, positive_fraction=s.box_positive_fraction,
-            fg_iou=s.box_fg_iou, bg_iou=s.box_bg_iou)
-        pooled = self.get_layer("box_roi_pool")([rois, *self.pooled_features(y_pred)])
-        head = self.get_layer("box_head")(pooled)
-        box = rcnn_ops.box_head_losses(head["class_logits"], head["box_deltas"], roi_labels,
-                                       roi_targets)
-        return box, (rois, roi_labels, matched)
-
-    def roi_losses(self, y, y_pred, rois, labels, matched):
-        """Losses of further heads on the sampled RoIs (``labels``: 0 background, class
-        + 1 foreground, -1 padding; ``matched``: index into the gt), one per extra
-        entry of ``loss_names``: none here (Mask R-CNN's mask loss:
-        :mod:`kvision.models.detection.mask_rcnn`)."""
-        del y, y_pred, rois, labels, matched
-        return []
 
 
 # --- the network --------------------------------------------------------------------
@@ -236,7 +128,7 @@ def _pooler(fpn, pooling):
         if fpn:
             raise ValueError("pooling='max' is the single-level (fpn=False) Fast R-CNN "
                              "pooler; the feature pyramid pools with RoIAlign.")
-        return _RoIPoolingFirst(output_size=7, spatial_scale=1 / 16, name="box_roi_pool")
+        return SingleLevelRoIPooling(output_size=7, spatial_scale=1 / 16, name="box_roi_pool")
     return PyramidRoIAlign(7, strides=strides, sampling_ratio=2, name="box_roi_pool")
 
 
@@ -292,35 +184,6 @@ def _anchor_sizes(anchor_sizes, fpn):
         raise ValueError(f"anchor_sizes: positive sizes, the same number on every level, "
                          f"got {anchor_sizes!r}.")
     return sizes
-
-
-@keras.saving.register_keras_serializable(package="kvision")
-class _RoIPoolingFirst(keras.layers.Layer):
-    """:class:`kvision.layers.RoIPooling` called as the pyramid pooler is,
-    ``layer([rois, features])``."""
-
-    def __init__(self, output_size=7, spatial_scale=1 / 16, **kwargs):
-        super().__init__(**kwargs)
-        from kvision.layers.roi import RoIPooling
-
-        self.pool = RoIPooling(output_size, spatial_scale=spatial_scale,
-                               name=f"{self.name}_pool")
-        self.output_size, self.spatial_scale = output_size, spatial_scale
-
-    def build(self, input_shape):
-        self.pool.build([input_shape[1], input_shape[0]])
-        self.built = True
-
-    def call(self, inputs):
-        rois, features = inputs
-        return self.pool([features, rois])
-
-    def compute_output_spec(self, inputs):
-        return self.pool.compute_output_spec([inputs[1], inputs[0]])
-
-    def get_config(self):
-        return {**super().get_config(), "output_size": self.output_size,
-                "spatial_scale": self.spatial_scale}
 
 
 @register("faster_rcnn", task="detection", family="rcnn", year=2015, paper=PAPER,

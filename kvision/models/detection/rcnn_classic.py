@@ -40,6 +40,7 @@ import keras
 import numpy as np
 
 from kvision.models.detection.yolo import check_classes, load_weights
+from kvision.tasks.two_stage import RCNNDetector
 from kvision.registry import register
 from kvision.tasks.model import TaskModel
 
@@ -472,34 +473,6 @@ def detect(model, images, *, proposals=None, cache_dir=None, mode="fast",
                 "num_detections": np.zeros((0,), np.int32)}
     return {k: np.concatenate([np.asarray(a[k]) for a in answers])
             for k in ("boxes", "scores", "classes", "num_detections")}
-
-
-class RCNNDetector(keras.Model):
-    """R-CNN's pipeline as a callable model, ``detector(images)`` -> :func:`detect`'s
-    dict. Selective search and the warps are host code: it runs eagerly only (no
-    ``predict``, no export); the scorer inside is what saves."""
-
-    def __init__(self, scorer, image_shape, settings, **kwargs):
-        super().__init__(name=f"{scorer.name}_detector", **kwargs)
-        self.scorer = scorer
-        self.image_shape = tuple(int(d) for d in image_shape)
-        self.settings = dict(settings)
-        self.task = "detection"
-        self.built = True
-
-    @property
-    def input_shape(self):
-        """The images it was made for (it takes any size)."""
-        return (None, *self.image_shape)
-
-    @property
-    def inputs(self):
-        """One symbolic input of :attr:`input_shape`, as a functional model lists."""
-        return [keras.KerasTensor(self.input_shape, name="images")]
-
-    def call(self, images, training=False):
-        del training
-        return detect(self.scorer, np.asarray(images), **self.settings)
 
 
 def inference_model(model, *, image_shape=None, score_threshold=0.05,
