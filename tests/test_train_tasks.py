@@ -188,22 +188,3 @@ def test_a_detector_trains_from_a_coco_file(tmp_path, capsys):
     assert "9 images for training, 1 image held out at random" in out
     saved = keras.saving.load_model(tmp_path / "run" / "yolov3_tiny.keras", safe_mode=True)
     assert task_of(saved) == "detection"
-
-
-def test_mask_rcnn_trains_from_the_command_line_and_its_figure_is_evaluates(tmp_path,
-                                                                            capsys):
-    """kvision train mask_rcnn on digit scenes with masks: the run folder, the mask AP
-    logged after the epoch equal to kvision evaluate's on the saved model, which
-    answers the instance protocol (an instance map beside the detections)."""
-    run = tmp_path / "run"
-    _main(["train", "mask_rcnn", "--data", "digit-scenes", "--image-size", "64",
-           "--max-images", "16", "--epochs", "1", "--batch-size", "8",
-           "--model-arg", "backbone=vgg11", "--model-arg", "fpn_channels=16",
-           "--model-arg", "representation=32", "--model-arg", "mask_channels=8",
-           "--no-export", "--out", str(run)], capsys)
-    rows = _log(run)
-    assert len(rows) == 1 and "val_map_50" in rows[0]
-    model = keras.saving.load_model(run / "mask_rcnn.keras", safe_mode=True)
-    assert task_of(model) == "instance_segmentation" and "instance_map" in model.output
-    report = json.loads(_main(["evaluate", str(run), "--json"], capsys))
-    assert report["map_50"] == pytest.approx(float(rows[0]["val_map_50"]), abs=1e-6)
