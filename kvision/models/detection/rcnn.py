@@ -239,18 +239,10 @@ def training_dataset(data, model, *, batch_size=8, shuffle=True, seed=0, max_box
     """
     import tensorflow as tf
 
-    if hasattr(data, "boxes") and hasattr(data, "as_dataset"):
-        data = _sanitized_scenes(data, model)
-        dataset = data.as_dataset(segmentation_masks=False)
-    elif isinstance(data, tf.data.Dataset):
-        dataset = data
-    else:
-        raise ValueError(f"data must be a Scenes object or a tf.data.Dataset of "
-                         f"bounding-box dicts, got {type(data).__name__}.")
-    if shuffle:
-        dataset = dataset.shuffle(1024, seed=seed)
-    if augment is not None:
-        dataset = dataset.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+    from kvision.models.detection.yolo import box_examples
+
+    dataset = box_examples(data, lambda scenes: _sanitized_scenes(scenes, model),
+                           shuffle=shuffle, seed=seed, augment=augment)
 
     def targets(example):
         found = example["bounding_boxes"]

@@ -381,9 +381,26 @@ def training_dataset(data, model, *, batch_size=8, shuffle=True, seed=0, encoder
     import tensorflow as tf
 
     encoder = encoder or target_encoder(model)
+    dataset = box_examples(data, lambda scenes: _sanitized(scenes, model), shuffle=shuffle,
+                           seed=seed, augment=augment)
+
+    def encode(example):
+        found = example["bounding_boxes"]
+        return example["images"], encoder(found["boxes"], found["labels"])
+
+    return (dataset.map(encode, num_parallel_calls=tf.data.AUTOTUNE)
+            .batch(batch_size).prefetch(tf.data.AUTOTUNE))
+
+
+def box_examples(data, sanitize, *, shuffle, seed, augment=None):
+    """The unbatched examples (Keras' bounding-box dicts) a detector's
+    ``training_dataset`` encodes: a :class:`kvision.data.synthetic.Scenes` first
+    checked by ``sanitize(scenes)``, or a ``tf.data.Dataset`` as it is; shuffled, then
+    ``augment`` mapped over them."""
+    import tensorflow as tf
+
     if hasattr(data, "boxes") and hasattr(data, "as_dataset"):
-        data = _sanitized(data, model)
-        dataset = data.as_dataset(segmentation_masks=False)
+        dataset = sanitize(data).as_dataset(segmentation_masks=False)
     elif isinstance(data, tf.data.Dataset):
         dataset = data
     else:
@@ -393,13 +410,7 @@ def training_dataset(data, model, *, batch_size=8, shuffle=True, seed=0, encoder
         dataset = dataset.shuffle(1024, seed=seed)
     if augment is not None:
         dataset = dataset.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
-
-    def encode(example):
-        found = example["bounding_boxes"]
-        return example["images"], encoder(found["boxes"], found["labels"])
-
-    return (dataset.map(encode, num_parallel_calls=tf.data.AUTOTUNE)
-            .batch(batch_size).prefetch(tf.data.AUTOTUNE))
+    return dataset
 
 
 def model_classes(model):
