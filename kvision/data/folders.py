@@ -7,16 +7,36 @@ skipped), files are found recursively inside each class folder in sorted order, 
 the extensions are .jpg .jpeg .png .gif .bmp in any case. Unlike Keras, every file is
 decoded once while listing, so a corrupt or non-image file is reported by its path
 instead of stopping a training run with a bare TensorFlow decode error.
+
+Two things Keras' loader does not do (issue 21, hostile and odd files):
+
+- A phone photo is seen upright: the EXIF orientation tag (1..8) of each file is
+  read from its header with Pillow and applied after TensorFlow decodes it, as
+  ``PIL.ImageOps.exif_transpose`` does. Pixels stay TensorFlow's (JPEG decoders
+  differ by a few levels), so training, ``load_image`` and the SavedModel agree.
+- A decompression bomb (a small file whose header declares hundreds of megapixels)
+  is refused before it is decoded: :func:`read_header` checks the size Pillow reads
+  lazily against :func:`max_pixels`, and :func:`decode` checks the size the bytes
+  declare inside the graph too (:func:`checked_size`), so every TensorFlow decode
+  path, the tf.data pipelines and the SavedModel's ``serve_image_bytes`` included,
+  refuses it with a clear error instead of allocating gigabytes.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import warnings
 
 import numpy as np
 
 IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png")
+# Pillow's own refusal threshold (2 x PIL.Image.MAX_IMAGE_PIXELS): a 13,000 x 13,000
+# photo, 537 MB as RGB bytes. Change it with kvision.data.MAX_PIXELS or
+# $KVISION_MAX_PIXELS.
+DEFAULT_MAX_PIXELS = 178_956_970
+MAX_PIXELS_VARIABLE = "KVISION_MAX_PIXELS"
+ORIENTATION_TAG = 0x0112   # EXIF "Orientation"
 ON_CORRUPT = ("warn", "error", "skip")
 LAYOUT = ("root/<class_name>/<image> with one subfolder per class, images ending in "
           + " ".join(IMAGE_EXTENSIONS))
@@ -28,6 +48,11 @@ class CorruptImageWarning(UserWarning):
 
 class TooFewImagesWarning(UserWarning):
     """A class has no image on one side of the train/test split."""
+
+
+class ImageTooLargeError(ValueError):
+    """An image file declares more pixels than :func:`max_pixels`: refused before
+    decoding."""
 
 
 def as_size(image_size):
@@ -46,6 +71,159 @@ def as_size(image_size):
 def _check_channels(channels):
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels!r}.")
+
+
+# -- headers: size and orientation, read without decoding ---------------------------
+def max_pixels():
+    """The most pixels (width x height) an image file may declare: kvision.data's
+    ``MAX_PIXELS`` when set, else ``$KVISION_MAX_PIXELS``, else
+    :data:`DEFAULT_MAX_PIXELS` (178,956,970)."""
+    from kvision import data
+
+    value = getattr(data, "MAX_PIXELS", None)
+    where = "kvision.data.MAX_PIXELS"
+    if value is None and os.environ.get(MAX_PIXELS_VARIABLE):
+        value, where = os.environ[MAX_PIXELS_VARIABLE], f"${MAX_PIXELS_VARIABLE}"
+    if value is None:
+        return DEFAULT_MAX_PIXELS
+    try:
+        limit = int(value)
+    except (TypeError, ValueError):
+        limit = 0
+    if limit < 1 or isinstance(value, bool):
+        raise ValueError(f"{where} must be a positive number of pixels, got {value!r}.")
+    return limit
+
+
+def read_header(path):
+    """``(height, width, orientation)`` of an image file, read lazily by Pillow from
+    its header (nothing is decoded); orientation is the EXIF tag, 1 when absent.
+
+    Raises :class:`ImageTooLargeError` when ``height * width`` exceeds
+    :func:`max_pixels`; returns None when Pillow cannot read the header (TensorFlow's
+    decoder then says why the file is not an image).
+    """
+    from PIL import Image
+
+    limit = max_pixels()
+    if Image.MAX_IMAGE_PIXELS is not None and limit > 2 * Image.MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = limit  # Pillow would refuse first, with its own words
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                width, height = image.size
+                exif = image.getexif() if "exif" in image.info else {}
+    except Image.DecompressionBombError as error:  # over Pillow's own limit
+        found = re.search(r"\((\d+) pixels\)", str(error))
+        raise _too_large(path, f"{int(found[1]):,}" if found else "too many",
+                         limit) from None
+    except (OSError, SyntaxError, ValueError) as error:
+        if isinstance(error, FileNotFoundError):
+            raise
+        return None  # not an image Pillow knows, or a broken one
+    if width * height > limit:
+        raise _too_large(path, f"{width} x {height} = {width * height:,}", limit)
+    orientation = exif.get(ORIENTATION_TAG, 1)
+    return height, width, orientation if orientation in range(1, 9) else 1
+
+
+def _too_large(path, pixels, limit):
+    return ImageTooLargeError(
+        f"{os.fspath(path)!r} declares {pixels} pixels, more than the limit of "
+        f"{limit:,} (kvision.data.MAX_PIXELS or ${MAX_PIXELS_VARIABLE}): refused "
+        f"before decoding, as a decompression bomb would be.")
+
+
+def orientation_of(path):
+    """The EXIF orientation (1..8) of an image file, 1 when it has none or Pillow
+    cannot read it; :class:`ImageTooLargeError` for a decompression bomb."""
+    header = read_header(path)
+    return 1 if header is None else header[2]
+
+
+def orient(image, orientation):
+    """An ``(H, W, C)`` image as its EXIF ``orientation`` (1..8, a scalar tensor or
+    int) says it is seen: the transposition ``PIL.ImageOps.exif_transpose`` makes
+    (2 mirror, 3 rotate 180, 4 flip, 5 transpose, 6 rotate 90 clockwise,
+    7 transverse, 8 rotate 90 anticlockwise)."""
+    import tensorflow as tf
+
+    branches = [lambda: image,
+                lambda: tf.image.flip_left_right(image),
+                lambda: tf.image.rot90(image, 2),
+                lambda: tf.image.flip_up_down(image),
+                lambda: tf.image.transpose(image),
+                lambda: tf.image.rot90(image, 3),
+                lambda: tf.image.rot90(tf.image.transpose(image), 2),
+                lambda: tf.image.rot90(image, 1)]
+    index = tf.clip_by_value(tf.cast(orientation, tf.int32) - 1, 0, 7)
+    oriented = tf.switch_case(index, branches)
+    oriented.set_shape([None, None, image.shape[-1]])
+    return oriented
+
+
+def declared_pixels(contents):
+    """Pixels (int64 scalar tensor) the header of encoded bytes declares, read inside
+    the graph without decoding: PNG's IHDR, JPEG's frame header
+    (``tf.io.extract_jpeg_shape``), GIF's screen, BMP's info header, WebP's VP8X,
+    VP8 or VP8L header. 0 for bytes TensorFlow does not decode; -1 for JPEG XL,
+    whose size is not read here."""
+    import tensorflow as tf
+
+    head = tf.strings.join([tf.strings.substr(contents, 0, 32), b"\0" * 32])
+    b = tf.cast(tf.io.decode_raw(tf.strings.substr(head, 0, 32), tf.uint8), tf.int64)
+
+    def number(at, size, little):  # unsigned, ``size`` bytes
+        digits = [b[at + i] for i in (range(size) if little else reversed(range(size)))]
+        return sum(d * 256 ** i for i, d in enumerate(digits))
+
+    def signed(value):  # BMP's int32: a negative height means rows top-down
+        return tf.abs(tf.where(value >= 2 ** 31, value - 2 ** 32, value))
+
+    def jpeg():
+        shape = tf.cast(tf.io.extract_jpeg_shape(contents), tf.int64)
+        return shape[0] * shape[1]
+
+    def webp():
+        chunk = tf.strings.substr(head, 12, 4)
+        vp8x = (number(24, 3, True) + 1) * (number(27, 3, True) + 1)
+        vp8 = (number(26, 2, True) % 16384) * (number(28, 2, True) % 16384)
+        bits = number(21, 4, True)
+        vp8l = (bits % 16384 + 1) * (bits // 16384 % 16384 + 1)
+        return tf.where(chunk == "VP8X", vp8x, tf.where(chunk == "VP8L", vp8l, vp8))
+
+    magic = tf.strings.substr(head, 0, 4)
+    cases = [(magic == b"\x89PNG", lambda: number(16, 4, False) * number(20, 4, False)),
+             (tf.strings.substr(head, 0, 2) == b"\xff\xd8", jpeg),
+             (tf.strings.substr(head, 0, 3) == "GIF",
+              lambda: number(6, 2, True) * number(8, 2, True)),
+             (tf.strings.substr(head, 0, 2) == "BM",
+              lambda: signed(number(18, 4, True)) * signed(number(22, 4, True))),
+             (tf.logical_and(magic == "RIFF", tf.strings.substr(head, 8, 4) == "WEBP"),
+              webp),
+             (tf.logical_or(tf.strings.substr(head, 0, 2) == b"\xff\x0a",
+                            tf.strings.substr(head, 4, 8) == b"JXL \r\n\x87\n"),
+              lambda: tf.constant(-1, tf.int64))]
+    return tf.case(cases, default=lambda: tf.constant(0, tf.int64), exclusive=False)
+
+
+def checked_size(contents, limit=None):
+    """``contents`` (encoded bytes, a scalar string tensor), passed on only when the
+    size its header declares (:func:`declared_pixels`) is at most ``limit`` pixels
+    (:func:`max_pixels` when None, fixed when traced); otherwise an
+    ``InvalidArgumentError`` naming the limit, raised before anything is decoded."""
+    import tensorflow as tf
+
+    limit = max_pixels() if limit is None else int(limit)
+    pixels = declared_pixels(contents)
+    check = tf.debugging.Assert(
+        tf.logical_and(pixels >= 0, pixels <= limit),
+        [f"Refused before decoding: the image declares more than {limit:,} pixels "
+         f"(kvision.data.MAX_PIXELS), or is JPEG XL whose size is not checked; "
+         f"declared pixels:", pixels], name="max_pixels")
+    with tf.control_dependencies([check]):
+        return tf.identity(contents)
 
 
 # -- listing -----------------------------------------------------------------------
@@ -73,7 +251,9 @@ def list_images(root, on_corrupt="warn", *, class_names=None, verbose=False):
     have no folder, and a folder not named there is an error).
     ``on_corrupt``: "warn" skips files that do not decode with a
     :class:`CorruptImageWarning` listing their paths, "skip" skips them silently,
-    "error" raises ``ValueError`` listing them.
+    "error" raises ``ValueError`` listing them. A file whose header declares more
+    than :func:`max_pixels` pixels counts as one that does not decode: it is never
+    decoded.
     """
     if on_corrupt not in ON_CORRUPT:
         raise ValueError(f"on_corrupt must be one of {ON_CORRUPT}, got {on_corrupt!r}.")
@@ -98,14 +278,30 @@ def list_images(root, on_corrupt="warn", *, class_names=None, verbose=False):
     if not paths:
         raise ValueError(f"No images in the class folders {folders} of {root!r}; "
                          f"expected {LAYOUT}.")
-    bad = set(find_corrupt(paths, verbose=verbose))
+    bad = refused_files(paths, verbose=verbose)   # bombs, before anything decodes
+    bad.update(dict.fromkeys(find_corrupt([p for p in paths if p not in bad],
+                                          verbose=verbose)))
     if bad:
-        _report_corrupt(sorted(bad), root, on_corrupt)
+        _report_corrupt(bad, root, on_corrupt)
         keep = [i for i, path in enumerate(paths) if path not in bad]
         paths, labels = [paths[i] for i in keep], [labels[i] for i in keep]
         if not paths:
             raise ValueError(f"None of the images under {root!r} could be decoded.")
     return paths, np.asarray(labels, dtype="int64"), tuple(class_names)
+
+
+def refused_files(paths, verbose=False):
+    """``{path: why}`` for the files among ``paths`` whose header declares more than
+    :func:`max_pixels` pixels (read by Pillow, nothing decoded)."""
+    from tqdm.auto import tqdm
+
+    refused = {}
+    for path in tqdm(paths, desc="reading headers", unit="img", disable=not verbose):
+        try:
+            read_header(path)
+        except ImageTooLargeError as error:
+            refused[path] = str(error)
+    return refused
 
 
 def find_corrupt(paths, verbose=False):
@@ -133,7 +329,9 @@ def find_corrupt(paths, verbose=False):
 
 
 def _report_corrupt(bad, root, on_corrupt):
-    listing = "\n  ".join(bad)
+    """``bad``: ``{path: why}``, why None for a file that did not decode."""
+    listing = "\n  ".join(path if bad[path] is None else f"{path}: {bad[path]}"
+                          for path in sorted(bad))
     message = f"{len(bad)} file(s) under {root!r} are not decodable images:\n  {listing}"
     if on_corrupt == "error":
         raise ValueError(message + "\n(pass on_corrupt='warn' or 'skip' to leave them out)")
@@ -163,15 +361,19 @@ def warn_unsplit_classes(class_names, train_counts, test_counts, root, how):
 
 
 # -- decoding ----------------------------------------------------------------------
-def decode(contents, channels=3):
+def decode(contents, channels=3, orientation=None):
     """Encoded bytes (a scalar string tensor) -> uint8 ``(H, W, channels)``.
 
-    The same ``tf.io.decode_image`` call as Keras' directory loader. TensorFlow's GIF
-    and BMP decoders only give colour, so those are converted to grayscale after.
+    The same ``tf.io.decode_image`` call as Keras' directory loader, after
+    :func:`checked_size` (a decompression bomb is an error, not gigabytes), then
+    turned upright by :func:`orient` when the file's EXIF ``orientation`` is given.
+    TensorFlow's GIF and BMP decoders only give colour, so those are converted to
+    grayscale after.
     """
     import tensorflow as tf
 
     _check_channels(channels)
+    contents = checked_size(contents)
     if channels == 3:
         image = tf.io.decode_image(contents, channels=3, expand_animations=False)
     else:
@@ -183,7 +385,7 @@ def decode(contents, channels=3):
                 tf.io.decode_image(contents, channels=3, expand_animations=False)),
             lambda: tf.io.decode_image(contents, channels=1, expand_animations=False))
     image.set_shape([None, None, channels])
-    return image
+    return image if orientation is None else orient(image, orientation)
 
 
 def resize(image, image_size):
@@ -197,16 +399,19 @@ def resize(image, image_size):
     return tf.cast(image, tf.float32)
 
 
-def decode_and_resize(contents, image_size, channels=3):
-    """Encoded bytes -> float32 ``(height, width, channels)`` pixels in [0, 255]."""
-    return resize(decode(contents, channels), image_size)
+def decode_and_resize(contents, image_size, channels=3, orientation=None):
+    """Encoded bytes -> float32 ``(height, width, channels)`` pixels in [0, 255],
+    upright when the EXIF ``orientation`` is given."""
+    return resize(decode(contents, channels, orientation), image_size)
 
 
 def load_image(path, image_size, channels=3):
     """One image file as float32 ``(height, width, channels)`` in [0, 255], decoded
-    and resized exactly as :func:`image_dataset` does. ``image_size``: int or (h, w).
-    Raises ``FileNotFoundError`` for a missing file, ``ValueError`` for one that does
-    not decode."""
+    and resized exactly as :func:`image_dataset` does, upright as its EXIF
+    orientation says. ``image_size``: int or (h, w). Raises ``FileNotFoundError`` for
+    a missing file, ``ValueError`` for one that does not decode, and
+    :class:`ImageTooLargeError` (a ``ValueError``) for one whose header declares more
+    than :func:`max_pixels` pixels, before decoding it."""
     import tensorflow as tf
 
     path = os.fspath(path)
@@ -214,8 +419,9 @@ def load_image(path, image_size, channels=3):
     _check_channels(channels)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"No image file at {path!r}.")
+    orientation = orientation_of(path)
     try:
-        image = decode_and_resize(tf.io.read_file(path), size, channels)
+        image = decode_and_resize(tf.io.read_file(path), size, channels, orientation)
     except tf.errors.OpError as err:
         raise ValueError(f"Cannot decode {path!r}: expected a JPEG, PNG, GIF or BMP "
                          f"image ({_plain_reason(err)}).") from None
@@ -225,23 +431,50 @@ def load_image(path, image_size, channels=3):
 def _plain_reason(err):
     """The first sentence of a TensorFlow error, without its ``{{function_node …}}``
     and ``[Op:…]`` internals: "Unknown image file format"."""
-    import re
-
     text = re.sub(r"\{\{.*?\}\}|\[Op:.*", "", err.message or "").strip()
     return text.split(". ")[0].rstrip(".") or type(err).__name__
 
 
 def image_dataset(paths, labels, image_size, channels=3):
     """A ``tf.data.Dataset`` of ``(float32 (height, width, channels) image, int64
-    label)`` pairs, one per file, in the order given, decoded in parallel."""
+    label)`` pairs, one per file, in the order given, decoded in parallel, each
+    upright as its EXIF orientation (read here from the headers) says."""
     import tensorflow as tf
 
     size = as_size(image_size)
     _check_channels(channels)
+    paths = [os.fspath(path) for path in paths]
+    orientations = [orientation_of(path) for path in paths]
 
-    def load(path, label):
-        return decode_and_resize(tf.io.read_file(path), size, channels), label
+    def load(path, orientation, label):
+        return decode_and_resize(tf.io.read_file(path), size, channels,
+                                 orientation), label
 
     dataset = tf.data.Dataset.from_tensor_slices(
-        (tf.constant(list(paths), tf.string), tf.constant(np.asarray(labels), tf.int64)))
+        (tf.constant(paths, tf.string), tf.constant(orientations, tf.int32),
+         tf.constant(np.asarray(labels), tf.int64)))
     return dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def read_image(path, channels=3):
+    """One image file as uint8 ``(H, W, channels)`` at its own size, upright: what
+    :func:`load_image` resizes (for drawing results on the original)."""
+    import tensorflow as tf
+
+    orientation = orientation_of(path)
+    return decode(tf.io.read_file(os.fspath(path)), channels, orientation).numpy()
+
+
+def seen_size(path):
+    """``(height, width)`` of an image file as it is seen (EXIF orientation applied),
+    read from its header without decoding; :func:`load_image`'s error when the file
+    does not decode."""
+    header = read_header(path)
+    if header is None:
+        load_image(path, 1)  # raises its FileNotFoundError or ValueError
+        import tensorflow as tf
+
+        shape = tf.io.decode_image(tf.io.read_file(path), expand_animations=False).shape
+        return int(shape[0]), int(shape[1])
+    height, width, orientation = header
+    return (width, height) if orientation >= 5 else (height, width)
