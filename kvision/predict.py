@@ -230,7 +230,7 @@ def load_trained(ref) -> Trained:
     ValueError naming each spelling); or an export (:func:`load_exported`).
     :meth:`Trained.describe` says which model it is.
     """
-    import keras
+    from kvision.saving import load_keras
 
     if isinstance(ref, str) and ref.endswith(PRETRAINED) and not os.path.exists(ref):
         return pretrained(ref)
@@ -245,7 +245,7 @@ def load_trained(ref) -> Trained:
             raise
         return model
     _refuse_two_meanings(ref, path)
-    model = keras.saving.load_model(path, safe_mode=True, compile=False)
+    model = load_keras(path)
     classes = _class_count(model, check_inference_model(model))
     names, source = _class_names(path, classes)
     if names is None:
@@ -402,18 +402,12 @@ def predict_images(trained, paths, k=5, batch_size=32, on_error="raise"):
 
 
 def _original_size(path):
-    """``(height, width)`` of an image file as it decodes; the file's problem as
-    :func:`kvision.data.load_image` words it (one line) when it does not."""
-    import tensorflow as tf
+    """``(height, width)`` of an image file as it is seen (upright), read from its
+    header; the file's problem as :func:`kvision.data.load_image` words it (one line)
+    when it does not decode."""
+    from kvision.data.folders import seen_size
 
-    from kvision.data import load_image
-
-    try:
-        image = tf.io.decode_image(tf.io.read_file(path), expand_animations=False)
-    except tf.errors.OpError:
-        load_image(path, 1)  # raises its FileNotFoundError or ValueError
-        raise
-    return tuple(int(d) for d in image.shape[:2])
+    return seen_size(path)
 
 
 def detect_images(trained, paths, score_threshold=0.0, batch_size=8, on_error="raise"):
@@ -471,8 +465,9 @@ def draw_detections(path, result, out_path, color=(255, 64, 64)):
         raise ModuleNotFoundError("Drawing detections needs OpenCV, which "
                                   "keras.visualization draws with: pip install "
                                   "opencv-python-headless.") from None
-    image = tf.io.decode_image(tf.io.read_file(path), channels=3,
-                               expand_animations=False).numpy()
+    from kvision.data.folders import read_image
+
+    image = read_image(path)  # upright, as the model saw it
     detections = result["detections"]
     names = {d["class"]: d["label"] for d in detections}
     boxes = np.array([d["box"] for d in detections], "float32").reshape(1, -1, 4)
@@ -711,12 +706,10 @@ def draw_segmentation(path, result, out_path, class_names=None):
     legend, or each instance in its own colour, outlined and captioned "label score".
     Small images are enlarged by a whole factor so the captions stay readable.
     Returns ``out_path``."""
-    import tensorflow as tf
-
+    from kvision.data.folders import read_image
     from kvision.visualization import masks as overlays
 
-    image = tf.io.decode_image(tf.io.read_file(path), channels=3,
-                               expand_animations=False).numpy()
+    image = read_image(path)  # upright, as the model saw it
     if "instances" in result:
         instances = result["instances"]
         names = {d["class"]: d["label"] for d in instances}

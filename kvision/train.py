@@ -99,7 +99,9 @@ def plan_model(model, data, *, backbone_weights=None, regime=None, image_size=No
     if isinstance(model, str) and model.endswith(".keras"):
         if not os.path.isfile(model):
             raise FileNotFoundError(f"No trained model at {model!r}.")
-        loaded = keras.saving.load_model(model, safe_mode=True, compile=False)
+        from kvision.saving import load_keras
+
+        loaded = load_keras(model)  # refuses Lambda layers and escaping entries
         _, height, _, channels = loaded.input_shape
         name = os.path.splitext(os.path.basename(model))[0]
         return ModelPlan("transfer", name, image_size or height, channels), loaded

@@ -205,13 +205,12 @@ def export(model_spec, *, formats=FORMATS, quantize=(None,), data=None, out=None
     (pose estimators: mean distance in heatmap pixels) replace the TFLite checks'
     default bar; only the one of the model's kind may be given.
     """
-    import keras
-
     from kvision.export import saved_model, tflite
     from kvision.export.parity import ParityError
     from kvision.export.savedmodel import _version
     from kvision.export.tflite import input_shape
     from kvision.predict import find_model_file, read_class_names
+    from kvision.saving import load_keras
 
     keras_path = find_model_file(model_spec)
     name = os.path.splitext(os.path.basename(keras_path))[0]
@@ -224,7 +223,7 @@ def export(model_spec, *, formats=FORMATS, quantize=(None,), data=None, out=None
     if os.path.exists(out) and not os.path.isdir(out):
         raise ValueError(f"--out {out!r} is a file; expected a folder (or a path that "
                          f"does not exist yet).")
-    model = keras.saving.load_model(keras_path)
+    model = load_keras(keras_path, compile=True)  # safe_mode, nothing hostile
     shape = input_shape(model)
     kind = model_kind(model)
     agreement = _agreement(kind, {"classifier": min_top1_agreement,
