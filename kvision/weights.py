@@ -172,11 +172,34 @@ def _h5_variables(path):
     return found
 
 
+def check_hdf5(path):
+    """``ValueError`` naming ``path`` when it is not an HDF5 file (another format
+    renamed) or is one h5py cannot open (truncated, damaged)."""
+    import h5py
+
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if not h5py.is_hdf5(path):
+        raise ValueError(f"Weights file {path!r} is not an HDF5 file (it starts with "
+                         f"{head!r}, not HDF5's signature); expected a Keras "
+                         f"'.weights.h5' file written by model.save_weights.")
+    try:
+        with h5py.File(path, "r") as f:
+            f.visit(lambda name: None)  # walks every group: a cut file fails here
+    except (OSError, RuntimeError, KeyError, ValueError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ValueError(f"Weights file {path!r} is damaged or truncated: h5py cannot "
+                         f"read it ({reason}).") from None
+
+
 def load_file(model, path):
-    """Load a ``.weights.h5`` (or legacy ``.h5``) file, checking shapes first."""
+    """Load a ``.weights.h5`` (or legacy ``.h5``) file, checking shapes first: a
+    file that is not HDF5, or is cut short, or whose variables differ from the
+    model's is a ``ValueError`` naming the file and what is wrong."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Weights file not found: {path!r}.")
+    check_hdf5(path)
     if path.endswith(".weights.h5"):
         with tempfile.TemporaryDirectory() as tmp:
             expected_path = os.path.join(tmp, "expected.weights.h5")
