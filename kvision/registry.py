@@ -78,6 +78,14 @@ class ModelInfo:
         checkpoint: the published checkpoint ``weights="imagenet"`` converts, with
             what its publisher reports: ``{"url", "sha256"`` (prefix), ``"top1",
             "top5"`` (ImageNet validation, %), ``"source"}``; None if none.
+        accuracy: the published single-model ImageNet validation accuracy,
+            ``{"top1", "top5", "source"}`` in % (:func:`published`; ``top5`` None
+            where the source gives none). Filled from ``checkpoint`` or from
+            keras.applications' table (:data:`KERAS_APPLICATIONS_ACCURACY`) when not
+            given; None for networks never trained on ImageNet (LeNet-5, task models).
+        ilsvrc: the ILSVRC classification entry the network (or its family) won or
+            placed with, ``{"year", "top5_error", "entry", "source"}`` (test-set
+            top-5 error, %, :func:`ilsvrc_entry`); None for most networks.
     """
 
     name: str
@@ -100,16 +108,83 @@ class ModelInfo:
     imagenet_loader: Callable | None = None
     torch_layout: str | None = None
     checkpoint: dict | None = None
+    accuracy: dict | None = None
+    ilsvrc: dict | None = None
 
     @property
     def has_imagenet_weights(self) -> bool:
         return self.keras_application is not None or self.imagenet_loader is not None
 
 
+# keras.applications' table of ImageNet validation accuracy (top-1, top-5, %; single
+# 224 crop, 299 for Xception/Inception, the native size for EfficientNet):
+# keras.io/api/applications. The MobileNetV3 rows are the top-1 of the table in
+# keras.applications.MobileNetV3's docstring, which gives no top-5.
+KERAS_APPLICATIONS_ACCURACY = {
+    "Xception": (79.0, 94.5), "VGG16": (71.3, 90.1), "VGG19": (71.3, 90.0),
+    "ResNet50": (74.9, 92.1), "ResNet50V2": (76.0, 93.0), "ResNet101": (76.4, 92.8),
+    "ResNet101V2": (77.2, 93.8), "ResNet152": (76.6, 93.1), "ResNet152V2": (78.0, 94.2),
+    "InceptionV3": (77.9, 93.7), "InceptionResNetV2": (80.3, 95.3),
+    "MobileNet": (70.4, 89.5), "MobileNetV2": (71.3, 90.1),
+    "DenseNet121": (75.0, 92.3), "DenseNet169": (76.2, 93.2), "DenseNet201": (77.3, 93.6),
+    "EfficientNetB0": (77.1, 93.3), "EfficientNetB1": (79.1, 94.4),
+    "EfficientNetB2": (80.1, 94.9), "EfficientNetB3": (81.6, 95.7),
+    "EfficientNetB4": (82.9, 96.4), "EfficientNetB5": (83.6, 96.7),
+    "EfficientNetB6": (84.0, 96.8), "EfficientNetB7": (84.3, 97.0),
+    "MobileNetV3Large": (75.6, None), "MobileNetV3Small": (68.1, None),
+}
+
+
+def published(top1: float, top5: float | None, source: str) -> dict:
+    """A published ImageNet accuracy (``ModelInfo.accuracy``): top-1 and top-5 in %
+    (``top5`` None where the source reports none) and where the figures come from."""
+    if not isinstance(source, str) or not source.strip():
+        raise ValueError(f"An accuracy needs its source (paper, table), got {source!r}.")
+    if not 0 < top1 <= 100 or (top5 is not None and not top1 <= top5 <= 100):
+        raise ValueError(f"Expected 0 < top-1 <= top-5 <= 100 (%), got top-1 {top1!r}, "
+                         f"top-5 {top5!r} ({source}).")
+    return {"top1": float(top1), "top5": None if top5 is None else float(top5),
+            "source": source}
+
+
+def ilsvrc_entry(year: int, top5_error: float, entry: str, source: str) -> dict:
+    """An ILSVRC classification entry (``ModelInfo.ilsvrc``): its year, test-set
+    top-5 error (%), what was submitted and where the figure is published."""
+    if not 2010 <= year <= 2017:  # the classification challenge ran 2010-2017
+        raise ValueError(f"ILSVRC classification ran 2010-2017, got year {year!r}.")
+    if not 0 < top5_error < 100 or not entry or not source:
+        raise ValueError(f"Expected a top-5 error in (0, 100) %, an entry and a source, "
+                         f"got {top5_error!r}, {entry!r}, {source!r}.")
+    return {"year": int(year), "top5_error": float(top5_error), "entry": entry,
+            "source": source}
+
+
+def _default_accuracy(metadata: dict):
+    """The accuracy a network's weights' publisher reports: its torchvision/timm
+    checkpoint's, else keras.applications' table's for its counterpart."""
+    checkpoint = metadata.get("checkpoint")
+    if checkpoint and "top1" in checkpoint:
+        return published(checkpoint["top1"], checkpoint.get("top5"), checkpoint["source"])
+    app = metadata.get("keras_application")
+    if app in KERAS_APPLICATIONS_ACCURACY:
+        where = ("keras.applications.MobileNetV3 docstring table (top-1 only)"
+                 if app.startswith("MobileNetV3") else "keras.applications' table")
+        return published(*KERAS_APPLICATIONS_ACCURACY[app], f"{where}, {app}")
+    return None
+
+
 def register(name: str, **metadata):
     """Decorator registering a builder under ``name`` with its metadata."""
     if name != name.lower():
         raise ValueError(f"Registry names are lower-case; got {name!r}.")
+    accuracy = metadata.get("accuracy")
+    if accuracy is None:
+        metadata["accuracy"] = _default_accuracy(metadata)
+    elif not isinstance(accuracy, dict) or set(accuracy) != {"top1", "top5", "source"}:
+        raise ValueError(f"accuracy of {name!r}: expected published(top1, top5, source), "
+                         f"got {accuracy!r}.")
+    else:
+        metadata["accuracy"] = published(**accuracy)
 
     def decorator(builder):
         if name in _REGISTRY:

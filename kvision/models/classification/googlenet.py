@@ -17,7 +17,7 @@ import keras
 from kvision.blocks.inception import (basic_conv, conv_chain, inception_module,
                                       pooled, require_side)
 from kvision.models._builder import build, builder_args
-from kvision.registry import register
+from kvision.registry import ilsvrc_entry, register
 from kvision.weights_torch import torchvision_weights
 
 # Module widths (1x1, 3x3 reduce, 3x3, "5x5" reduce, "5x5", pool proj): Table 1.
@@ -105,6 +105,8 @@ def inference_model(model):
 @register("googlenet", task="classification", family="inception", year=2014,
           paper="Going Deeper with Convolutions",
           key_idea="Inception modules: parallel multi-scale branches",
+          ilsvrc=ilsvrc_entry(2014, 6.67, "GoogLeNet, winner: 7 models, 144 crops",
+                              "Szegedy et al. 2014, Tables 2-3"),
           default_size=224, min_size=32, num_params=6_624_904,
           params_convention="trainable",
           params_source="torchvision googlenet(aux_logits=False), trainable "

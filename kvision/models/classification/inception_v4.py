@@ -18,7 +18,7 @@ from kvision.blocks.inception import (basic_conv, chain, conv_chain,
                                       split_1x3_3x1)
 from kvision.layers import ScaledResidual
 from kvision.models._builder import build, builder_args
-from kvision.registry import register
+from kvision.registry import published, register
 
 PAPER = ("Inception-v4, Inception-ResNet and the Impact of Residual Connections "
          "on Learning")
@@ -122,7 +122,9 @@ def inception_v4_body(x):
           default_size=299, min_size=75, num_params=42_679_816,
           params_convention="trainable",
           params_source="timm inception_v4, trainable parameters",
-          stage_outputs={4: "mixed_4a", 8: "mixed_5e", 16: "mixed_6h", 32: "mixed_7d"})
+          stage_outputs={4: "mixed_4a", 8: "mixed_5e", 16: "mixed_6h", 32: "mixed_7d"},
+          accuracy=published(80.0, 95.0, "Szegedy et al. 2016, Table 2: single crop, "
+                             "val error 20.0 / 5.0"))
 def InceptionV4(include_top=True, weights=None, input_tensor=None, input_shape=None,
                 pooling=None, classes=1000, classifier_activation="softmax",
                 name=None):

@@ -24,7 +24,7 @@ from kvision.blocks.conv import conv_bn_act
 from kvision.blocks.residual import (SUFFIXES, basic_block, bottleneck_block,
                                      preact_residual_stage, residual_stage)
 from kvision.models._builder import build, builder_args
-from kvision.registry import register
+from kvision.registry import ilsvrc_entry, register
 from kvision.weights_torch import torchvision_weights
 
 PAPER = "Deep Residual Learning for Image Recognition"
@@ -118,6 +118,11 @@ TORCHVISION = {"resnet18": ("resnet18-f37072fd.pth", 69.758, 89.078),
                "resnet34": ("resnet34-b627a593.pth", 73.314, 91.420)}
 
 
+# ResNet's ILSVRC entry (the ensemble held networks up to 152 layers).
+ILSVRC = {"resnet152": ilsvrc_entry(2015, 3.57, "MSRA, winner: an ensemble of 6 ResNets "
+                                    "(two of 152 layers)", "He et al. 2015, Table 5")}
+
+
 def _register(name, depth, layout, num_params):
     keras_app = {"keras": f"ResNet{depth}", "keras_v2": f"ResNet{depth}V2"}.get(layout)
     source = (f"keras.applications.{keras_app}, count_params()" if keras_app
@@ -131,7 +136,8 @@ def _register(name, depth, layout, num_params):
         key_idea="pre-activation residual units" if v2 else "residual connections",
         default_size=224, min_size=32, num_params=num_params,
         params_convention="keras" if keras_app else "trainable", params_source=source,
-        stage_outputs=stage_outputs(depth, layout), keras_application=keras_app, **torch)
+        stage_outputs=stage_outputs(depth, layout), keras_application=keras_app,
+        ilsvrc=ILSVRC.get(name), **torch)
 
 
 @_register("resnet18", 18, "torchvision", 11_689_512)

@@ -7,9 +7,24 @@ as timm's ``seresnet50``/``seresnext50_32x4d`` (SE width rounded to a multiple o
 """
 
 from kvision.models.classification.resnet import resnet, stage_outputs
-from kvision.registry import register
+from kvision.registry import ilsvrc_entry, published, register
 
 PAPER = "Squeeze-and-Excitation Networks"
+
+
+# The paper's single-crop validation figures (Table 2; a timm checkpoint of another
+# training recipe reports its own in ModelInfo.checkpoint) and SENet's ILSVRC entry.
+PUBLISHED = {
+    "se_resnet50": dict(
+        accuracy=published(76.71, 93.38, "Hu et al. 2017, Table 2: SE-ResNet-50, "
+                           "val error 23.29 / 6.62"),
+        ilsvrc=ilsvrc_entry(2017, 2.251, "SENet, winner (team WMW): an ensemble of SE "
+                            "networks, SENet-154 the largest",
+                            "Hu et al. 2017, the ILSVRC 2017 section")),
+    "se_resnext50_32x4d": dict(
+        accuracy=published(78.90, 94.51, "Hu et al. 2017, Table 2: SE-ResNeXt-50, "
+                           "val error 21.10 / 5.49")),
+}
 
 
 def _register(name, depth, num_params, timm_name):
@@ -18,7 +33,7 @@ def _register(name, depth, num_params, timm_name):
         key_idea="channel attention (squeeze-and-excitation)", default_size=224,
         min_size=32, num_params=num_params, params_convention="trainable",
         params_source=f"timm {timm_name}, trainable parameters",
-        stage_outputs=stage_outputs(depth), keras_application=None)
+        stage_outputs=stage_outputs(depth), keras_application=None, **PUBLISHED[name])
 
 
 def senet(registry_name, depth, args, **body_kwargs):

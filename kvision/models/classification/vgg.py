@@ -11,7 +11,7 @@ adaptive pool, so with ``include_top`` those weights fit 224x224 inputs only.
 import keras
 
 from kvision.models._builder import build, builder_args
-from kvision.registry import register
+from kvision.registry import ilsvrc_entry, published, register
 from kvision.weights_torch import torchvision_weights
 
 # Convolutions per block, for the configurations A (11), B (13), D (16), E (19).
@@ -67,6 +67,18 @@ TORCHVISION = {"vgg11_bn": ("vgg11_bn-6002323d.pth", 70.370, 89.810),
                "vgg19_bn": ("vgg19_bn-c79401a0.pth", 74.218, 91.842)}
 
 
+# Published figures of the VGGs that have neither a keras.applications counterpart
+# nor a torchvision checkpoint here, and VGG's ILSVRC entry.
+PUBLISHED = {
+    "vgg11": dict(accuracy=published(69.020, 88.628, "torchvision VGG11_Weights."
+                                     "IMAGENET1K_V1 metadata (acc@1, acc@5)")),
+    "vgg13": dict(accuracy=published(69.928, 89.246, "torchvision VGG13_Weights."
+                                     "IMAGENET1K_V1 metadata (acc@1, acc@5)")),
+    "vgg16": dict(ilsvrc=ilsvrc_entry(2014, 7.3, "VGG, 2nd place: 7 nets",
+                                      "Simonyan & Zisserman 2014, Table 7")),
+}
+
+
 def _register(depth, batch_norm, num_params, keras_app=None):
     name = f"vgg{depth}" + ("_bn" if batch_norm else "")
     torch = (torchvision_weights("vgg", *TORCHVISION[name]) if name in TORCHVISION
@@ -79,7 +91,7 @@ def _register(depth, batch_norm, num_params, keras_app=None):
         default_size=224, min_size=32, num_params=num_params,
         params_convention="keras" if keras_app else "trainable",
         params_source=source, stage_outputs=_stages(depth, batch_norm),
-        keras_application=keras_app, **torch)
+        keras_application=keras_app, **torch, **PUBLISHED.get(name, {}))
 
 
 _DOC = """VGG-{depth}{bn} (configuration {config} of the paper).

@@ -13,7 +13,7 @@ from kvision.blocks.pooling import max_pool_ceil
 from kvision.layers import LocalResponseNormalization
 from kvision.models._builder import build, builder_args
 from kvision.models.classification.alexnet import fc_head
-from kvision.registry import register
+from kvision.registry import ilsvrc_entry, published, register
 
 PAPER = "Visualizing and Understanding Convolutional Networks"
 
@@ -52,7 +52,12 @@ def zfnet_head(x, classes, classifier_activation):
           params_convention="trainable",
           params_source="paper Fig. 3 layout (no BatchNorm, so all parameters): "
                         "conv 3,726,464 + FC 58,631,144",
-          stage_outputs={4: "lrn1", 8: "conv2", 16: "conv5", 32: "pool5"})
+          stage_outputs={4: "lrn1", 8: "conv2", 16: "conv5", 32: "pool5"},
+          accuracy=published(61.6, 83.5, "Zeiler & Fergus 2013, Table 2: 1 convnet as "
+                             "in Fig. 3, val error 38.4 / 16.5"),
+          ilsvrc=ilsvrc_entry(2013, 11.7, "Clarifai (Zeiler), winner without outside "
+                              "data: an ensemble of ZF-style nets",
+                              "ILSVRC 2013 results (0.11743)"))
 def ZFNet(include_top=True, weights=None, input_tensor=None, input_shape=None,
           pooling=None, classes=1000, classifier_activation="softmax", name=None):
     """ZFNet, the layout of Fig. 3 of Zeiler & Fergus (62.4M parameters).
