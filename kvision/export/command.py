@@ -6,6 +6,7 @@
                          [--data DIR|digits] [--out DIR] [--version N] [--int8-io] [--allow-flex]
                          [--min-top1-agreement F | --min-pixel-agreement F |
                           --min-detection-match F] [--max-accuracy-drop POINTS]
+                         [--gradcam [--gradcam-layer PATH]]
     kvision export --serving-config BASE_PATH
 
 MODEL is a ``.keras`` file, a directory ``saved_models/NAME`` holding ``NAME.keras``
@@ -110,6 +111,13 @@ def add_parser(subparsers):
     p.add_argument("--max-accuracy-drop", type=_points, default=1.0, metavar="POINTS",
                    help="classifiers with labelled --data: points of top-1 accuracy a "
                         "TFLite file may lose to the Keras model (default 1.0)")
+    p.add_argument("--gradcam", action="store_true",
+                   help="classifiers: add the serve_gradcam signature to the SavedModel "
+                        "(the top class's Grad-CAM map with the prediction, checked "
+                        "against kvision.visualization.gradcam)")
+    p.add_argument("--gradcam-layer", metavar="PATH", default=None,
+                   help="the layer serve_gradcam weights, a name or 'outer/inner' "
+                        "(default: the last with a spatial map); implies --gradcam")
     p.add_argument("--serving-config", metavar="BASE_PATH", default=None,
                    help="write BASE_PATH/models.config for TensorFlow Serving")
     p.set_defaults(func=run)
@@ -131,7 +139,8 @@ def run(args) -> int:
                          min_pixel_agreement=args.min_pixel_agreement,
                          min_detection_match=args.min_detection_match,
                          max_keypoint_distance=args.max_keypoint_distance,
-                         max_accuracy_drop=args.max_accuracy_drop)
+                         max_accuracy_drop=args.max_accuracy_drop,
+                         gradcam=args.gradcam_layer or args.gradcam or None)
         print(format_table(results))
     if args.serving_config is not None:
         from kvision.export import serving_config
@@ -194,7 +203,7 @@ def _split(value, allowed, option):
 def export(model_spec, *, formats=FORMATS, quantize=(None,), data=None, out=None,
            version=None, int8_io=False, allow_flex=False, min_top1_agreement=None,
            min_pixel_agreement=None, min_detection_match=None, max_keypoint_distance=None,
-           max_accuracy_drop=1.0):
+           max_accuracy_drop=1.0, gradcam=None):
     """Export the model ``model_spec`` names; a list of ``ExportResult``, one per file.
 
     TFLite files are ``<out>/<NAME>.tflite`` (float32) and
@@ -203,7 +212,8 @@ def export(model_spec, *, formats=FORMATS, quantize=(None,), data=None, out=None
     is left as it was. ``min_top1_agreement`` (classifiers), ``min_pixel_agreement``
     (segmenters), ``min_detection_match`` (detectors) and ``max_keypoint_distance``
     (pose estimators: mean distance in heatmap pixels) replace the TFLite checks'
-    default bar; only the one of the model's kind may be given.
+    default bar; only the one of the model's kind may be given. ``gradcam`` (True or
+    a layer path) adds a classifier's ``serve_gradcam`` signature to the SavedModel.
     """
     from kvision.export import saved_model, tflite
     from kvision.export.parity import ParityError
@@ -226,6 +236,17 @@ def export(model_spec, *, formats=FORMATS, quantize=(None,), data=None, out=None
     model = load_keras(keras_path, compile=True)  # safe_mode, nothing hostile
     shape = input_shape(model)
     kind = model_kind(model)
+    if gradcam and kind != "classifier":
+        raise ValueError(f"--gradcam is for classifiers (one class map per image); "
+                         f"this model is a {KIND_NOUNS.get(kind, kind)}.")
+    if gradcam and "savedmodel" not in formats:
+        raise ValueError(f"--gradcam adds the serve_gradcam signature to the "
+                         f"SavedModel; --format must include savedmodel, got "
+                         f"{','.join(formats)}.")
+    if gradcam:
+        from kvision.export.gradcam import gradcam_layer
+
+        gradcam_layer(model, gradcam)  # an unknown layer fails before any work
     agreement = _agreement(kind, {"classifier": min_top1_agreement,
                                   "segmenter": min_pixel_agreement,
                                   "detector": min_detection_match,
@@ -262,7 +283,8 @@ def export(model_spec, *, formats=FORMATS, quantize=(None,), data=None, out=None
             labelled = kind in ("classifier", "detector")
             results.append(saved_model(model, os.path.join(staging, os.path.basename(out)),
                                        version, class_names=class_names if labelled
-                                       else None, check_inputs=check))
+                                       else None, check_inputs=check,
+                                       gradcam=gradcam))
         for variant in quantize if "tflite" in formats else ():
             try:
                 results.append(tflite(
@@ -584,6 +606,12 @@ def format_table(results) -> str:
             f"{'-' if interval is None else f'{interval[0]:.1%}-{interval[1]:.1%}':>15}"
             f"{_fmt(p.get('accuracy_drop'), '+.2f'):>13}"
             f"{_fmt(r.latency_ms, '.3f'):>12}  {r.path}")
+    for r in results:  # serve_gradcam's figures: a line of their own
+        if (r.parity or {}).get("gradcam_max_abs_diff") is not None:
+            lines.append(f"{r.format}: serve_gradcam's maps within "
+                         f"{r.parity['gradcam_max_abs_diff']:.2e} of "
+                         f"kvision.visualization.gradcam's, its class the top class on "
+                         f"{r.parity['gradcam_class_agreement']:.0%} of the images")
     for r in results:  # a pose estimator's figure has no column: a line of its own
         if (r.parity or {}).get("keypoint_distance") is not None:
             lines.append(f"{r.format}: keypoints {r.parity['keypoint_distance']:.3f} "

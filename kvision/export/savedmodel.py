@@ -30,6 +30,9 @@ Signatures of an export (``H, W, C`` the model's input shape):
 - ``serve_image_bytes``: ``image_bytes`` ``[None]`` string of encoded JPEG/PNG (what a
   REST client sends as ``{"b64": ...}``), decoded to C channels and resized bilinear
   to ``H, W`` as ``kvision.data.load_image`` does, then the same outputs.
+- ``serve_gradcam`` (classifiers, with ``gradcam=``): ``images`` as
+  ``serving_default``'s, answering ``probabilities``, ``class`` and the ``gradcam``
+  map of that class (:mod:`kvision.export.gradcam`).
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ import time
 import numpy as np
 
 from kvision._files import write_text_atomically
+from kvision.export.gradcam import SIGNATURE as GRADCAM_SIGNATURE
+from kvision.export.gradcam import add_signature, check_signature, gradcam_layer
 from kvision.export.parity import (DETECTION_OUTPUTS, ExportResult, as_float32, check,
                                    check_detections, check_keypoints, compare,
                                    compare_detections, compare_keypoints, export_kind,
@@ -68,7 +73,7 @@ def next_version(model_dir) -> int:
 
 def saved_model(model, model_dir, version=None, *, class_names=None, top_k=5,
                 input_dtype="float32", image_bytes=True, warmup=True, check_inputs=None,
-                atol=1e-4) -> ExportResult:
+                atol=1e-4, gradcam=None) -> ExportResult:
     """Export ``model`` to ``model_dir/<version>/`` for TensorFlow Serving.
 
     Args:
@@ -92,6 +97,9 @@ def saved_model(model, model_dir, version=None, *, class_names=None, top_k=5,
             TF Serving's session-based loader) and the Keras model; default 2 random
             images. The outputs must agree to ``atol`` or nothing is written.
         atol: the largest max abs difference allowed.
+        gradcam: add ``serve_gradcam`` (a classifier's Grad-CAM map with its
+            prediction, :mod:`kvision.export.gradcam`): True for the last layer with
+            a spatial map, or a layer path; checked against ``vis.gradcam`` too.
     Returns:
         :class:`~kvision.export.ExportResult` with ``path`` the version directory,
         ``format="savedmodel"``, the batch-1 latency of ``serving_default`` in the
@@ -118,6 +126,7 @@ def saved_model(model, model_dir, version=None, *, class_names=None, top_k=5,
         raise ValueError(f"Version {version} already exists at {target!r}; versions are "
                          f"never overwritten (omit version= to take the next free one).")
     spec = _ExportSpec.of(model, class_names, top_k, input_dtype, image_bytes)
+    spec.gradcam = gradcam_layer(model, gradcam)
     check_inputs = _check_inputs(check_inputs, spec)
     if warmup:
         _require_serving_api()
@@ -216,6 +225,7 @@ class _ExportSpec:
         self.class_names = class_names      # list of str or None
         self.image_bytes = image_bytes
         self.keypoint_strides = None        # (y, x) of a keypoint model's heatmaps
+        self.gradcam = None                 # the layer path of serve_gradcam, if any
 
     @classmethod
     def of(cls, model, class_names, top_k, input_dtype, image_bytes):
@@ -357,6 +367,8 @@ def _write(model, spec, export_path, scratch):
     if spec.image_bytes:
         archive.add_endpoint(BYTES_SIGNATURE, serve_image_bytes, input_signature=[
             tf.TensorSpec((None,), tf.string, name=IMAGE_BYTES)])
+    if spec.gradcam is not None:
+        add_signature(archive, model, spec.gradcam, spec.image_shape, spec.input_dtype)
     with _quiet_tf():
         archive.write_out(export_path, verbose=False)
 
@@ -432,6 +444,8 @@ def _write_warmup(export_path, spec, image, model_name):
     from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
     requests = {DEFAULT_SIGNATURE: {IMAGES: tf.make_tensor_proto(image)}}
+    if spec.gradcam is not None:
+        requests[GRADCAM_SIGNATURE] = {IMAGES: tf.make_tensor_proto(image)}
     if spec.image_bytes:
         png = tf.io.encode_png(np.clip(np.round(image[0]), 0, 255).astype("uint8"))
         requests[BYTES_SIGNATURE] = {
@@ -468,6 +482,8 @@ def _verify(model, spec, export_path, check_inputs, atol):
             got_bytes = run(BYTES_SIGNATURE, {IMAGE_BYTES: encoded}) \
                 if spec.image_bytes else None
             latency_ms = _latency_ms(run, check_inputs[:1])
+            explained = None if spec.gradcam is None else run(
+                GRADCAM_SIGNATURE, {IMAGES: check_inputs})
     except tf.errors.OpError as error:
         raise ValueError(f"The SavedModel does not run in TF Serving's "
                          f"session-based loader ({type(error).__name__}: "
@@ -480,6 +496,9 @@ def _verify(model, spec, export_path, check_inputs, atol):
         bytes_figures = _figures(reference_bytes, got_bytes, spec)
         _check(bytes_figures, spec, "The SavedModel's serve_image_bytes", atol)
         figures["image_bytes_max_abs_diff"] = bytes_figures["max_abs_diff"]
+    if explained is not None:  # the class maps beside vis.gradcam's
+        figures.update(check_signature(model, spec.gradcam, explained, check_inputs,
+                                       atol))
     return figures, latency_ms
 
 

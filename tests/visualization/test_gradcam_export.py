@@ -33,13 +33,18 @@ def _nested(seed=0):
 
 def _direct_gradcam(model, x, path):
     """The paper's formula by hand, independent of the export's graph: A the nested
-    layer's output (a sub-model of the backbone), the softmax left out."""
+    layer's output (a sub-model of the backbone), the backbone's later layers and
+    the Dense called one by one on it, the softmax left out."""
     backbone, dense = model.get_layer("backbone"), model.get_layer("predictions")
     inner = keras.Model(backbone.inputs, backbone.get_layer(path).output)
+    later = {"c1": ["c2", "r2"], "r2": []}[path]
     with tf.GradientTape() as tape:
         a = inner(x)
         tape.watch(a)
-        logits = tf.reshape(a, (len(x), -1)) @ dense.kernel + dense.bias
+        h = a
+        for name in later:
+            h = backbone.get_layer(name)(h)
+        logits = tf.reshape(h, (len(x), -1)) @ dense.kernel + dense.bias
         top = tf.argmax(logits, axis=-1)
         score = tf.reduce_sum(tf.gather(logits, top, batch_dims=1))
     g = tape.gradient(score, a).numpy()
@@ -64,17 +69,7 @@ def test_serve_gradcam_answers_the_keras_maps_with_the_prediction(tmp_path):
     np.testing.assert_allclose(got["probabilities"], model.predict(x, verbose=0),
                                rtol=0, atol=1e-6)
     assert result.parity["gradcam_max_abs_diff"] <= 1e-4
-    assert result.parity["class_agreement"] == 1.0
-
-
-def test_an_earlier_layer_by_path_gives_that_layers_map(tmp_path):
-    model = _nested()
-    x = np.random.default_rng(2).uniform(0, 255, (3, 12, 12, 3)).astype("float32")
-    gradcam_saved_model(model, tmp_path / "c1", layer="backbone/c1", check_inputs=x)
-    with _session(str(tmp_path / "c1")) as run:
-        got = run(SIGNATURE, {"images": x})
-    np.testing.assert_allclose(got["gradcam"], A.gradcam(model, x, layer="backbone/c1"),
-                               rtol=0, atol=1e-5)
+    assert result.parity["gradcam_class_agreement"] == 1.0
 
 
 def test_bad_requests_are_refused_before_anything_is_written(tmp_path):
@@ -92,3 +87,51 @@ def test_bad_requests_are_refused_before_anything_is_written(tmp_path):
     with pytest.raises(ValueError, match=r"one output of shape \(None, classes\)"):
         gradcam_saved_model(two, tmp_path / "c")
     assert sorted(os.listdir(tmp_path)) == ["taken"]  # no staging left behind
+
+
+def test_kvision_export_gradcam_serves_the_maps_beside_serving_default(tmp_path, capsys):
+    from kvision import cli
+
+    model = _nested()
+    model.save(tmp_path / "tiny.keras")
+    served = tmp_path / "served"
+    assert cli.main(["export", str(tmp_path / "tiny.keras"), "--format", "savedmodel",
+                     "--gradcam-layer", "backbone/c1", "--out", str(served)]) == 0
+    assert "serve_gradcam's maps within" in capsys.readouterr().out
+    x = np.random.default_rng(3).uniform(0, 255, (5, 12, 12, 3)).astype("float32")
+    with _session(str(served / "1")) as run:  # TF Serving's loader, unseen images
+        got = run(SIGNATURE, {"images": x})
+        default = run("serving_default", {"images": x})
+    expected, top = _direct_gradcam(model, x, "c1")  # a layer by its path
+    np.testing.assert_allclose(got["gradcam"], expected, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(got["gradcam"], A.gradcam(model, x, layer="backbone/c1"),
+                               rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(got["class"], top)
+    np.testing.assert_array_equal(default["top_k_classes"][:, 0], top)
+    np.testing.assert_allclose(got["probabilities"], default["probabilities"],
+                               rtol=0, atol=1e-6)
+    # TF Serving warms the new signature up too: one request per signature
+    warmup = served / "1" / "assets.extra" / "tf_serving_warmup_requests"
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    signatures = set()
+    for record in tf.data.TFRecordDataset(str(warmup)):
+        log = prediction_log_pb2.PredictionLog.FromString(record.numpy())
+        signatures.add(log.predict_log.request.model_spec.signature_name)
+    assert signatures == {"serving_default", "serve_image_bytes", SIGNATURE}
+
+
+@pytest.mark.parametrize("extra, words", [
+    (["--gradcam-layer", "backbone/c9"], "No layer 'backbone/c9'"),
+    (["--gradcam", "--format", "tflite"], "--format must include savedmodel"),
+])
+def test_kvision_export_gradcam_refuses_bad_requests_in_one_line(tmp_path, capsys,
+                                                                 extra, words):
+    from kvision import cli
+
+    _nested().save(tmp_path / "tiny.keras")
+    assert cli.main(["export", str(tmp_path / "tiny.keras"), *extra,
+                     "--out", str(tmp_path / "served")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and words in err and "Traceback" not in err
+    assert not (tmp_path / "served").exists()
