@@ -1,5 +1,6 @@
 """``kvision explain``: what a model's answer on one image rests on, as a PNG: the
-image beside its attribution map (:mod:`kvision.visualization.attribution`)."""
+image beside its attribution map (:mod:`kvision.visualization.attribution`), or
+beside its DeepDream (:mod:`kvision.visualization.dream`)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,10 @@ def _projection(function):
     """A method giving signed pixel projections ``(N, H, W, C)``, drawn as images;
     with ``--layer`` they project that layer's most active channel."""
     def run(model, images, args):
+        if args.layer is not None and args.class_index is not None:
+            raise ValueError(f"--class does not apply to {args.method} with --layer: "
+                             f"it projects the layer's most active channel; give "
+                             f"one of the two.")
         return "projection", function(model, images, layer=args.layer,
                                       class_index=args.class_index,
                                       detection=args.detection)
@@ -41,12 +46,30 @@ def methods() -> dict:
         "guided": _projection(A.guided_backprop),
         "deconvnet": _projection(A.deconvnet),
         "occlusion": _maps(A.occlusion, takes_layer=False),
-        # "deepdream": kvision.visualization.dream (issue 20's second half) adds its
-        # entry here: a run(model, images, args) giving ("projection" or "image", ...).
+        "deepdream": _dream,
     }
 
 
-METHOD_NAMES = ("gradcam", "gradcam++", "saliency", "guided", "deconvnet", "occlusion")
+METHOD_NAMES = ("gradcam", "gradcam++", "saliency", "guided", "deconvnet", "occlusion",
+                "deepdream")
+
+
+def _dream(model, images, args):
+    """DeepDream of the image (keras.io's recipe: 3 octaves of 20 steps) raising the
+    activation of ``--layer`` (default :func:`~kvision.visualization.dream.
+    dream_layers`'), drawn beside it; one progress line per octave."""
+    from kvision.visualization.dream import deep_dream
+
+    for flag, value in (("--class", args.class_index), ("--detection", args.detection)):
+        if value is not None:
+            raise ValueError(f"{flag} does not apply to deepdream: it raises the "
+                             f"activation of --layer, not a class's score.")
+
+    def progress(octave, octaves, shape):
+        print(f"kvision explain: deepdream octave {octave}/{octaves} at "
+              f"{shape[1]}x{shape[0]}", file=sys.stderr)
+    return "image", deep_dream(model, images[0], layers=args.layer,
+                               progress=progress)[None]
 
 
 def add_parser(subparsers):
@@ -55,12 +78,13 @@ def add_parser(subparsers):
                                               "image rests on (Grad-CAM, saliency...)")
     p.add_argument("model", help="as for predict: a .keras file, a run, NAME:imagenet")
     p.add_argument("image", help="an image file")
-    p.add_argument("--method", choices=METHOD_NAMES, default="gradcam")
+    p.add_argument("--method", default="gradcam", metavar="|".join(METHOD_NAMES),
+                   help="what to draw (default gradcam)")
     p.add_argument("--out", required=True, help="the PNG to write")
     p.add_argument("--layer", default=None,
                    help="a layer name or 'outer/inner/...' through nested models "
                         "(default: the last spatial map for Grad-CAM)")
-    p.add_argument("--class", dest="class_index", type=int, default=None,
+    p.add_argument("--class", dest="class_index", default=None,
                    help="the class explained (default: the top class)")
     p.add_argument("--detection", type=int, default=None,
                    help="detectors: which detection's score (default 0, the best)")
@@ -71,11 +95,16 @@ def add_parser(subparsers):
 def run(args) -> int:
     """Explain ``args.image``'s answer with ``args.method`` into ``args.out``."""
     import keras
+    import numpy as np
 
     from kvision.predict import load_images, load_trained
     from kvision.visualization import attribution as A
     from kvision.visualization.layers import resolve, save_png
 
+    if args.method not in METHOD_NAMES:
+        raise ValueError(f"--method must be one of {', '.join(METHOD_NAMES)}; got "
+                         f"{args.method!r}.")
+    args.class_index = _class_index(args.class_index)
     if not args.out.lower().endswith(".png"):
         raise ValueError(f"--out must be a .png file, got {args.out!r}.")
     trained = load_trained(args.model)
@@ -90,11 +119,24 @@ def run(args) -> int:
         _check_detection(model, images, args)
     kind, found = methods()[args.method](model, images, args)
     image = images[0]
-    drawn = A.overlay(image, found[0]) if kind == "map" else A.projection_image(found[0])
+    drawn = {"map": lambda: A.overlay(image, found[0]),
+             "projection": lambda: A.projection_image(found[0]),
+             "image": lambda: np.round(A._rgb(found[0]) * 255).astype("uint8")}[kind]()
     save_png(_side_by_side(image, drawn), args.out)
     print(f"kvision explain: {args.method} of {trained.describe()}"
-          f"{_what(trained, model, images, args)} -> {args.out}", file=sys.stderr)
+          f"{_what(trained, model, images, args, found)} -> {args.out}", file=sys.stderr)
     return 0
+
+
+def _class_index(text):
+    """``--class`` as an integer >= 0 (None when not given)."""
+    if text is None or isinstance(text, int):
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"--class takes a class index (an integer: 0, 1, ...), got "
+                         f"{text!r}.") from None
 
 
 def _check_detection(model, images, args):
@@ -118,10 +160,18 @@ def _side_by_side(image, drawn):
     return _enlarge(np.concatenate([left, gap, drawn], axis=1))
 
 
-def _what(trained, model, images, args):
-    """``", its top class 'cat' at layer top_activation"``: what was explained."""
+def _what(trained, model, images, args, found):
+    """``", its top class 'cat' at layer top_activation"``: what was explained
+    (DeepDream: the layers and their loss before and after)."""
     from kvision.visualization.layers import last_spatial_layer
 
+    if args.method == "deepdream":
+        from kvision.visualization.dream import dream_layers, dream_loss
+
+        layers = dream_layers(model, args.layer)
+        return (f" at layer {', '.join(layers)}, its loss "
+                f"{dream_loss(model, images[0], layers):.4g} -> "
+                f"{dream_loss(model, found[0], layers):.4g}")
     where = ""
     if args.layer or args.method in ("gradcam", "gradcam++"):
         where = f" at layer {args.layer or last_spatial_layer(model)}"

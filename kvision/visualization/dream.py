@@ -31,7 +31,7 @@ import numpy as np
 import tensorflow as tf
 
 from kvision import features
-from kvision.visualization.layers import resolve, save_png
+from kvision.visualization.layers import last_spatial_layer, resolve, save_png
 
 #: keras.io's DeepDream layers of InceptionV3 and their weights: the reference setting.
 INCEPTION_V3_LAYERS = {"mixed4": 1.0, "mixed5": 1.5, "mixed6": 2.0, "mixed7": 2.5}
@@ -43,15 +43,15 @@ def dream_layers(model, layers=None) -> dict:
     """``layers`` as ``{path: weight}``: a path, a list of paths (weight 1 each) or a
     dict of weights. None: InceptionV3's :data:`INCEPTION_V3_LAYERS` when the model
     has them, else its stride-16 stage output (mid-level parts), else its deepest
-    stage output (:func:`kvision.features.stage_outputs`)."""
+    stage output (:func:`kvision.features.stage_outputs`), else (a model without
+    stage outputs) its last layer with a spatial map, where Grad-CAM looks."""
     if layers is None:
         names = {name for name, _ in features.layer_steps(model)}
         if set(INCEPTION_V3_LAYERS) <= names:
             return dict(INCEPTION_V3_LAYERS)
         stages = features.stage_outputs(model)
         if not stages:
-            raise ValueError(f"Model {model.name!r} has no stage output at strides "
-                             f"{features.STRIDES}: name the layers to dream with.")
+            return {last_spatial_layer(model): 1.0}
         return {stages.get(16, stages[max(stages)]): 1.0}
     if isinstance(layers, str):
         layers = {layers: 1.0}
@@ -190,7 +190,7 @@ def _check_steps(steps, octaves, octave_scale, step_size, jitter):
 
 def deep_dream(model, image, layers=None, octaves=3, octave_scale=1.4, steps=20,
                step_size=0.01, jitter=0, max_loss=None, value_range=(0, 255), seed=0,
-               out=None) -> np.ndarray:
+               out=None, progress=None) -> np.ndarray:
     """DeepDream ``image`` (H, W, C, in ``value_range``) through ``model``.
 
     Args:
@@ -205,6 +205,8 @@ def deep_dream(model, image, layers=None, octaves=3, octave_scale=1.4, steps=20,
         jitter: random shift of up to this many pixels before each step (0: none).
         max_loss: an octave stops early once the loss exceeds it (keras.io: 15).
         out: write the result there as PNG too.
+        progress: ``progress(octave, octaves, (h, w))`` called as each octave
+            starts (octave counted from 1), for long runs.
 
     Returns:
         The dreamed image, float32 ``(H, W, C)`` in ``value_range``.
@@ -222,7 +224,9 @@ def deep_dream(model, image, layers=None, octaves=3, octave_scale=1.4, steps=20,
               for i in reversed(range(octaves))]
     shrunk = tf.image.resize(original, shapes[0])
     dreamed = original
-    for shape in shapes:
+    for octave, shape in enumerate(shapes, 1):
+        if progress is not None:
+            progress(octave, len(shapes), shape)
         dreamed = tf.image.resize(dreamed, shape)
         dreamed = ascent.run(dreamed, steps, step_size * (high - low) / 2, low, high,
                              max_loss)

@@ -8,7 +8,7 @@ from PIL import Image
 import keras
 
 from kvision import cli
-from kvision.commands.explain import METHOD_NAMES
+from kvision.commands.explain import METHOD_NAMES, methods
 from kvision.visualization import attribution as A
 
 SIZE = 16
@@ -40,29 +40,65 @@ def _explain(root, *extra):
                      *extra])
 
 
-def test_gradcam_png_is_the_image_beside_its_map(files, tmp_path, capsys):
+def _inner(root, path):
+    """The nested backbone's own sub-model to ``path``: an independent route to the
+    layer (the backbone's input is reachable from inside it)."""
+    backbone = keras.saving.load_model(root / "tiny.keras").get_layer("backbone")
+    return keras.Model(backbone.inputs, backbone.get_layer(path).output)
+
+
+def _dream_loss(inner, image):
+    """keras.io's DeepDream loss in NumPy: the mean square activation, two border
+    pixels left out."""
+    act = np.asarray(inner(image[None].astype("float32")), "float64")
+    return np.sum(act[:, 2:-2, 2:-2] ** 2) / act.size
+
+
+# For each method: the flags, and what the library draws for them.
+DRAWN = {
+    "gradcam": (["--layer", "backbone/c1", "--class", "2"], lambda m, x: A.overlay(
+        x[0], A.gradcam(m, x, class_index=2, layer="backbone/c1")[0])),
+    "gradcam++": (["--layer", "backbone/c1", "--class", "2"], lambda m, x: A.overlay(
+        x[0], A.gradcam_plus_plus(m, x, class_index=2, layer="backbone/c1")[0])),
+    "saliency": (["--class", "2"], lambda m, x: A.overlay(
+        x[0], A.saliency(m, x, class_index=2)[0])),
+    "guided": (["--class", "2"], lambda m, x: A.projection_image(
+        A.guided_backprop(m, x, class_index=2)[0])),
+    "deconvnet": (["--layer", "backbone/c2"], lambda m, x: A.projection_image(
+        A.deconvnet(m, x, layer="backbone/c2")[0])),
+    "occlusion": (["--class", "1"], lambda m, x: A.overlay(
+        x[0], A.occlusion(m, x, class_index=1)[0])),
+    "deepdream": (["--layer", "backbone/c1"], None),
+}
+
+
+def test_every_method_is_listed_with_what_it_draws():
+    assert set(DRAWN) == set(METHOD_NAMES) == set(methods())
+
+
+@pytest.mark.parametrize("method", METHOD_NAMES)
+def test_each_method_draws_the_image_beside_what_the_library_computes(files, tmp_path,
+                                                                      capsys, method):
     root, pixels = files
-    out = tmp_path / "cam.png"
-    assert _explain(root, "--method", "gradcam", "--class", "2", "--layer",
-                    "backbone/c1", "--out", str(out)) == 0
+    flags, library = DRAWN[method]
+    out = tmp_path / "drawn.png"
+    assert _explain(root, "--method", method, *flags, "--out", str(out)) == 0
     err = capsys.readouterr().err
-    assert "gradcam" in err and "class '2'" in err and str(out) in err
+    assert f"{method} of" in err and str(out) in err
     drawn = np.asarray(Image.open(out))
     factor = drawn.shape[0] // SIZE
     small = drawn[::factor, ::factor]
     np.testing.assert_array_equal(small[:, :SIZE], pixels)
+    right = small[:, SIZE + 2:]
+    if method == "deepdream":  # the layer's activation rose, measured independently
+        inner = _inner(root, "c1")
+        assert _dream_loss(inner, right) > 1.5 * _dream_loss(inner, pixels)
+        assert "at layer backbone/c1" in err and "octave 3/3" in err
+        return
+    if "--class" in flags:
+        assert "class '" in err
     model = keras.saving.load_model(root / "tiny.keras")
-    cam = A.gradcam(model, pixels[None].astype("float32"), class_index=2,
-                    layer="backbone/c1")
-    np.testing.assert_array_equal(small[:, SIZE + 2:], A.overlay(pixels, cam[0]))
-
-
-@pytest.mark.parametrize("method", METHOD_NAMES)
-def test_every_method_writes_a_png(files, tmp_path, method):
-    root, _ = files
-    out = tmp_path / f"{method}.png"
-    assert _explain(root, "--method", method, "--out", str(out)) == 0
-    assert Image.open(out).format == "PNG"
+    np.testing.assert_array_equal(right, library(model, pixels[None].astype("float32")))
 
 
 def test_an_unknown_layer_exits_2_with_one_line_naming_close_ones(files, tmp_path,
@@ -81,6 +117,12 @@ def test_an_unknown_layer_exits_2_with_one_line_naming_close_ones(files, tmp_pat
     (["--class", "7"], "class_index must be in [0, 3)"),
     (["--method", "saliency", "--layer", "backbone/c1"], "--layer does not apply"),
     (["--out", "cam.jpg"], "--out must be a .png"),
+    (["--method", "dream"], "--method must be one of gradcam, gradcam++"),
+    (["--class", "two"], "--class takes a class index (an integer"),
+    (["--method", "deepdream", "--class", "1"], "--class does not apply to deepdream"),
+    (["--method", "guided", "--layer", "backbone/c1", "--class", "1"],
+     "--class does not apply to guided with --layer"),
+    (["--method", "deepdream", "--layer", "backbone/c7"], "No layer 'backbone/c7'"),
 ])
 def test_other_bad_input_exits_2_with_one_line(files, tmp_path, capsys, extra, words):
     root, _ = files
