@@ -16,6 +16,10 @@ parallel vectors) may come in either order.
     ids, distances = index.query(queries, k=5)               # (m, 5) each, nearest first
     index.save("gallery.npz"); Index.load("gallery.npz")     # one .npz, no pickle
 
+``index.metadata`` is a JSON-able dict saved with the index (``kvision embed`` keeps
+there which model made the vectors, so that ``kvision search`` can refuse a gallery
+of another model).
+
 At scale, the same API over FAISS (``pip install "kvision[faiss]"``, imported only
 when a FAISS backend is asked for): ``backend="faiss-flat"`` (exact, FAISS's
 kernels), ``"faiss-ivfpq"`` (inverted lists of product-quantised codes, trained on
@@ -47,6 +51,7 @@ _OPTIONS = {"faiss-flat": {},
 _FORMAT = "kvision.retrieval.Index/1"  # stored in every file, checked on load
 _KEYS = ("format", "metric", "batch_size", "vectors", "center", "ids")
 _FAISS_KEYS = ("backend", "options", "faiss_index", "faiss_count")  # absent: exact
+_OPTIONAL_KEYS = _FAISS_KEYS + ("metadata",)  # metadata: absent in older files
 _GATHER_LIMIT = 1 << 22  # float64 values gathered at once when refining distances
 
 
@@ -57,10 +62,11 @@ class Index:
     a zero vector has distance 1 to everything, as in scikit-learn).
     ``metric="euclidean"``: the L2 distance ``||q - x||``.
     ``backend``: ``"exact"`` (numpy) or a FAISS index (see the module's docstring),
-    with its ``options``.
+    with its ``options``. ``metadata``: a dict of JSON values kept in the saved file.
     """
 
-    def __init__(self, metric="cosine", batch_size=1024, backend="exact", **options):
+    def __init__(self, metric="cosine", batch_size=1024, backend="exact", metadata=None,
+                 **options):
         if metric not in METRICS:
             raise ValueError(f"metric must be one of {METRICS}, got {metric!r}.")
         if int(batch_size) < 1:
@@ -77,6 +83,7 @@ class Index:
         self.batch_size = int(batch_size)
         self.backend = backend
         self.options = {**_OPTIONS[backend], **options}
+        self.metadata = _check_metadata(metadata)
         self._faiss = None         # built at the first query from the stored vectors
         self._faiss_count = 0      # how many stored rows it holds
         self._parts = []           # float32 blocks added since the last search
@@ -295,7 +302,9 @@ class Index:
             with os.fdopen(fd, "wb") as f:
                 np.savez(f, format=np.array(_FORMAT), metric=np.array(self.metric),
                          batch_size=np.array(self.batch_size), vectors=vectors,
-                         center=center, ids=self.ids, **self._faiss_arrays())
+                         center=center, ids=self.ids,
+                         metadata=np.array(json.dumps(self.metadata)),
+                         **self._faiss_arrays())
             os.replace(tmp, path)
         except BaseException:
             if os.path.exists(tmp):
@@ -327,8 +336,9 @@ class Index:
                              f"written by Index.save): {err}") from None
         backend = str(arrays.get("backend", "exact"))
         options = json.loads(str(arrays["options"])) if "options" in arrays else {}
+        metadata = json.loads(str(arrays["metadata"])) if "metadata" in arrays else {}
         index = cls(metric=str(arrays["metric"]), batch_size=int(arrays["batch_size"]),
-                    backend=backend, **options)
+                    backend=backend, metadata=metadata, **options)
         if len(arrays.get("faiss_index", ())):
             index._faiss = _import_faiss(backend).deserialize_index(arrays["faiss_index"])
             index._faiss_count = int(arrays["faiss_count"])
@@ -351,7 +361,21 @@ def _read_arrays(path):
             raise ValueError(f"the archive lacks {missing}.")
         if str(data["format"]) != _FORMAT:
             raise ValueError(f"unknown format {str(data['format'])!r}.")
-        return {key: data[key] for key in _KEYS + _FAISS_KEYS if key in data.files}
+        return {key: data[key] for key in _KEYS + _OPTIONAL_KEYS if key in data.files}
+
+
+def _check_metadata(metadata):
+    """A copy of ``metadata`` (a dict, None for empty) that JSON can write; else a
+    ValueError saying what it is."""
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, dict):
+        raise ValueError(f"metadata must be a dict, got {type(metadata).__name__}.")
+    try:
+        return json.loads(json.dumps(metadata))
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"metadata must hold JSON values (str, numbers, lists, "
+                         f"dicts): {error}.") from None
 
 
 def _unit_rows(x):

@@ -86,7 +86,14 @@ def _by_task(trained, args) -> int:
         report = task.evaluate(trained, data)
     except NotImplementedError as error:
         raise ValueError(f"{trained.path} is a {task.noun}; {error}") from None
-    return _print(trained, data.description, report, args)
+    code = _print(trained, data.description, report, args)
+    if trained.task == "embedding":  # kvision search's default threshold
+        from kvision.commands.search import store_threshold
+
+        path = store_threshold(trained, report.figures, data.description)
+        if not args.json:
+            print(f"threshold stored in {path} (kvision search's default)")
+    return code
 
 
 def _print(trained, description, report, args) -> int:
