@@ -1,4 +1,4 @@
-"""torchvision checkpoints (``.pth``) in kvision networks of torchvision's layout.
+"""torchvision and timm checkpoints (``.pth``) in kvision networks of their layouts.
 
 A network registered with ``torch_layout`` (its state-dict naming, one of
 :data:`LAYOUTS`) takes ``weights="path/to/file.pth"``: the file is read without torch
@@ -16,10 +16,11 @@ mapped to a Keras layer, and the tensors move to Keras' layouts:
 
 Everything is checked before any weight is set: a file that does not fit is a
 ``ValueError`` naming the first keys that are missing, unexpected, or of another
-shape, and the model is left as it was. ``weights="imagenet"`` downloads
-torchvision's published checkpoint (``ModelInfo.checkpoint``) through
-``keras.utils.get_file``, checks its sha256 prefix (the one in torchvision's file
-name), converts it once and caches a ``.weights.h5`` (:func:`imagenet_loader`).
+shape, and the model is left as it was. ``weights="imagenet"`` downloads the
+published checkpoint (``ModelInfo.checkpoint``: torchvision's, or timm's GitHub
+release file for SE-ResNet(X)t and Inception-v4) through ``keras.utils.get_file``,
+checks its sha256 prefix (the one in the file name), converts it once and caches a
+``.weights.h5`` (:func:`imagenet_loader`).
 """
 
 from __future__ import annotations
@@ -140,6 +141,52 @@ def _googlenet_name(layer):
     return f"{block}.branch{branch}{position}.{kind}"
 
 
+def _seresnet_name(layer):
+    """timm's SE-ResNet/SE-ResNeXt names: torchvision's ResNet names (timm keeps
+    them) plus each Bottleneck's ``se.fc1``/``se.fc2`` (SEModule's 1x1 convs)."""
+    match = re.fullmatch(r"conv(\d)_block(\d+)_se_(reduce|expand)", layer)
+    if not match:
+        return _resnet_name(layer)
+    stage, block, part = match.groups()
+    return f"layer{int(stage) - 1}.{int(block) - 1}.se.fc{1 if part == 'reduce' else 2}"
+
+
+# timm's InceptionV4.features, in order: three ConvNormAct, then the mixed modules.
+_INCEPTION_V4 = (["conv2d_1a", "conv2d_2a", "conv2d_2b", "mixed_3a", "mixed_4a", "mixed_5a"]
+                 + [f"mixed_5{c}" for c in "bcde"] + ["mixed_6a"]
+                 + [f"mixed_6{c}" for c in "bcdefgh"] + ["mixed_7a"]
+                 + [f"mixed_7{c}" for c in "bcd"])
+
+
+def _inception_v4_part(module, branch, step, half):
+    """The timm attribute path of kvision's ``{module}_branch{b}[_{step}{half}]``."""
+    if step is None:  # one conv: an attribute, or the 1x1 after a pool (index 1)
+        if module in ("mixed_3a", "mixed_5a"):
+            return "conv"
+        return "branch3.1" if branch == "3" else f"branch{branch}"
+    if module[-2] == "7" and module != "mixed_7a":  # InceptionC: named attributes
+        if half or branch == "1":
+            return f"branch{branch}_{step}{half}"
+        return f"branch2_{int(step) - 1}"
+    return f"branch{branch}.{int(step) - 1}"
+
+
+def _inception_v4_name(layer):
+    """timm's Inception-v4 names (``features.<i>.branch1.0.conv``,
+    ``features.19.branch2_3a.bn``, ``last_linear``); ConvNormAct's ``.conv``/``.bn``."""
+    if layer == "predictions":
+        return "last_linear"
+    match = re.fullmatch(r"(conv2d_\d\w|mixed_\d\w)(?:_branch(\d)(?:_(\d)([ab]?))?)?"
+                         r"_(conv|bn)", layer)
+    if not match or match.group(1) not in _INCEPTION_V4:
+        return None
+    module, branch, step, half, kind = match.groups()
+    index = _INCEPTION_V4.index(module)
+    if branch is None:
+        return f"features.{index}.{kind}"
+    return f"features.{index}.{_inception_v4_part(module, branch, step, half)}.{kind}"
+
+
 class Layout:
     """How one family's state dict names its modules.
 
@@ -148,12 +195,13 @@ class Layout:
     without top leaves unused; ``optional`` prefixes of modules a model may leave
     out (GoogLeNet's auxiliary classifiers); ``flattened`` maps the Dense layers fed
     by a Flatten of a feature map to that Flatten (their inputs are permuted from
-    torch's C, H, W order).
+    torch's C, H, W order); ``publisher`` whose module code the names are from.
     """
 
-    def __init__(self, name, head, flattened=None, optional=()):
+    def __init__(self, name, head, flattened=None, optional=(), publisher="torchvision"):
         self.name, self.head, self.optional = name, tuple(head), tuple(optional)
         self.flattened = dict(flattened or {})
+        self.publisher = publisher
 
 
 LAYOUTS = {
@@ -166,6 +214,10 @@ LAYOUTS = {
     "googlenet": Layout(lambda layer, model: _googlenet_name(layer), head=("fc.",),
                         optional=("aux1.", "aux2."),
                         flattened={"aux1_fc1": "aux1_flatten", "aux2_fc1": "aux2_flatten"}),
+    "seresnet": Layout(lambda layer, model: _seresnet_name(layer), head=("fc.",),
+                       publisher="timm"),
+    "inception_v4": Layout(lambda layer, model: _inception_v4_name(layer),
+                           head=("last_linear.",), publisher="timm"),
 }
 
 
@@ -234,7 +286,7 @@ def torch_values(model, state, layout, *, source="the checkpoint"):
         prefix = layout.name(layer.name, model)
         if prefix is None:
             raise ValueError(f"Layer {layer.name!r} of {model.name!r} has no "
-                             f"counterpart in the torchvision layout.")
+                             f"counterpart in {layout.publisher}'s layout.")
         flat = None
         if layer.name in layout.flattened:  # the (H, W, C) map its Flatten flattens
             flat = tuple(model.get_layer(layout.flattened[layer.name]).input.shape[1:])
@@ -262,31 +314,46 @@ def torch_values(model, state, layout, *, source="the checkpoint"):
     problems += shapes[:5]
     if problems:
         raise ValueError(f"{source[0].upper()}{source[1:]} does not fit "
-                         f"{model.name!r} (torchvision's layout): " + "; ".join(problems))
+                         f"{model.name!r} ({layout.publisher}'s layout): "
+                         + "; ".join(problems))
     return values
 
 
-def load_torch_file(model, path, layout):
-    """Load the torchvision checkpoint at ``path`` into ``model`` (all or nothing)."""
+def _drop_labels(state, layout, offset):
+    """The classifier's first ``offset`` outputs removed (TF-slim's checkpoints carry
+    a background class before ImageNet's 1000: timm's ``label_offset``)."""
+    if not offset:
+        return state
+    return {k: (v[offset:] if k.startswith(layout.head) and k.endswith((".weight", ".bias"))
+                else v) for k, v in state.items()}
+
+
+def load_torch_file(model, path, layout, *, label_offset=0):
+    """Load the torchvision/timm checkpoint at ``path`` into ``model`` (all or
+    nothing); ``label_offset`` classifier outputs are dropped first."""
     path = os.fspath(path)
-    state = _state_dict(load_torch_checkpoint(path), path)
+    layout = LAYOUTS[layout] if isinstance(layout, str) else layout
+    state = _drop_labels(_state_dict(load_torch_checkpoint(path), path), layout,
+                         label_offset)
     values = torch_values(model, state, layout, source=f"the checkpoint {path!r}")
     for layer, arrays in values:
         layer.set_weights(arrays)
     return model
 
 
-# ---- weights="imagenet": torchvision's published file, converted once ----
+# ---- weights="imagenet": the publisher's file, converted once ----
 
 def download_checkpoint(info):
-    """torchvision's checkpoint of ``info`` through ``keras.utils.get_file``, its
-    sha256 checked against the prefix torchvision publishes; offline a
+    """The published checkpoint of ``info`` through ``keras.utils.get_file``, its
+    sha256 checked against the prefix its publisher gives in the file name
+    (torch.hub's convention, which torchvision and timm follow); offline a
     ``ConnectionError`` saying what to do instead."""
     checkpoint = info.checkpoint
+    publisher = checkpoint.get("publisher", "torchvision")
     filename = checkpoint["url"].rsplit("/", 1)[-1]
     try:
         path = keras.utils.get_file(filename, checkpoint["url"],
-                                    cache_subdir=os.path.join("kvision", "torchvision"))
+                                    cache_subdir=os.path.join("kvision", publisher))
     except Exception as error:  # no network, refused, interrupted
         raise ConnectionError(
             f"Could not download the ImageNet weights of {info.name} from "
@@ -299,19 +366,20 @@ def download_checkpoint(info):
     if not digest.hexdigest().startswith(checkpoint["sha256"]):
         os.remove(path)  # a corrupt download must not be found again in the cache
         raise ValueError(f"{filename}: sha256 {digest.hexdigest()[:12]}... does not start "
-                         f"with torchvision's {checkpoint['sha256']}; file removed.")
+                         f"with {publisher}'s {checkpoint['sha256']}; file removed.")
     return path
 
 
 def imagenet_loader(model, info, include_top):
-    """``ModelInfo.imagenet_loader`` of the torchvision-layout networks: the
+    """``ModelInfo.imagenet_loader`` of the torchvision/timm-layout networks: the
     downloaded checkpoint converted into the full network once and cached as a
     ``.weights.h5``, then copied by layer name (any input size, with or without top)."""
     from kvision import weights as weights_lib
 
     def convert():
         reference = info.builder()
-        return load_torch_file(reference, download_checkpoint(info), info.torch_layout)
+        return load_torch_file(reference, download_checkpoint(info), info.torch_layout,
+                               label_offset=info.checkpoint.get("label_offset", 0))
 
     path = weights_lib.cached_weights(f"{info.name}_imagenet.weights.h5", convert)
     reference = info.builder()
@@ -319,8 +387,9 @@ def imagenet_loader(model, info, include_top):
     try:
         return weights_lib.copy_by_layer_name(reference, model)
     except ValueError as error:  # a knob changed the shapes (width_multiplier, groups)
+        publisher = info.checkpoint.get("publisher", "torchvision")
         raise ValueError(
-            f"torchvision's ImageNet weights of {info.name} fit its default "
+            f"{publisher}'s ImageNet weights of {info.name} fit its default "
             f"configuration only ({error}); build it with the builder's default "
             f"knobs, or pass weights=None.") from None
 
@@ -333,5 +402,18 @@ def torchvision_weights(layout, filename, top1, top5):
     return dict(
         torch_layout=layout, preprocessing="torch", imagenet_loader=imagenet_loader,
         checkpoint=dict(url=f"https://download.pytorch.org/models/{filename}",
-                        sha256=sha256, top1=top1, top5=top5,
+                        sha256=sha256, top1=top1, top5=top5, publisher="torchvision",
                         source="torchvision IMAGENET1K_V1 metadata (acc@1, acc@5)"))
+
+
+def timm_weights(layout, url, top1, top5, *, tag, preprocessing="torch", label_offset=0):
+    """The registry metadata of a network with timm's checkpoint at ``url`` (a
+    GitHub release file ``name-<sha256 prefix>.pth`` named by timm's pretrained cfg
+    ``tag``) and the accuracy timm's ``results/results-imagenet.csv`` gives the tag
+    at the network's default size (%)."""
+    sha256 = url.rsplit("-", 1)[1].split(".pth")[0]
+    return dict(
+        torch_layout=layout, preprocessing=preprocessing, imagenet_loader=imagenet_loader,
+        checkpoint=dict(url=url, sha256=sha256, top1=top1, top5=top5, publisher="timm",
+                        label_offset=label_offset,
+                        source=f"timm {tag}, results-imagenet.csv (top1, top5)"))

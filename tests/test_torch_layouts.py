@@ -8,8 +8,6 @@ images are compared with ``reference/``: torchvision's forward in NumPy, written
 from torchvision's module code, not from kvision's.
 """
 
-import math
-
 import keras
 import numpy as np
 import pytest
@@ -211,6 +209,23 @@ def test_vgg_bn_checkpoint_gives_torchvisions_features(depth, fake_torch, tmp_pa
                             images(32), terms=9 * 512, depth=depth)
 
 
+@pytest.mark.parametrize("depth", [11, 13])
+def test_plain_vgg_takes_torchvisions_checkpoint_features(depth, fake_torch, tmp_path):
+    """vgg11/vgg13 (no BatchNorm: a Conv2D with its ReLU fused is torchvision's
+    Conv2d and ReLU, two ``features`` indices) follow torchvision's layout too."""
+    from kvision.weights_torch import load_torch_file
+
+    shapes = {k: v for k, v in tv.vgg_shapes(depth, batch_norm=False).items()
+              if k.startswith("features.")}
+    state = tv.random_state(shapes, seed=6)
+    path = write_checkpoint(tmp_path / f"vgg{depth}.pth", state, fake_torch)
+    model = load_torch_file(kvision.create(f"vgg{depth}", include_top=False,
+                                           input_shape=(32, 32, 3)), path, "vgg")
+    check_against_reference(
+        model, lambda x: tv.vgg(state, x, depth, batch_norm=False, features=True),
+        images(32), terms=9 * 512, depth=depth)
+
+
 def test_resnext_checkpoint_gives_torchvisions_outputs(fake_torch, tmp_path):
     """Grouped 3x3 kernels: torch's (O, I/groups, 3, 3) is Conv2D(groups)'s layout."""
     layers = (3, 4, 6, 3)
@@ -322,7 +337,8 @@ COVERED = {"resnet18", "resnet34", "alexnet", "vgg11_bn", "vgg13_bn", "vgg16_bn"
 def test_torchvision_metadata_is_complete_and_every_layout_is_tested():
     from kvision.weights_torch import LAYOUTS
 
-    with_layout = {n for n in kvision.list_models() if kvision.get_info(n).torch_layout}
+    with_layout = {n for n in kvision.list_models() if kvision.get_info(n).torch_layout
+                   and kvision.get_info(n).checkpoint["publisher"] == "torchvision"}
     assert with_layout == COVERED
     for name in with_layout:
         info = kvision.get_info(name)

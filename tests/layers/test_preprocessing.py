@@ -45,9 +45,11 @@ def test_registry_modes_match_their_keras_modules():
     checked = 0
     for name in registry.list_models():
         info = registry.get_info(name)
-        if info.checkpoint is not None:  # torchvision's: ImageNet mean and std
-            # (GoogLeNet's transform_input makes them x / 127.5 - 1)
-            assert info.preprocessing == ("tf" if name == "googlenet" else "torch"), name
+        if info.checkpoint is not None:  # torchvision's and timm's: ImageNet mean and std
+            # (GoogLeNet's transform_input, and timm's mean = std = 0.5 for the
+            # TF-slim Inception-v4 weights, make them x / 127.5 - 1)
+            tf_mode = name in ("googlenet", "inception_v4")
+            assert info.preprocessing == ("tf" if tf_mode else "torch"), name
             continue
         if info.keras_application is None:
             assert info.preprocessing == "none", name  # trained on raw pixels here

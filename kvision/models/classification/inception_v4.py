@@ -19,6 +19,7 @@ from kvision.blocks.inception import (basic_conv, chain, conv_chain,
 from kvision.layers import ScaledResidual
 from kvision.models._builder import build, builder_args
 from kvision.registry import published, register
+from kvision.weights_torch import timm_weights
 
 PAPER = ("Inception-v4, Inception-ResNet and the Impact of Residual Connections "
          "on Learning")
@@ -124,7 +125,13 @@ def inception_v4_body(x):
           params_source="timm inception_v4, trainable parameters",
           stage_outputs={4: "mixed_4a", 8: "mixed_5e", 16: "mixed_6h", 32: "mixed_7d"},
           accuracy=published(80.0, 95.0, "Szegedy et al. 2016, Table 2: single crop, "
-                             "val error 20.0 / 5.0"))
+                             "val error 20.0 / 5.0"),
+          # timm's inception_v4.tf_in1k (Cadene's port of TF-slim's weights): its
+          # classifier has TF-slim's background class first (timm's label_offset 1).
+          **timm_weights("inception_v4", "https://github.com/rwightman/pytorch-image-"
+                         "models/releases/download/v0.1-cadene/inceptionv4-8e4777a0.pth",
+                         80.144, 94.982, tag="inception_v4.tf_in1k", preprocessing="tf",
+                         label_offset=1))
 def InceptionV4(include_top=True, weights=None, input_tensor=None, input_shape=None,
                 pooling=None, classes=1000, classifier_activation="softmax",
                 name=None):

@@ -8,6 +8,7 @@ as timm's ``seresnet50``/``seresnext50_32x4d`` (SE width rounded to a multiple o
 
 from kvision.models.classification.resnet import resnet, stage_outputs
 from kvision.registry import ilsvrc_entry, published, register
+from kvision.weights_torch import timm_weights
 
 PAPER = "Squeeze-and-Excitation Networks"
 
@@ -27,13 +28,23 @@ PUBLISHED = {
 }
 
 
+# timm's pretrained cfgs (timm/models/resnet.py): tag, checkpoint, top-1/top-5 at 224.
+_RELEASES = "https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-weights"
+TIMM = {"se_resnet50": ("seresnet50.ra2_in1k", "seresnet50_ra_224-8efdb4bb.pth",
+                        80.260, 95.068),
+        "se_resnext50_32x4d": ("seresnext50_32x4d.racm_in1k",
+                               "seresnext50_32x4d_racm-a304a460.pth", 81.268, 95.624)}
+
+
 def _register(name, depth, num_params, timm_name):
+    tag, filename, top1, top5 = TIMM[name]
     return register(
         name, task="classification", family="senet", year=2017, paper=PAPER,
         key_idea="channel attention (squeeze-and-excitation)", default_size=224,
         min_size=32, num_params=num_params, params_convention="trainable",
         params_source=f"timm {timm_name}, trainable parameters",
-        stage_outputs=stage_outputs(depth), keras_application=None, **PUBLISHED[name])
+        stage_outputs=stage_outputs(depth), keras_application=None, **PUBLISHED[name],
+        **timm_weights("seresnet", f"{_RELEASES}/{filename}", top1, top5, tag=tag))
 
 
 def senet(registry_name, depth, args, **body_kwargs):
