@@ -234,6 +234,42 @@ def test_a_segmenters_score_is_one_class_summed_over_its_pixels():
     assert A.gradcam(model, images, class_index=1, layer="c1").shape == (2, 8, 8)
 
 
+def test_one_class_of_a_segmenter_through_its_nested_backbone_is_the_formula():
+    """Grad-CAM of class c of a segmenter at a layer inside its nested backbone:
+    the score is c's logits summed over the pixels predicted c (the mask held
+    constant), computed here with the layers called one by one."""
+    from kvision.tasks import with_task
+
+    keras.utils.set_random_seed(2)
+    inputs = keras.Input((12, 12, 3))
+    x = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="c1")(inputs)
+    x = keras.layers.Conv2D(6, 3, strides=2, padding="same", activation="relu",
+                            name="c2")(x)
+    backbone = keras.Model(inputs, x, name="backbone")
+    images = keras.Input((12, 12, 3))
+    y = keras.layers.Conv2D(3, 3, padding="same", name="logits")(backbone(images))
+    y = keras.layers.UpSampling2D(2, name="up")(y)
+    y = keras.layers.Activation("softmax", name="softmax")(y)
+    model = with_task(keras.Model(images, y), "segmentation")
+    x = np.random.default_rng(6).uniform(0, 255, (2, 12, 12, 3)).astype("float32")
+    head = [model.get_layer("logits"), model.get_layer("up")]
+    for c in range(3):
+        with tf.GradientTape() as tape:
+            a = backbone.get_layer("c2")(backbone.get_layer("c1")(x))
+            tape.watch(a)
+            logits = head[1](head[0](a))
+            mask = tf.cast(tf.argmax(logits, axis=-1) == c, tf.float32)
+            mask = tf.where(tf.reduce_sum(mask, axis=(1, 2), keepdims=True) > 0,
+                            mask, 1.0)
+            score = tf.reduce_sum(logits[..., c] * tf.stop_gradient(mask))
+        g = tape.gradient(score, a).numpy()
+        cam = np.maximum(np.einsum("nk,nhwk->nhw", g.mean(axis=(1, 2)), a.numpy()), 0)
+        expected = _resized_unit(cam, (12, 12))
+        got = A.gradcam(model, x, class_index=c, layer="backbone/c2")
+        np.testing.assert_allclose(got, expected, atol=float32_atol(expected, terms=54,
+                                                                    depth=3))
+
+
 def test_gradcam_runs_on_a_transfer_model_by_its_backbones_path():
     from kvision import transfer
 
