@@ -22,7 +22,11 @@ measures it), up to :func:`check_limit`. A detector (outputs ``boxes``, ``scores
 estimator on them too or, with ``--data figures``, on 200 held-out figures
 (calibrating on 200 training ones), keypoint by keypoint: the mean distance to the
 Keras model's keypoints in heatmap pixels, <= 0.5 float32, ``--max-keypoint-distance``
-for the others (2.0 by default for int8).
+for the others (2.0 by default for int8). An embedding model is checked with
+``--data glyphs`` (held-out glyph identities; calibrating on training ones) or a
+folder of identities, embedding by embedding (:mod:`kvision.export.embedding`): cosine
+similarity to Keras >= 0.9999 per image for float32, and at most
+``--max-rank1-drop`` points of held-out rank-1 lost for the others (2.0 by default).
 
 One invocation is all or nothing: every file is written into a staging folder inside
 the output folder and checked there; only when every check has passed are they moved
@@ -58,8 +62,10 @@ MIN_CONVINCING_IMAGES = 300
 AGREEMENT_FLAGS = {"classifier": "--min-top1-agreement",
                    "segmenter": "--min-pixel-agreement",
                    "detector": "--min-detection-match",
-                   "keypoints": "--max-keypoint-distance"}  # a bar from above
-KIND_NOUNS = {"keypoints": "pose estimator", "outputs": "model of a task of its own"}
+                   "keypoints": "--max-keypoint-distance",  # a bar from above
+                   "embedding": "--max-rank1-drop"}         # so is this one
+KIND_NOUNS = {"keypoints": "pose estimator", "outputs": "model of a task of its own",
+              "embedding": "embedding model"}
 # A pose estimator's --data figures: held-out figures to check on, training ones
 # to calibrate on (as many as kvision evaluate measures).
 FIGURES = "figures"
@@ -108,6 +114,11 @@ def add_parser(subparsers):
                         "heatmap pixels, the TFLite keypoints may lie from the Keras "
                         "model's (default 0.5 float16 and dynamic, 2.0 int8; float32 "
                         "must lie within 0.5)")
+    p.add_argument("--max-rank1-drop", type=_points, default=None, metavar="POINTS",
+                   help="embedding models, float16, dynamic and int8, with --data glyphs "
+                        "or a folder of identities: points of held-out rank-1 a TFLite "
+                        "file may lose to the Keras model (default 2.0; float32 must "
+                        "reach cosine 0.9999 on every image)")
     p.add_argument("--max-accuracy-drop", type=_points, default=1.0, metavar="POINTS",
                    help="classifiers with labelled --data: points of top-1 accuracy a "
                         "TFLite file may lose to the Keras model (default 1.0)")
@@ -139,6 +150,7 @@ def run(args) -> int:
                          min_pixel_agreement=args.min_pixel_agreement,
                          min_detection_match=args.min_detection_match,
                          max_keypoint_distance=args.max_keypoint_distance,
+                         max_rank1_drop=args.max_rank1_drop,
                          max_accuracy_drop=args.max_accuracy_drop,
                          gradcam=args.gradcam_layer or args.gradcam or None)
         print(format_table(results))
@@ -203,6 +215,7 @@ def _split(value, allowed, option):
 def export(model_spec, *, formats=FORMATS, quantize=(None,), data=None, out=None,
            version=None, int8_io=False, allow_flex=False, min_top1_agreement=None,
            min_pixel_agreement=None, min_detection_match=None, max_keypoint_distance=None,
+           max_rank1_drop=None,
            max_accuracy_drop=1.0, gradcam=None):
     """Export the model ``model_spec`` names; a list of ``ExportResult``, one per file.
 
@@ -211,7 +224,8 @@ def export(model_spec, *, formats=FORMATS, quantize=(None,), data=None, out=None
     staged and checked first, then moved into place together; on any failure ``out``
     is left as it was. ``min_top1_agreement`` (classifiers), ``min_pixel_agreement``
     (segmenters), ``min_detection_match`` (detectors) and ``max_keypoint_distance``
-    (pose estimators: mean distance in heatmap pixels) replace the TFLite checks'
+    (pose estimators: mean distance in heatmap pixels) and ``max_rank1_drop``
+    (embedding models: points of held-out rank-1) replace the TFLite checks'
     default bar; only the one of the model's kind may be given. ``gradcam`` (True or
     a layer path) adds a classifier's ``serve_gradcam`` signature to the SavedModel.
     """
@@ -250,11 +264,12 @@ def export(model_spec, *, formats=FORMATS, quantize=(None,), data=None, out=None
     agreement = _agreement(kind, {"classifier": min_top1_agreement,
                                   "segmenter": min_pixel_agreement,
                                   "detector": min_detection_match,
-                                  "keypoints": max_keypoint_distance})
+                                  "keypoints": max_keypoint_distance,
+                                  "embedding": max_rank1_drop})
     # A detector's class count is not in its outputs, nor is a task's of its own
     # ("outputs": a pose model's names are its joints).
     class_names = read_class_names(keras_path, None if kind in ("detector", "outputs",
-                                                                "keypoints")
+                                                                "keypoints", "embedding")
                                    else int(model.outputs[0].shape[-1]))
     if kind == "outputs" and len(model.outputs) > 1 and "tflite" in formats:
         from kvision.tasks import noun, output_names, task_of
@@ -291,10 +306,13 @@ def export(model_spec, *, formats=FORMATS, quantize=(None,), data=None, out=None
                     model, os.path.join(staging, tflite_name(name, variant)), variant,
                     calibration, int8_io=int8_io and variant == "int8",
                     allow_flex=allow_flex, check_data=check_x,
-                    class_names=None if kind in ("outputs", "keypoints") else class_names,
+                    class_names=None if kind in ("outputs", "keypoints", "embedding")
+                    else class_names,
                     check_labels=check_y,
-                    min_top1_agreement=None if kind == "keypoints" else agreement,
+                    min_top1_agreement=None if kind in ("keypoints", "embedding")
+                    else agreement,
                     max_keypoint_distance=agreement if kind == "keypoints" else None,
+                    max_rank1_drop=agreement if kind == "embedding" else None,
                     max_accuracy_drop=max_accuracy_drop,
                     # a segmenter: per-pixel class agreement, not atol
                     **({"atol": None} if kind == "segmenter" else {})))
@@ -312,6 +330,8 @@ def model_kind(model) -> str:
     from kvision.tasks.base import export_kind
 
     task = check_inference_model(model)
+    if task == "embedding":
+        return "embedding"  # checked embedding by embedding (kvision.export.embedding)
     if task == "instance_segmentation" and isinstance(model.output, dict):
         raise ValueError(f"{model.name!r} is a two-network instance model (semantic and "
                          f"separation maps decoded in Python); export its networks "
@@ -363,6 +383,10 @@ def _check_data(kind, data, shape):
         return calibration, images, labels, names
     if kind == "keypoints" and data == FIGURES:
         return (*figure_images(shape), None, None)
+    if kind == "embedding":
+        from kvision.export.embedding import check_data
+
+        return (*check_data(data, shape, limit=check_limit(shape)), None)
     # A detector, segmenter or pose estimator: image files, no labels; a segmenter
     # or pose estimator calibrates on them.
     images = detector_images(data, shape, limit=check_limit(shape), kind=kind)
@@ -406,6 +430,9 @@ def advice(error, kind, variant, out, calibration) -> str:
         tries.append(f"--max-keypoint-distance "
                      f"{math.ceil(figures['keypoint_distance'] * 100) / 100:g} to accept "
                      f"the distance measured")
+    if "rank1_drop" in error.failed:
+        tries.append(f"--max-rank1-drop {math.ceil(figures['rank1_drop'] * 100) / 100:g} "
+                     f"to accept the rank-1 lost")
     if "accuracy_drop" in error.failed:
         tries.append(f"--max-accuracy-drop {math.ceil(figures['accuracy_drop'] * 100) / 100:g}"
                      f" to accept the accuracy lost")
@@ -612,6 +639,12 @@ def format_table(results) -> str:
                          f"{r.parity['gradcam_max_abs_diff']:.2e} of "
                          f"kvision.visualization.gradcam's, its class the top class on "
                          f"{r.parity['gradcam_class_agreement']:.0%} of the images")
+    from kvision.export.embedding import describe
+
+    for r in results:  # an embedding model's figures have no column: a line each
+        line = describe(r.format, r.parity or {})
+        if line is not None:
+            lines.append(line)
     for r in results:  # a pose estimator's figure has no column: a line of its own
         if (r.parity or {}).get("keypoint_distance") is not None:
             lines.append(f"{r.format}: keypoints {r.parity['keypoint_distance']:.3f} "
@@ -620,7 +653,7 @@ def format_table(results) -> str:
                          f"their scores")
     lines.append("images: how many the export and the Keras model were compared on; "
                  "agreement: share of top-1 classes alike\n(segmenters: of pixels, "
-                 "detectors: of detections matched) with its 95% Wilson interval; acc "
+                 "detectors: of detections matched, embeddings: of nearest neighbours) with its 95% Wilson interval; acc "
                  "drop: points of top-1\naccuracy lost on those images (labelled data); "
                  "latency: one batch-1 call.")
     return "\n".join(lines)

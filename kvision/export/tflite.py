@@ -78,7 +78,8 @@ MAX_CHECK_IMAGES = 10_000  # a repeating tf.data pipeline must end somewhere
 def tflite(model, path, quantize=None, representative_data=None, *, int8_io=False,
            allow_flex=False, class_names=None, check_data=None, check_labels=None,
            atol=1e-4, min_top1_agreement=None, max_accuracy_drop=1.0,
-           max_keypoint_distance=None, num_calibration=200) -> ExportResult:
+           max_keypoint_distance=None, max_rank1_drop=None,
+           num_calibration=200) -> ExportResult:
     """Export ``model`` to a ``.tflite`` file, checked against the Keras model.
 
     Args:
@@ -113,6 +114,11 @@ def tflite(model, path, quantize=None, representative_data=None, *, int8_io=Fals
             its task's export kind ``"keypoints"``), quantized: the mean distance, in
             heatmap pixels, its keypoints may lie from the Keras model's; default
             0.5 for float16 and dynamic, 2.0 for int8. float32 is always held to 0.5.
+        max_rank1_drop: an embedding model, quantized, with ``check_labels`` (the
+            identities of the check images): points of leave-one-out rank-1 the file
+            may lose; default 2.0 (:mod:`kvision.export.embedding`). Every
+            embedding file is held to a cosine similarity of 0.9999 per image
+            (float32) and reports its rank-1 change.
         num_calibration: representative images used for int8 calibration.
     Returns:
         :class:`~kvision.export.ExportResult` with the parity figures and the
@@ -158,7 +164,8 @@ def tflite(model, path, quantize=None, representative_data=None, *, int8_io=Fals
         parity, latency = _prove(model, staged, quantize, check_x, labels, atol=atol,
                                  min_top1_agreement=min_top1_agreement,
                                  max_accuracy_drop=max_accuracy_drop,
-                                 max_keypoint_distance=max_keypoint_distance)
+                                 max_keypoint_distance=max_keypoint_distance,
+                                 max_rank1_drop=max_rank1_drop)
         _commit(staged, path, class_names, staged_labels)
     except BaseException:
         for leftover in (staged, staged_labels):
@@ -358,7 +365,7 @@ def _convert(model, path, quantize, calibration, int8_io, allow_flex):
         archive = keras.export.ExportArchive()
         archive.track(model)
         archive.add_endpoint(
-            "serve", lambda images: model(images, training=False),
+            "serve", _named_call(model),
             input_signature=[tf.TensorSpec((None, *input_shape(model)), tf.float32,
                                            name="images")])
         archive.write_out(scratch, verbose=False)
@@ -370,6 +377,18 @@ def _convert(model, path, quantize, calibration, int8_io, allow_flex):
             raise _conversion_error(error, model) from None
     with open(path, "xb") as f:
         f.write(content)
+
+
+def _named_call(model):
+    """The model's inference call; an embedding model's answer named ``embeddings``
+    in the file's signature (so :func:`kvision.tasks.task_of` knows the export),
+    where a lone output would be ``output_0``."""
+    from kvision.export.embedding import is_embedding
+    from kvision.tasks import EMBEDDINGS
+
+    if is_embedding(model):
+        return lambda images: {EMBEDDINGS: model(images, training=False)}
+    return lambda images: model(images, training=False)
 
 
 def _configure(converter, quantize, calibration, int8_io, allow_flex):
@@ -486,8 +505,14 @@ def _prove_keypoints(model, staged, quantize, images, max_distance):
 
 
 def _prove(model, staged, quantize, images, labels, *, atol, min_top1_agreement,
-           max_accuracy_drop, max_keypoint_distance=None):
+           max_accuracy_drop, max_keypoint_distance=None, max_rank1_drop=None):
     """Run the staged file and the Keras model on ``images``; ``(figures, latency_ms)``."""
+    from kvision.export import embedding
+
+    if embedding.is_embedding(model):
+        return embedding.prove(model, staged, quantize, images, labels,
+                               what=f"The {FORMATS[quantize]} export",
+                               max_rank1_drop=max_rank1_drop)
     if is_detector(model):
         return _prove_detector(model, staged, quantize, images, min_top1_agreement)
     if export_kind(model) == "keypoints":

@@ -16,6 +16,8 @@ from kvision.registry import TASKS
 # The output protocol of a task's inference model (what predict and export read).
 DETECTION_OUTPUTS = ("boxes", "scores", "classes", "num_detections")
 INSTANCE_MAP = "instance_map"
+# The one output of an embedding model, and of its exports (SavedModel and TFLite).
+EMBEDDINGS = "embeddings"
 DETECTING = ("localization", "detection")
 SEGMENTING = ("segmentation", "instance_segmentation")
 # What a model of each task is called in messages.
@@ -87,6 +89,8 @@ def _task_from_outputs(model):
         return "instance_segmentation"  # the two-network instance model
     if len(outputs) == 1:
         rank = len(outputs[0].shape)
+        if rank == 2 and names == [EMBEDDINGS]:
+            return "embedding"  # an embedding model's export: one output, so named
         if rank == 4:
             return "segmentation"
         if rank == 2:
