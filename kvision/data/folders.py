@@ -146,19 +146,16 @@ def orient(image, orientation):
     """An ``(H, W, C)`` image as its EXIF ``orientation`` (1..8, a scalar tensor or
     int) says it is seen: the transposition ``PIL.ImageOps.exif_transpose`` makes
     (2 mirror, 3 rotate 180, 4 flip, 5 transpose, 6 rotate 90 clockwise,
-    7 transverse, 8 rotate 90 anticlockwise)."""
+    7 transverse, 8 rotate 90 anticlockwise). One transpose and one reverse with
+    computed arguments, no branches: the tf.data graph stays small to trace."""
     import tensorflow as tf
 
-    branches = [lambda: image,
-                lambda: tf.image.flip_left_right(image),
-                lambda: tf.image.rot90(image, 2),
-                lambda: tf.image.flip_up_down(image),
-                lambda: tf.image.transpose(image),
-                lambda: tf.image.rot90(image, 3),
-                lambda: tf.image.rot90(tf.image.transpose(image), 2),
-                lambda: tf.image.rot90(image, 1)]
-    index = tf.clip_by_value(tf.cast(orientation, tf.int32) - 1, 0, 7)
-    oriented = tf.switch_case(index, branches)
+    o = tf.cast(orientation, tf.int32)
+    transposed = tf.transpose(image, tf.where(o >= 5, [1, 0, 2], [0, 1, 2]))
+    flip_rows = tf.reduce_any(tf.equal(o, [3, 4, 7, 8]))      # upside down
+    flip_columns = tf.reduce_any(tf.equal(o, [2, 3, 6, 7]))   # mirrored
+    axes = tf.boolean_mask([0, 1], tf.stack([flip_rows, flip_columns]))
+    oriented = tf.reverse(transposed, axes)
     oriented.set_shape([None, None, image.shape[-1]])
     return oriented
 
@@ -171,41 +168,40 @@ def declared_pixels(contents):
     whose size is not read here."""
     import tensorflow as tf
 
-    head = tf.strings.join([tf.strings.substr(contents, 0, 32), b"\0" * 32])
-    b = tf.cast(tf.io.decode_raw(tf.strings.substr(head, 0, 32), tf.uint8), tf.int64)
+    head = tf.strings.substr(tf.strings.join([tf.strings.substr(contents, 0, 32),
+                                              b"\0" * 32]), 0, 32)
+    b = tf.cast(tf.io.decode_raw(head, tf.uint8), tf.int64)
 
-    def number(at, size, little):  # unsigned, ``size`` bytes
-        digits = [b[at + i] for i in (range(size) if little else reversed(range(size)))]
-        return sum(d * 256 ** i for i, d in enumerate(digits))
+    def number(at, size, little=True):  # an unsigned integer of ``size`` bytes
+        weights = 256 ** np.arange(size, dtype="int64")
+        return tf.reduce_sum(b[at:at + size] * (weights if little else weights[::-1]))
+
+    def starts(magic, at=0):
+        return tf.strings.substr(head, at, len(magic)) == magic
 
     def signed(value):  # BMP's int32: a negative height means rows top-down
         return tf.abs(tf.where(value >= 2 ** 31, value - 2 ** 32, value))
 
-    def jpeg():
-        shape = tf.cast(tf.io.extract_jpeg_shape(contents), tf.int64)
-        return shape[0] * shape[1]
-
-    def webp():
-        chunk = tf.strings.substr(head, 12, 4)
-        vp8x = (number(24, 3, True) + 1) * (number(27, 3, True) + 1)
-        vp8 = (number(26, 2, True) % 16384) * (number(28, 2, True) % 16384)
-        bits = number(21, 4, True)
-        vp8l = (bits % 16384 + 1) * (bits // 16384 % 16384 + 1)
-        return tf.where(chunk == "VP8X", vp8x, tf.where(chunk == "VP8L", vp8l, vp8))
-
-    magic = tf.strings.substr(head, 0, 4)
-    cases = [(magic == b"\x89PNG", lambda: number(16, 4, False) * number(20, 4, False)),
-             (tf.strings.substr(head, 0, 2) == b"\xff\xd8", jpeg),
-             (tf.strings.substr(head, 0, 3) == "GIF",
-              lambda: number(6, 2, True) * number(8, 2, True)),
-             (tf.strings.substr(head, 0, 2) == "BM",
-              lambda: signed(number(18, 4, True)) * signed(number(22, 4, True))),
-             (tf.logical_and(magic == "RIFF", tf.strings.substr(head, 8, 4) == "WEBP"),
-              webp),
-             (tf.logical_or(tf.strings.substr(head, 0, 2) == b"\xff\x0a",
-                            tf.strings.substr(head, 4, 8) == b"JXL \r\n\x87\n"),
-              lambda: tf.constant(-1, tf.int64))]
-    return tf.case(cases, default=lambda: tf.constant(0, tf.int64), exclusive=False)
+    bits = number(21, 4)
+    webp_chunk = tf.strings.substr(head, 12, 4)
+    webp = tf.where(
+        webp_chunk == b"VP8X", (number(24, 3) + 1) * (number(27, 3) + 1),
+        tf.where(webp_chunk == b"VP8L", (bits % 16384 + 1) * (bits // 16384 % 16384 + 1),
+                 (number(26, 2) % 16384) * (number(28, 2) % 16384)))
+    jpeg = starts(b"\xff\xd8")
+    jpeg_pixels = tf.cond(jpeg, lambda: tf.reduce_prod(tf.cast(
+        tf.io.extract_jpeg_shape(contents)[:2], tf.int64)), lambda: tf.constant(0, tf.int64))
+    known = [(starts(b"\x89PNG"), number(16, 4, False) * number(20, 4, False)),
+             (jpeg, jpeg_pixels),
+             (starts(b"GIF"), number(6, 2) * number(8, 2)),
+             (starts(b"BM"), signed(number(18, 4)) * signed(number(22, 4))),
+             (tf.logical_and(starts(b"RIFF"), starts(b"WEBP", 8)), webp),
+             (tf.logical_or(starts(b"\xff\x0a"), starts(b"JXL \r\n\x87\n", 4)),
+              tf.constant(-1, tf.int64))]
+    pixels = tf.constant(0, tf.int64)
+    for matches, value in reversed(known):
+        pixels = tf.where(matches, value, pixels)
+    return pixels
 
 
 def checked_size(contents, limit=None):
@@ -361,19 +357,21 @@ def warn_unsplit_classes(class_names, train_counts, test_counts, root, how):
 
 
 # -- decoding ----------------------------------------------------------------------
-def decode(contents, channels=3, orientation=None):
+def decode(contents, channels=3, orientation=None, check_size=True):
     """Encoded bytes (a scalar string tensor) -> uint8 ``(H, W, channels)``.
 
     The same ``tf.io.decode_image`` call as Keras' directory loader, after
-    :func:`checked_size` (a decompression bomb is an error, not gigabytes), then
-    turned upright by :func:`orient` when the file's EXIF ``orientation`` is given.
+    :func:`checked_size` (a decompression bomb is an error, not gigabytes; skipped
+    with ``check_size=False`` where Pillow already read the header), then turned
+    upright by :func:`orient` when the file's EXIF ``orientation`` is given.
     TensorFlow's GIF and BMP decoders only give colour, so those are converted to
     grayscale after.
     """
     import tensorflow as tf
 
     _check_channels(channels)
-    contents = checked_size(contents)
+    if check_size:
+        contents = checked_size(contents)
     if channels == 3:
         image = tf.io.decode_image(contents, channels=3, expand_animations=False)
     else:
@@ -399,10 +397,11 @@ def resize(image, image_size):
     return tf.cast(image, tf.float32)
 
 
-def decode_and_resize(contents, image_size, channels=3, orientation=None):
+def decode_and_resize(contents, image_size, channels=3, orientation=None,
+                      check_size=True):
     """Encoded bytes -> float32 ``(height, width, channels)`` pixels in [0, 255],
-    upright when the EXIF ``orientation`` is given."""
-    return resize(decode(contents, channels, orientation), image_size)
+    upright when the EXIF ``orientation`` is given (:func:`decode`)."""
+    return resize(decode(contents, channels, orientation, check_size), image_size)
 
 
 def load_image(path, image_size, channels=3):
@@ -419,9 +418,10 @@ def load_image(path, image_size, channels=3):
     _check_channels(channels)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"No image file at {path!r}.")
-    orientation = orientation_of(path)
+    orientation, unread = _header_facts(path)
     try:
-        image = decode_and_resize(tf.io.read_file(path), size, channels, orientation)
+        image = decode_and_resize(tf.io.read_file(path), size, channels, orientation,
+                                  check_size=unread)
     except tf.errors.OpError as err:
         raise ValueError(f"Cannot decode {path!r}: expected a JPEG, PNG, GIF or BMP "
                          f"image ({_plain_reason(err)}).") from None
@@ -444,11 +444,18 @@ def image_dataset(paths, labels, image_size, channels=3):
     size = as_size(image_size)
     _check_channels(channels)
     paths = [os.fspath(path) for path in paths]
-    orientations = [orientation_of(path) for path in paths]
+    headers = [read_header(path) for path in paths]   # a bomb raises here
+    orientations = [1 if header is None else header[2] for header in headers]
+    # The graph holds only what these files need (tracing it is most of the cost of
+    # a small dataset): the size check where Pillow could not read a header, the
+    # orientation where a file has one.
+    unread = any(header is None for header in headers)
+    turned = any(orientation != 1 for orientation in orientations)
 
+    @tf.autograph.experimental.do_not_convert  # plain graph code, nothing to convert
     def load(path, orientation, label):
         return decode_and_resize(tf.io.read_file(path), size, channels,
-                                 orientation), label
+                                 orientation if turned else None, unread), label
 
     dataset = tf.data.Dataset.from_tensor_slices(
         (tf.constant(paths, tf.string), tf.constant(orientations, tf.int32),
@@ -461,8 +468,19 @@ def read_image(path, channels=3):
     :func:`load_image` resizes (for drawing results on the original)."""
     import tensorflow as tf
 
-    orientation = orientation_of(path)
-    return decode(tf.io.read_file(os.fspath(path)), channels, orientation).numpy()
+    orientation, unread = _header_facts(path)
+    return decode(tf.io.read_file(os.fspath(path)), channels, orientation,
+                  check_size=unread).numpy()
+
+
+def _header_facts(path):
+    """``(orientation or None when upright, whether Pillow could not read the
+    header)`` of an image file: what its decode needs beyond TensorFlow's; a bomb
+    raises :class:`ImageTooLargeError` here."""
+    header = read_header(path)
+    if header is None:
+        return None, True  # the graph checks the size the bytes declare
+    return (None if header[2] == 1 else header[2]), False
 
 
 def seen_size(path):

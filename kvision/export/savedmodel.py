@@ -390,10 +390,15 @@ def _decode_resize(encoded, height, width, channels):
     """One encoded JPEG/PNG -> float32 ``(height, width, channels)`` pixels 0..255.
 
     As ``kvision.data.load_image``: no crop, bilinear ``tf.image.resize`` without
-    antialiasing.
+    antialiasing. Bytes whose header declares more pixels than
+    ``kvision.data.MAX_PIXELS`` allowed when exporting are an ``InvalidArgumentError``
+    raised before decoding (a decompression bomb must not exhaust the server).
     """
     import tensorflow as tf
 
+    from kvision.data.folders import checked_size
+
+    encoded = checked_size(encoded)
     image = tf.io.decode_image(encoded, channels=channels, dtype=tf.uint8,
                                expand_animations=False)
     image = tf.image.resize(tf.cast(image, tf.float32), (height, width),
