@@ -20,8 +20,18 @@ def add_parser(subparsers):
 def run(args) -> int:
     """Sort through :func:`kvision.predict.sort_images`; 1 when an image did not decode
     (it is not sorted), else 0. The originals are never moved."""
+    import os
+
     from kvision.predict import load_trained, sort_images
 
+    # Before the model loads (and says what it is): a wrong folder is the one line.
+    if not os.path.isdir(args.input):
+        found = "a file" if os.path.exists(args.input) else "no such folder"
+        raise FileNotFoundError(f"--input {args.input!r}: expected a folder of photos, "
+                                f"found {found}.")
+    if os.path.exists(args.output) and not os.path.isdir(args.output):
+        raise ValueError(f"--output {args.output!r} is a file; expected a folder (or a "
+                         f"path that does not exist yet).")
     trained = load_trained(args.model)
     print(f"kvision sort: model {trained.describe()}", file=sys.stderr)
     summary = sort_images(trained, args.input, args.output, threshold=args.threshold)

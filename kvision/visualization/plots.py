@@ -22,8 +22,12 @@ def _save(figure, path):
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp.png")
-    figure.savefig(tmp, dpi=100)
-    os.replace(tmp, path)
+    try:
+        figure.savefig(tmp, dpi=100)
+        os.replace(tmp, path)  # onto a folder: an OSError, and the PNG goes
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
     return path
 
 
