@@ -2,12 +2,15 @@
 
 from kvision.visualization.plots import plot_confusion_matrix, plot_training_curves
 
-# Attribution maps and layers by path load Keras: imported when first asked for.
+# Attribution maps, layers by path, DeepDream and atlases load Keras: imported
+# when first asked for.
 _LAZY = {"kvision.visualization.attribution": (
              "deconvnet", "deletion_insertion", "gradcam", "gradcam_plus_plus",
              "guided_backprop", "occlusion", "randomization_check", "saliency"),
          "kvision.visualization.layers": (
-             "activations", "activations_grid", "filters_grid", "layer_output")}
+             "activations", "activations_grid", "filters_grid", "layer_output"),
+         "kvision.visualization.dream": ("class_model", "deep_dream", "dream_loss"),
+         "kvision.visualization.atlas": ("activation_atlas",)}
 
 __all__ = ["plot_confusion_matrix", "plot_training_curves",
            *(name for names in _LAZY.values() for name in names)]

@@ -82,6 +82,11 @@ def test_the_package_exports_the_maps_and_layer_tools():
 
     assert visualization.gradcam is attribution.gradcam
     assert visualization.layer_output is layers.layer_output
+    from kvision.visualization import atlas, dream
+
+    assert visualization.deep_dream is dream.deep_dream
+    assert visualization.activation_atlas is atlas.activation_atlas
     assert set(visualization.__all__) >= {"gradcam", "gradcam_plus_plus", "saliency",
                                           "guided_backprop", "deconvnet", "occlusion",
-                                          "layer_output", "filters_grid", "activations"}
+                                          "layer_output", "filters_grid", "activations",
+                                          "deep_dream", "class_model", "activation_atlas"}
