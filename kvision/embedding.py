@@ -43,6 +43,15 @@ def build(backbone, dim=128, normalize=True, input_shape=None, backbone_weights=
         raise ValueError(f"dim must be a positive integer, got {dim!r}.")
     images, x = build_backbone(backbone, (None,), input_shape=input_shape,
                                weights=backbone_weights, trainable=trainable_backbone)
+    return TaskModel(images, embedding_head(x, dim, normalize), task=TASK, name=name)
+
+
+def embedding_head(x, dim=128, normalize=True):
+    """Features -> embeddings: a feature map ``(N, H, W, C)`` average-pooled (a vector
+    ``(N, C)`` taken as it is), a Dense to ``dim`` and, with ``normalize``, Keras'
+    ``UnitNormalization``. The last layer is named ``"embeddings"``."""
+    if not isinstance(dim, (int, np.integer)) or isinstance(dim, bool) or dim < 1:
+        raise ValueError(f"dim must be a positive integer, got {dim!r}.")
     if len(x.shape) == 4:
         x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     elif len(x.shape) != 2:
@@ -51,7 +60,7 @@ def build(backbone, dim=128, normalize=True, input_shape=None, backbone_weights=
     x = keras.layers.Dense(int(dim), name="projection" if normalize else "embeddings")(x)
     if normalize:
         x = keras.layers.UnitNormalization(name="embeddings")(x)
-    return TaskModel(images, x, task=TASK, name=name)
+    return x
 
 
 def with_margin_head(model, head, name=None):
@@ -64,6 +73,18 @@ def with_margin_head(model, head, name=None):
     logits = head([model(images), labels])
     return TaskModel({"images": images, "labels": labels}, logits, task=TASK,
                      name=name or f"{model.name}_{head.name}")
+
+
+def with_classifier(model, classes, name=None):
+    """A training model for plain softmax features: ``model``'s embeddings into a
+    Dense layer of ``classes`` logits (with bias, no normalization, no margin), to
+    train with ``SparseCategoricalCrossentropy(from_logits=True)``; input the images
+    alone. ``model`` shares its layers with it."""
+    if int(classes) < 2:
+        raise ValueError(f"A classifier needs at least 2 classes, got {classes!r}.")
+    images = keras.Input(shape=model.input_shape[1:], name="images")
+    logits = keras.layers.Dense(int(classes), name="classifier")(model(images))
+    return TaskModel(images, logits, task=TASK, name=name or f"{model.name}_softmax")
 
 
 # --- P x K batches -----------------------------------------------------------------------

@@ -159,3 +159,82 @@ def test_search_refuses_a_gallery_of_another_dimension(run, gallery_folder, tmp_
                      str(tmp_path / "g.npz")]) != 0
     assert "No folder of identities" in capsys.readouterr().err
     assert not (tmp_path / "g.npz").exists()
+
+
+# --- the recipes of --model-arg loss=... -------------------------------------------------
+
+def _tiny_embedding(dim=6):
+    inputs = keras.Input((8, 8, 1))
+    x = keras.layers.Conv2D(4, 3, strides=2, activation="relu")(
+        keras.layers.Rescaling(1 / 255)(inputs))
+    from kvision import embedding
+
+    return embedding.build(keras.Model(inputs, x), dim=dim, name="tiny_embedding")
+
+
+def _cross_entropy(logits, labels):
+    logits = logits - logits.max(1, keepdims=True)
+    log_p = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    return -np.mean(log_p[np.arange(len(labels)), labels])
+
+
+def _head_logits(trainer, loss, e, labels):
+    """The logits of ``loss``'s head written out in NumPy from the embeddings ``e``."""
+    from kvision.tasks import embedding as task_lib
+
+    if loss == "softmax":
+        kernel, bias = trainer.get_layer("classifier").get_weights()
+        return e @ kernel + bias
+    w = trainer.get_layer(loss).kernel.numpy().astype("float64")
+    cosine = e @ (w / np.linalg.norm(w, axis=0))
+    m = task_lib.HEAD_MARGINS.get(loss, 0.0)
+    target = np.cos(np.arccos(np.clip(cosine, -1, 1)) + m) if loss == "arcface" \
+        else cosine - m  # (theta + m < pi for every class here: cosines > -0.95)
+    return task_lib.HEAD_SCALE * np.where(np.eye(10, dtype=bool)[labels], target, cosine)
+
+
+def test_each_loss_trains_the_embedding_through_its_head():
+    """The training model, batches and loss of each recipe against the head's formula
+    written out in NumPy on the embedding model's own outputs; the inference model is
+    the embedding model itself, whose weights the training model trains."""
+    from types import SimpleNamespace
+
+    from kvision.tasks import embedding as task_lib
+    from kvision.tasks.base import get_task
+
+    task = get_task("embedding")
+    rng = np.random.default_rng(0)
+    data = SimpleNamespace(extras={"images": rng.uniform(0, 255, (40, 8, 8, 1)).astype(
+        "float32"), "labels": np.arange(40) % 10})
+    keras.utils.set_random_seed(0)
+    model = _tiny_embedding()
+    batches = {}  # one batch of each form (the heads take images and labels)
+    for loss in ("cosface", "arcface", "normface", "softmax", "triplet_semi_hard"):
+        trainer = task_lib.training_model(model, loss, classes=10)
+        assert task.inference_model("embedding_net", trainer) is model
+        assert {id(v) for v in model.trainable_weights} <= \
+            {id(v) for v in trainer.trainable_weights}
+        function = task.losses("embedding_net", trainer)
+        if loss.startswith("triplet"):
+            assert trainer is model and function.mining == "semi_hard"
+            continue
+        form = "images" if loss == "softmax" else "images and labels"
+        if form not in batches:
+            batches[form] = next(iter(task.fit_dataset("embedding_net", trainer, data,
+                                                       batch_size=16, seed=0)))
+        inputs, labels = batches[form]
+        assert isinstance(inputs, dict) == (form == "images and labels")
+        e = np.asarray(model(inputs["images"] if isinstance(inputs, dict) else inputs),
+                       "float64")
+        labels = np.asarray(labels)
+        expected = _cross_entropy(_head_logits(trainer, loss, e, labels), labels)
+        assert float(function(labels, trainer(inputs))) == pytest.approx(expected, rel=1e-4)
+
+
+def test_an_unknown_loss_is_one_clear_error(gallery_folder, tmp_path, capsys):
+    assert cli.main(["train", "embedding_net", "--model-arg", "loss=hinge", "--data",
+                     str(gallery_folder), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "loss must be one of cosface, arcface" in err and "got 'hinge'" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "run").exists()

@@ -8,7 +8,10 @@ identities; held-out images of the same identities) or a folder
 the identities, chosen by seed, held out).
 
 Training draws P x K batches (:func:`kvision.embedding.pk_batches`: ``batch_size //
-K`` identities x ``K`` images) for the batch-hard triplet loss. The figure is rank-1
+K`` identities x ``K`` images) for the network's ``loss`` (:data:`LOSSES`; by default
+CosFace, a softmax over the training identities with a cosine margin, the head
+dropped after training; the pair and triplet losses mine inside each batch). The
+figure is rank-1
 (:func:`kvision.metrics.embedding.identification` with the held-out set as both
 queries and gallery, a query never its own neighbour); evaluation adds rank-5,
 MAP@R and the verification of every held-out pair (AUC, EER, TAR at FAR 1e-3).
@@ -30,6 +33,23 @@ HELD_IDENTITIES = 100    # held-out glyph identities measured by default
 HELD_PER_IDENTITY = 4
 K = 4                    # images of each identity in a P x K batch
 FAR = 1e-3
+# The margin heads' scale and margins for a few hundred identities of a few images
+# each: the papers' s = 64 (CosFace m = 0.35, ArcFace m = 0.5), made for 10^4-10^5
+# faces, learned far slower here (README, "Embeddings: glyph identities").
+HEAD_SCALE = 16.0
+HEAD_MARGINS = {"cosface": 0.2, "arcface": 0.3}
+#: ``--model-arg loss=...`` of embedding_net: how each trains (the network is the same).
+LOSSES = {
+    "cosface": "CosFace head, softmax cross-entropy (Wang et al. 2018)",
+    "arcface": "ArcFace head, softmax cross-entropy (Deng et al. 2019)",
+    "normface": "normalized softmax, no margin (Wang et al. 2017)",
+    "softmax": "a plain Dense classifier, softmax cross-entropy",
+    "contrastive": "contrastive loss over every pair of the batch (Hadsell et al. 2006)",
+    "triplet_batch_hard": "triplet loss, batch-hard mining (Hermans et al. 2017)",
+    "triplet_semi_hard": "triplet loss, semi-hard negatives (Schroff et al. 2015)",
+    "triplet_batch_all": "triplet loss over every triplet with a loss (Hermans et al.)",
+}
+DEFAULT_LOSS = "cosface"
 FORMS = (f"an embedding model is trained and measured on {GLYPHS}, {DIGITS} or a "
          f"folder of identities, root/<identity>/*.jpg")
 
@@ -157,8 +177,9 @@ def figures(embeddings, labels) -> dict:
     unit = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True),
                                    1e-12)
     first, second = np.triu_indices(len(unit), k=1)
-    pairs = verification(np.sum(unit[first] * unit[second], axis=1),
-                         labels[first] == labels[second], fars=(FAR,))
+    # from the Gram matrix: (N, N), not (pairs, D) twice (2,000 images: 4 GB)
+    pairs = verification((unit @ unit.T)[first, second], labels[first] == labels[second],
+                         fars=(FAR,))
     return {"rank1": found["rank1"], "rank5": found["rank5"],
             "map_at_r": found["map_at_r"], "auc": pairs["auc"], "eer": pairs["eer"],
             "tar_at_far": pairs["tar_at_far"][FAR], "threshold": pairs["threshold"],
@@ -179,7 +200,8 @@ class EmbeddingTask(base.Task):
     default_data = GLYPHS
     default_epochs = 10
     default_batch_size = 32
-    default_learning_rate = 1e-3
+    default_learning_rate = 3e-3
+    warmup_epochs = 1
     export_kind = "outputs"  # the embeddings, to float32 error
     export_labels = False    # it answers vectors, not its training identities
     class_word = "identities"
@@ -221,6 +243,8 @@ class EmbeddingTask(base.Task):
 
     def build(self, name, data, *, input_shape, model_args, backbone_weights=None,
               regime=None):
+        """The training model: the embedding network under the head its ``loss``
+        trains it with (:func:`training_model`)."""
         from kvision import registry
 
         kwargs = dict(model_args)
@@ -229,16 +253,16 @@ class EmbeddingTask(base.Task):
         if regime is not None:
             kwargs["trainable_backbone"] = regime
         base.check_arguments(name, kwargs)
-        return registry.create(name, input_shape=input_shape, **kwargs)
+        model = registry.create(name, input_shape=input_shape, **kwargs)
+        return training_model(model, kwargs.get("loss", DEFAULT_LOSS),
+                              len(data.class_names))
 
     def losses(self, name, model):
-        from kvision.losses.embedding import TripletLoss
-
-        return TripletLoss(mining="batch_hard")
+        return loss_function(_loss_of(model))
 
     def fit_dataset(self, name, model, data, *, batch_size, seed, shuffle=True):
         """An epoch of P x K batches (``batch_size // K`` identities x ``K``), drawn
-        anew every epoch from ``seed``."""
+        anew every epoch from ``seed``, as the training model takes them."""
         import tensorflow as tf
 
         from kvision.embedding import pk_batches
@@ -250,7 +274,17 @@ class EmbeddingTask(base.Task):
         epoch_seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
         batches = epoch_seeds.take(1).flat_map(
             lambda s: pk_batches(images, labels, p, K, seed=s).take(steps))
+        if _loss_of(model) in HEAD_MARGINS or _loss_of(model) == "normface":
+            batches = batches.map(lambda x, y: ({"images": x, "labels": y}, y))
         return batches.apply(tf.data.experimental.assert_cardinality(steps))
+
+    def inference_model(self, name, model):
+        """The embedding network inside the training model (the head dropped)."""
+        from kvision.tasks.model import TaskModel
+
+        inner = [layer for layer in model.layers
+                 if isinstance(layer, TaskModel) and layer.task == self.name]
+        return inner[0] if inner else model
 
     def predict_files(self, trained, files, args):
         from kvision.predict import load_images
@@ -266,6 +300,52 @@ class EmbeddingTask(base.Task):
         vector = result["embedding"]
         return f"{len(vector)}-D embedding: " + " ".join(f"{v:.3f}" for v in vector[:4]) \
             + (" ..." if len(vector) > 4 else "")
+
+
+def training_model(model, loss=DEFAULT_LOSS, classes=None):
+    """What trains embedding ``model`` with ``loss`` (a key of :data:`LOSSES`): a
+    margin head's model (inputs images and labels) or a softmax classifier on it,
+    both over ``classes`` training identities, or ``model`` itself for the pair and
+    triplet losses. The result's ``embedding_loss`` says which; train it with
+    :func:`loss_function`."""
+    from kvision import embedding
+    from kvision.layers import margin
+
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {', '.join(LOSSES)}; got {loss!r}.")
+    heads = {"cosface": margin.CosFace, "arcface": margin.ArcFace,
+             "normface": margin.NormFace}
+    if loss in heads:
+        extra = {"margin": HEAD_MARGINS[loss]} if loss in HEAD_MARGINS else {}
+        trainer = embedding.with_margin_head(
+            model, heads[loss](classes, scale=HEAD_SCALE, name=loss, **extra))
+    elif loss == "softmax":
+        trainer = embedding.with_classifier(model, classes)
+    else:
+        trainer = model
+    trainer.embedding_loss = loss
+    return trainer
+
+
+def loss_function(loss=DEFAULT_LOSS):
+    """The Keras loss of a :data:`LOSSES` key: cross-entropy on the logits of a head,
+    else the pair or triplet loss itself with its paper's margin."""
+    import keras
+
+    from kvision.losses.embedding import ContrastiveLoss, TripletLoss
+
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {', '.join(LOSSES)}; got {loss!r}.")
+    if loss == "contrastive":
+        return ContrastiveLoss()
+    if loss.startswith("triplet_"):
+        return TripletLoss(mining=loss[len("triplet_"):])
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def _loss_of(model):
+    """The loss a training model was made for (:func:`training_model`)."""
+    return getattr(model, "embedding_loss", "triplet_batch_hard")
 
 
 @dataclasses.dataclass
