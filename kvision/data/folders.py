@@ -160,48 +160,68 @@ def orient(image, orientation):
     return oriented
 
 
+# The header fields read: (first byte, bytes, little-endian), within the first 32 bytes.
+HEADER_FIELDS = {"png": ((16, 4, False), (20, 4, False)), "gif": ((6, 2, True), (8, 2, True)),
+                 "bmp": ((18, 4, True), (22, 4, True)),
+                 "vp8x": ((24, 3, True), (27, 3, True)), "vp8": ((26, 2, True), (28, 2, True)),
+                 "vp8l": ((21, 4, True), (21, 4, True))}
+# Leading bytes of each format (None: any byte), compared with the first 16.
+MAGIC = {"png": b"\x89PNG", "jpeg": b"\xff\xd8", "gif": b"GIF", "bmp": b"BM",
+         "vp8x": b"RIFF????WEBPVP8X", "vp8l": b"RIFF????WEBPVP8L",
+         "vp8": b"RIFF????WEBPVP8 ", "jxl": b"\xff\x0a",
+         "jxl_box": b"????JXL \r\n\x87\n"}
+
+
+def _header_tables():
+    """NumPy tables that read every field and match every magic in a few ops."""
+    fields = [f for pair in HEADER_FIELDS.values() for f in pair]
+    index, weight = np.zeros((len(fields), 4), "int64"), np.zeros((len(fields), 4), "int64")
+    for k, (at, size, little) in enumerate(fields):
+        index[k, :size] = range(at, at + size)
+        weight[k, :size] = 256 ** (np.arange(size) if little else np.arange(size)[::-1])
+    pattern, mask = np.zeros((len(MAGIC), 16), "int64"), np.zeros((len(MAGIC), 16), "int64")
+    for k, magic in enumerate(MAGIC.values()):
+        for i, byte in enumerate(magic):
+            known = byte != ord("?")
+            pattern[k, i], mask[k, i] = byte * known, known
+    return index, weight, pattern, mask
+
+
 def declared_pixels(contents):
     """Pixels (int64 scalar tensor) the header of encoded bytes declares, read inside
     the graph without decoding: PNG's IHDR, JPEG's frame header
     (``tf.io.extract_jpeg_shape``), GIF's screen, BMP's info header, WebP's VP8X,
     VP8 or VP8L header. 0 for bytes TensorFlow does not decode; -1 for JPEG XL,
-    whose size is not read here."""
+    whose size is not read here. About sixty graph ops: every field is one gather."""
     import tensorflow as tf
 
+    index, weight, pattern, mask = _header_tables()
     head = tf.strings.substr(tf.strings.join([tf.strings.substr(contents, 0, 32),
                                               b"\0" * 32]), 0, 32)
     b = tf.cast(tf.io.decode_raw(head, tf.uint8), tf.int64)
+    value = dict(zip(HEADER_FIELDS, tf.unstack(tf.reshape(
+        tf.reduce_sum(tf.gather(b, index) * weight, axis=1), (-1, 2)))))
+    matches = dict(zip(MAGIC, tf.unstack(tf.reduce_all(
+        tf.equal(b[:16] * mask, pattern), axis=1))))
 
-    def number(at, size, little=True):  # an unsigned integer of ``size`` bytes
-        weights = 256 ** np.arange(size, dtype="int64")
-        return tf.reduce_sum(b[at:at + size] * (weights if little else weights[::-1]))
+    def signed(v):  # BMP's int32: a negative height means rows top-down
+        return tf.abs(tf.where(v >= 2 ** 31, v - 2 ** 32, v))
 
-    def starts(magic, at=0):
-        return tf.strings.substr(head, at, len(magic)) == magic
-
-    def signed(value):  # BMP's int32: a negative height means rows top-down
-        return tf.abs(tf.where(value >= 2 ** 31, value - 2 ** 32, value))
-
-    bits = number(21, 4)
-    webp_chunk = tf.strings.substr(head, 12, 4)
-    webp = tf.where(
-        webp_chunk == b"VP8X", (number(24, 3) + 1) * (number(27, 3) + 1),
-        tf.where(webp_chunk == b"VP8L", (bits % 16384 + 1) * (bits // 16384 % 16384 + 1),
-                 (number(26, 2) % 16384) * (number(28, 2) % 16384)))
-    jpeg = starts(b"\xff\xd8")
-    jpeg_pixels = tf.cond(jpeg, lambda: tf.reduce_prod(tf.cast(
-        tf.io.extract_jpeg_shape(contents)[:2], tf.int64)), lambda: tf.constant(0, tf.int64))
-    known = [(starts(b"\x89PNG"), number(16, 4, False) * number(20, 4, False)),
-             (jpeg, jpeg_pixels),
-             (starts(b"GIF"), number(6, 2) * number(8, 2)),
-             (starts(b"BM"), signed(number(18, 4)) * signed(number(22, 4))),
-             (tf.logical_and(starts(b"RIFF"), starts(b"WEBP", 8)), webp),
-             (tf.logical_or(starts(b"\xff\x0a"), starts(b"JXL \r\n\x87\n", 4)),
-              tf.constant(-1, tf.int64))]
-    pixels = tf.constant(0, tf.int64)
-    for matches, value in reversed(known):
-        pixels = tf.where(matches, value, pixels)
-    return pixels
+    vp8l = value["vp8l"][0]
+    pixels = {"png": value["png"][0] * value["png"][1],
+              "gif": value["gif"][0] * value["gif"][1],
+              "bmp": signed(value["bmp"][0]) * signed(value["bmp"][1]),
+              "vp8x": (value["vp8x"][0] + 1) * (value["vp8x"][1] + 1),
+              "vp8": (value["vp8"][0] % 16384) * (value["vp8"][1] % 16384),
+              "vp8l": (vp8l % 16384 + 1) * (vp8l // 16384 % 16384 + 1),
+              "jxl": tf.constant(-1, tf.int64), "jxl_box": tf.constant(-1, tf.int64),
+              "jpeg": tf.cond(matches["jpeg"], lambda: tf.reduce_prod(tf.cast(
+                  tf.io.extract_jpeg_shape(contents)[:2], tf.int64)),
+                  lambda: tf.constant(0, tf.int64))}
+    found = tf.constant(0, tf.int64)
+    for name in MAGIC:
+        found = tf.where(matches[name], pixels[name], found)
+    return found
 
 
 def checked_size(contents, limit=None):
