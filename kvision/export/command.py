@@ -326,10 +326,16 @@ def model_kind(model) -> str:
     """How the model's task (:func:`kvision.tasks.task_of`) is exported and checked:
     ``"detector"`` (the four detection outputs: detectors, localizers, instance
     models), ``"segmenter"`` (per-pixel scores) or ``"classifier"``."""
+    from kvision.layers.proposals import host_layers
     from kvision.tasks import check_inference_model
     from kvision.tasks.base import export_kind
 
     task = check_inference_model(model)
+    if host_layers(model):
+        raise ValueError(f"{model.name!r} runs {host_layers(model)[0]!r} on the host "
+                         f"(selective search, a Python call inside its graph): TensorFlow "
+                         f"Serving and TFLite cannot run it, so it is not exported; "
+                         f"faster_rcnn learns its proposals in the graph and exports.")
     if task == "embedding":
         return "embedding"  # checked embedding by embedding (kvision.export.embedding)
     if task == "instance_segmentation" and isinstance(model.output, dict):

@@ -177,7 +177,8 @@ class _Shape:
 
 
 class DetectionTask(base.Task):
-    """Detectors (YOLO v1, v3, v3-tiny): boxes, classes and scores; COCO mAP.
+    """Detectors (YOLO v1, v3, v3-tiny, Faster and Fast R-CNN): boxes, classes and
+    scores; COCO mAP.
 
     A network trains from the command line when its model module provides
     ``training_dataset(data, model, batch_size=, seed=)``, ``losses(model)`` and
@@ -195,6 +196,13 @@ class DetectionTask(base.Task):
 
     def check_trainable(self, name):
         module = self.model_module(name)
+        if hasattr(module, "fit") and not hasattr(module, "training_dataset"):
+            raise ValueError(f"{name} is trained by its own pipeline, not model.fit "
+                             f"(selective search, fine-tuning, then scikit-learn's SVMs): "
+                             f"train it from Python with {module.__name__}.fit(model, "
+                             f"images, boxes, classes); kvision evaluate and predict take "
+                             f"its detector {module.__name__}.inference_graph(model, "
+                             f"image_shape) saved with kvision.saving.save_model.")
         missing = [f for f in ("training_dataset", "losses", "inference_model")
                    if not hasattr(module, f)]
         if missing:
@@ -262,8 +270,11 @@ class DetectionTask(base.Task):
 
         build = self.model_module(name).inference_model
         thresholds = {"score_threshold": SCORE_THRESHOLD}
-        if "objectness_threshold" in inspect.signature(build).parameters:
+        parameters = inspect.signature(build).parameters
+        if "objectness_threshold" in parameters:
             thresholds["objectness_threshold"] = SCORE_THRESHOLD  # YOLOv3's gate too
+        if "search" in parameters:  # Fast R-CNN: selective search inside the detector
+            thresholds["search"] = "fast"
         return build(model, **thresholds)
 
     def predict_files(self, trained, files, args):

@@ -214,6 +214,12 @@ def _save_run(task, inference, name, bundle, run_dir, export):
                                 metrics=("loss", task.metric))
     if not export:
         return keras_path, None
+    from kvision.layers.proposals import host_layers
+
+    if host_layers(inference):  # kvision export refuses it, saying why
+        log.info("not exported: %s's detector runs %s on the host", name,
+                 host_layers(inference)[0])
+        return keras_path, None
     from kvision.export import saved_model
 
     size = inference.input_shape[1:3]

@@ -271,3 +271,43 @@ def test_fit_refuses_class_ids_out_of_range_and_missing_annotations():
     with pytest.raises(ValueError, match="one entry per image"):
         rc.fit(model, np.zeros((2, 32, 32, 3)), [np.array([[2, 2, 20, 20]])],
                [np.array([1])])
+
+
+def test_the_graph_detector_answers_as_the_numpy_pipeline_and_saves(trained, tmp_path,
+                                                                    capsys):
+    """rcnn_classic.inference_graph (selective search, warp, SVMs, regressors and NMS
+    in one Keras graph) against detect() detection by detection; its .keras file
+    loads in safe mode and kvision evaluate's figure equals detect()'s on the same
+    held-out scenes; kvision train rcnn refuses by name, pointing at the Python API."""
+    import json
+
+    from kvision import cli
+    from kvision.saving import save_model
+    from kvision.tasks.detection import held_out_scenes
+
+    model, scenes = trained
+    graph = rc.inference_graph(model, (64, 64, 3), context=2)
+    images = scenes.images[:4].astype("float32")
+    ours, numpy = graph.predict(images, verbose=0), rc.detect(model, images, context=2)
+    np.testing.assert_array_equal(ours["num_detections"], numpy["num_detections"])
+    np.testing.assert_array_equal(ours["classes"], numpy["classes"])
+    np.testing.assert_allclose(ours["boxes"], numpy["boxes"], atol=1e-3)
+    np.testing.assert_allclose(ours["scores"], numpy["scores"], atol=1e-5)
+    save_model(graph, tmp_path / "rcnn.keras", class_names=scenes.class_names)
+    assert keras.saving.load_model(tmp_path / "rcnn.keras", safe_mode=True).get_layer(
+        "warp").context == 2
+    assert cli.main(["evaluate", str(tmp_path / "rcnn.keras"), "--data", "digit-scenes",
+                     "--max-images", "6", "--json"]) == 0
+    figures = json.loads(capsys.readouterr().out)
+    held = held_out_scenes(_shape64(), 6, 0)
+    expected = evaluate(held.ground_truth(), rc.detect(model, held.images, context=2))
+    assert figures["map_50"] == pytest.approx(expected["map_50"], abs=1e-6)
+    assert cli.main(["train", "rcnn", "--out", str(tmp_path / "run")]) == 2
+    assert "rcnn_classic.fit(" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def _shape64():
+    from kvision.tasks.detection import _Shape
+
+    return _Shape((64, 64), 3)

@@ -20,9 +20,14 @@ without the RPN: Faster R-CNN is this network with the proposals learnt::
     model = kvision.models.create("fast_rcnn", classes=10, backbone="resnet18",
                                   input_shape=(96, 96, 3), representation=256)
     model.compile(optimizer="adam")
-    model.fit(fast_rcnn.training_dataset(scenes, proposals, model), epochs=...)
+    model.fit(fast_rcnn.training_dataset(scenes, model), epochs=...)  # selective search
     detector = fast_rcnn.inference_model(model)
     detector([images, proposals])  # {"boxes", "scores", "classes", "num_detections"}
+    fast_rcnn.inference_model(model, search="fast")(images)  # proposals in the graph
+
+``kvision train fast_rcnn`` trains it on selective search's proposals; its saved
+detector searches inside the graph (``kvision evaluate`` and ``predict`` take it, as
+any detector; ``kvision export`` refuses it: a host call cannot be served).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import keras
 import numpy as np
 
 from kvision.layers.detection import NonMaxSuppression
+from kvision.layers.proposals import SelectiveSearchProposals
 from kvision.layers.rcnn import BoxHeadDecode, InferenceOnly, ValidBoxes
 from kvision.models.detection import rcnn
 from kvision.models.detection.yolo import backbone_features, check_classes, load_weights
@@ -105,26 +111,56 @@ def pad_proposals(proposals, count):
     return out
 
 
-def training_dataset(data, proposals, model, *, batch_size=2, shuffle=True, seed=0,
-                     max_boxes=100):
+def training_dataset(data, model, *, proposals=None, batch_size=2, shuffle=True, seed=0,
+                     max_boxes=100, mode="fast", cache_dir=None):
     """``([images, proposals], {"boxes", "classes"})`` batches for ``model.fit``:
     :func:`kvision.models.detection.rcnn.training_dataset`'s targets, with each
-    image's proposals (a list of ``(n_i, 4)`` arrays, e.g. selective search's)
-    padded to the model's count. Two images per batch by default, as the paper."""
+    image's proposals padded to the model's count. Two images per batch by default,
+    as the paper.
+
+    ``proposals``: one ``(n_i, 4)`` array per image of ``data`` (a
+    :class:`~kvision.data.synthetic.Scenes`); by default selective search's
+    (``mode``), computed once per scene here (cached in ``cache_dir`` when given) or,
+    for a ``tf.data`` dataset of Keras' box dicts, as each image is read.
+    """
     import tensorflow as tf
 
     count = int(model.input[1].shape[1])
-    padded = pad_proposals(proposals, count)
-    if len(padded) != len(data.images):
-        raise ValueError(f"one proposal array per image: {len(data.images)} images, "
-                         f"{len(padded)} proposal arrays.")
+    scenes = hasattr(data, "images")
+    if proposals is None and scenes:
+        proposals = _search(data.images, count, mode, cache_dir)
     targets = rcnn.training_dataset(data, model, batch_size=1, shuffle=False,
                                     max_boxes=max_boxes).unbatch()
-    joined = tf.data.Dataset.zip((targets, tf.data.Dataset.from_tensor_slices(padded)))
+    if proposals is not None:
+        padded = pad_proposals(proposals, count)
+        if not scenes or len(padded) != len(data.images):
+            raise ValueError(f"one proposal array per image of a Scenes object: "
+                             f"{len(data.images) if scenes else 'a tf.data set of'} "
+                             f"images, {len(padded)} proposal arrays.")
+        joined = tf.data.Dataset.zip((targets, tf.data.Dataset.from_tensor_slices(padded)))
+        joined = joined.map(lambda pair, boxes: ((pair[0], boxes), pair[1]))
+    else:
+        search = SelectiveSearchProposals(count, mode)
+        joined = targets.map(lambda image, y: ((image, search.call(image[None])[0]), y))
     if shuffle:
         joined = joined.shuffle(1024, seed=seed)
-    return joined.map(lambda pair, boxes: ((pair[0], boxes), pair[1])).batch(
-        batch_size).prefetch(tf.data.AUTOTUNE)
+    return joined.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def _search(images, count, mode, cache_dir):
+    """Selective search on every image, with a line of progress now and then (about
+    0.05 s a 96-pixel scene here: minutes for thousands)."""
+    from kvision.data import proposals as proposal_lib
+
+    if cache_dir is not None:
+        return proposal_lib.cached_proposals(images, cache_dir, mode=mode,
+                                             max_proposals=count)
+    found, every = [], max(1, len(images) // 10)
+    for i, image in enumerate(images):
+        found.append(proposal_lib.selective_search(image, mode, count))
+        if len(images) >= 200 and (i + 1) % every == 0:
+            print(f"selective search: {i + 1}/{len(images)} images", flush=True)
+    return found
 
 
 losses = rcnn.losses
@@ -132,16 +168,29 @@ losses = rcnn.losses
 
 # --- inference ----------------------------------------------------------------------
 
-def inference_model(model, *, score_threshold=0.05, iou_threshold=0.3, max_detections=100):
+def inference_model(model, *, score_threshold=0.05, iou_threshold=0.3, max_detections=100,
+                    search=None):
     """``[images, proposals]`` -> the detector protocol dict (boxes, scores, classes,
     num_detections): class-specific boxes decoded and clipped, softmax scores above
-    ``score_threshold``, per-class NMS at ``iou_threshold`` (the paper's 0.3)."""
+    ``score_threshold``, per-class NMS at ``iou_threshold`` (the paper's 0.3).
+
+    ``search``: ``"fast"`` or ``"quality"`` makes a detector of images alone, its
+    proposals from selective search inside the graph
+    (:class:`kvision.layers.proposals.SelectiveSearchProposals`: it predicts and
+    saves, but a host call cannot be exported); what ``kvision train`` saves.
+    """
     images = keras.Input(model.input_shape[0][1:], name="images")
-    proposals = keras.Input(model.input_shape[1][1:], name="proposals")
+    if search is None:
+        proposals = keras.Input(model.input_shape[1][1:], name="proposals")
+        inputs = [images, proposals]
+    else:
+        proposals = SelectiveSearchProposals(model.input_shape[1][1], search,
+                                             name="selective_search")(images)
+        inputs = images
     raw = model([images, proposals])
     decoded = BoxHeadDecode(model.input_shape[0][1:3], name="decode")(
         raw["class_logits"], raw["box_deltas"], raw["proposals"], raw["proposal_valid"])
     nms = NonMaxSuppression(iou_threshold=iou_threshold, score_threshold=score_threshold,
                             max_detections=max_detections, name="nms")
-    return TaskModel([images, proposals], nms(*decoded), name=f"{model.name}_detector",
+    return TaskModel(inputs, nms(*decoded), name=f"{model.name}_detector",
                      task="detection")

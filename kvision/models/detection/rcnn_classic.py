@@ -361,11 +361,14 @@ def _regions(images, boxes, classes, proposals, size, context):
 
 
 def finetune(model, crops, labels, *, epochs, batch_size=128, positive_fraction=0.25,
-             learning_rate=3e-3, seed=0):
+             learning_rate=3e-3, seed=0, callbacks=(), verbose=0):
     """Section 2.3's fine-tuning: softmax over K+1 classes on warped regions, each
     batch a quarter regions of objects (IoU >= 0.5) and the rest background, drawn
     with replacement. Adam, where the paper ran SGD at 0.001 from ImageNet weights.
-    Returns the Keras history."""
+    The batches are gathered as they are read (many epochs of a large crop set never
+    sit in memory at once). Returns the Keras history."""
+    import tensorflow as tf
+
     rng = np.random.default_rng(seed)
     positive, negative = np.flatnonzero(labels > 0), np.flatnonzero(labels == 0)
     steps = max(1, len(labels) // batch_size)
@@ -376,20 +379,23 @@ def finetune(model, crops, labels, *, epochs, batch_size=128, positive_fraction=
         if len(negative):
             picked.append(rng.choice(negative, batch_size - (take if picked else 0)))
         batches.append(np.concatenate(picked))
-    order = np.concatenate(batches)
+    crops, targets = tf.constant(crops, tf.float32), tf.constant(labels, tf.int64)
+    data = tf.data.Dataset.from_tensor_slices(np.stack(batches)).map(
+        lambda index: (tf.gather(crops, index),
+                       {"class_logits": tf.gather(targets, index)})).prefetch(2)
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=losses(model))
-    return model.fit(crops[order], {"class_logits": labels[order]}, batch_size=batch_size,
-                     epochs=1, shuffle=False, verbose=0)
+    return model.fit(data, epochs=1, verbose=verbose, callbacks=list(callbacks))
 
 
 def fit(model, images, boxes, classes, *, proposals=None, cache_dir=None, mode="fast",
         max_proposals=2000, context=CONTEXT, epochs=0, C=SVM_C, rounds=2,
-        alpha=RIDGE_LAMBDA, seed=0, batch_size=256):
+        alpha=RIDGE_LAMBDA, seed=0, batch_size=256, callbacks=(), verbose=0):
     """Trains an R-CNN scorer on images with ground truth, as the paper does: optional
     fine-tuning (``epochs``), then per-class SVMs with hard negatives and box
     regressors on the scaled features, written into ``svm_scores`` and
     ``box_deltas``. ``proposals``: one ``(n, 4)`` array per image, else selective
-    search (cached in ``cache_dir`` when given). Returns ``model``."""
+    search (cached in ``cache_dir`` when given). ``callbacks``: Keras callbacks of the
+    fine-tuning's ``fit`` (one may stop it early). Returns ``model``."""
     classes_count = model_classes(model)
     if not len(images) == len(boxes) == len(classes):
         raise ValueError(f"images, boxes and classes: one entry per image each, got "
@@ -403,7 +409,8 @@ def fit(model, images, boxes, classes, *, proposals=None, cache_dir=None, mode="
                      _proposals(images, proposals, cache_dir, mode, max_proposals),
                      _crop_size(model), context)
     if epochs:
-        finetune(model, found["crops"], found["labels"], epochs=epochs, seed=seed)
+        finetune(model, found["crops"], found["labels"], epochs=epochs, seed=seed,
+                 callbacks=callbacks, verbose=verbose)
     features = model.predict(found["crops"], batch_size=batch_size, verbose=0)["features"]
     scale = feature_scale(features)
     scaled = features * scale
@@ -486,3 +493,30 @@ def inference_model(model, *, image_shape=None, score_threshold=0.05,
         score_threshold=score_threshold, iou_threshold=iou_threshold,
         max_detections=max_detections, mode=mode, max_proposals=max_proposals,
         context=context, cache_dir=cache_dir))
+
+
+def inference_graph(model, image_shape, *, score_threshold=0.05, iou_threshold=NMS_IOU,
+                    max_detections=100, mode="fast", max_proposals=2000, context=CONTEXT):
+    """:func:`detect` as one Keras graph of images ``(B, H, W, C)`` of
+    ``image_shape``, raw pixels -> the detector protocol dict: selective search
+    inside the graph (:class:`kvision.layers.proposals.SelectiveSearchProposals`, a
+    host call), every proposal warped (:class:`~kvision.layers.proposals.
+    WarpedRegions`), scored by the SVMs and moved by the regressors
+    (:class:`~kvision.layers.proposals.SVMDecode`), per-class NMS. It saves as a
+    ``.keras`` file that ``kvision evaluate`` and ``kvision predict`` take; a host
+    call cannot be exported."""
+    from kvision.layers.detection import NonMaxSuppression
+    from kvision.layers.mask_rcnn import FoldRoIs, UnfoldRoIs
+    from kvision.layers.proposals import SelectiveSearchProposals, SVMDecode, WarpedRegions
+
+    image_shape = tuple(int(d) for d in image_shape)
+    images = keras.Input(image_shape, name="images")
+    proposals = SelectiveSearchProposals(max_proposals, mode, name="selective_search")(images)
+    crops = WarpedRegions(_crop_size(model), context, name="warp")([images, proposals])
+    answers = model(FoldRoIs(name="fold_regions")(crops))
+    margins = UnfoldRoIs(name="svm_margins")([answers["svm_scores"], proposals])
+    deltas = UnfoldRoIs(name="regressions")([answers["box_deltas"], proposals])
+    decoded = SVMDecode(image_shape[:2], name="decode")(margins, deltas, proposals)
+    nms = NonMaxSuppression(iou_threshold=iou_threshold, score_threshold=score_threshold,
+                            max_detections=max_detections, name="nms")
+    return TaskModel(images, nms(*decoded), name=f"{model.name}_detector", task="detection")
