@@ -53,6 +53,14 @@ def methods() -> dict:
 METHOD_NAMES = ("gradcam", "gradcam++", "saliency", "guided", "deconvnet", "occlusion",
                 "deepdream")
 
+# Methods that failed Adebayo et al.'s model-randomization check where it was
+# measured (README, "Seeing inside a network"): said with every map they draw.
+FLAGGED = {"gradcam++": "Grad-CAM++ failed the model-randomization check on the "
+                        "README's digit-scene classifier (rank correlation 0.82-0.83 "
+                        "with a randomly initialized copy's maps): its map may show "
+                        "the image more than the model; "
+                        "kvision.visualization.randomization_check tests it on yours"}
+
 
 def _dream(model, images, args):
     """DeepDream of the image (keras.io's recipe: 3 octaves of 20 steps) raising the
@@ -125,6 +133,8 @@ def run(args) -> int:
     save_png(_side_by_side(image, drawn), args.out)
     print(f"kvision explain: {args.method} of {trained.describe()}"
           f"{_what(trained, model, images, args, found)} -> {args.out}", file=sys.stderr)
+    if args.method in FLAGGED:
+        print(f"kvision explain: note: {FLAGGED[args.method]}.", file=sys.stderr)
     return 0
 
 
