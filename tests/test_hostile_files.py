@@ -210,6 +210,33 @@ def test_a_bomb_is_refused_before_decoding_by_the_loaders(tmp_path, monkeypatch)
         load_image(small, 8)
 
 
+def test_a_bomb_whose_header_pillow_cannot_read_is_refused_in_the_graph(tmp_path,
+                                                                        monkeypatch):
+    """A PNG bomb with a broken checksum on an ancillary chunk: Pillow cannot open
+    it, libpng (TensorFlow) skips the chunk and would decode it. At a limit of one
+    megapixel, a 2,000 x 2,000 one stands for the 20,000 x 20,000 bomb (if the check
+    failed, this one decodes to 12 MB, not 1.2 GB)."""
+    from PIL import Image, UnidentifiedImageError
+
+    broken = _chunk(b"tEXt", b"Comment\0hi")[:-4] + b"\0\0\0\0"
+    bomb = _png_bomb(2000)
+    bomb = bomb[:33] + broken + bomb[33:]      # after the IHDR chunk
+    path = tmp_path / "photos" / "red" / "bomb.png"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(bomb)
+    _png(tmp_path / "photos" / "red" / "red.png")
+    with pytest.raises(UnidentifiedImageError):
+        Image.open(path)
+    assert tf.io.decode_image(bomb).shape == (2000, 2000, 1)   # what is at stake
+    monkeypatch.setattr(kvision.data, "MAX_PIXELS", 1_000_000)
+    with pytest.raises(ImageTooLargeError, match="declares 4,000,000 pixels, more than "
+                                                 "the limit of 1,000,000"):
+        load_image(path, 8)
+    with pytest.warns(kvision.data.CorruptImageWarning, match="bomb.png"):
+        paths, _, _ = list_images(tmp_path / "photos")
+    assert paths == [str(tmp_path / "photos" / "red" / "red.png")]
+
+
 def test_a_bomb_is_an_error_inside_the_graph_of_every_decode(tmp_path, monkeypatch):
     """kvision.data's TensorFlow decode (tf.data pipelines) checks the size the bytes
     declare: PNG, JPEG, GIF, BMP and WebP headers, compared with the true sizes."""

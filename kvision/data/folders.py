@@ -294,9 +294,9 @@ def list_images(root, on_corrupt="warn", *, class_names=None, verbose=False):
     if not paths:
         raise ValueError(f"No images in the class folders {folders} of {root!r}; "
                          f"expected {LAYOUT}.")
-    bad = refused_files(paths, verbose=verbose)   # bombs, before anything decodes
+    bad, unread = refused_files(paths, verbose=verbose)  # bombs, before any decode
     bad.update(dict.fromkeys(find_corrupt([p for p in paths if p not in bad],
-                                          verbose=verbose)))
+                                          verbose=verbose, check_size=bool(unread))))
     if bad:
         _report_corrupt(bad, root, on_corrupt)
         keep = [i for i, path in enumerate(paths) if path not in bad]
@@ -307,29 +307,38 @@ def list_images(root, on_corrupt="warn", *, class_names=None, verbose=False):
 
 
 def refused_files(paths, verbose=False):
-    """``{path: why}`` for the files among ``paths`` whose header declares more than
-    :func:`max_pixels` pixels (read by Pillow, nothing decoded)."""
+    """``({path: why}, [path])``: the files among ``paths`` whose header declares more
+    than :func:`max_pixels` pixels (read by Pillow, nothing decoded), and those whose
+    header Pillow could not read."""
     from tqdm.auto import tqdm
 
-    refused = {}
+    refused, unread = {}, []
     for path in tqdm(paths, desc="reading headers", unit="img", disable=not verbose):
         try:
-            read_header(path)
+            if read_header(path) is None:
+                unread.append(path)
         except ImageTooLargeError as error:
             refused[path] = str(error)
-    return refused
+    return refused, unread
 
 
-def find_corrupt(paths, verbose=False):
+def find_corrupt(paths, verbose=False, check_size=True):
     """The paths among ``paths`` that cannot be read and decoded as an image.
 
     One parallel ``tf.data`` pass: a file that fails is dropped by ``ignore_errors``,
-    so the corrupt ones are those missing from the output.
+    so the corrupt ones are those missing from the output. ``check_size``: refuse
+    in the graph, before decoding, bytes that declare more than :func:`max_pixels`
+    pixels (:func:`checked_size`; for files whose header Pillow could not read).
     """
     import tensorflow as tf
 
+    limit = max_pixels()
+
     def decodes(path):
-        image = tf.io.decode_image(tf.io.read_file(path), expand_animations=False)
+        contents = tf.io.read_file(path)
+        if check_size:
+            contents = checked_size(contents, limit)
+        image = tf.io.decode_image(contents, expand_animations=False)
         return path, tf.shape(image)   # using the shape keeps the decode in the graph
 
     dataset = (tf.data.Dataset.from_tensor_slices(list(paths))
@@ -443,6 +452,10 @@ def load_image(path, image_size, channels=3):
         image = decode_and_resize(tf.io.read_file(path), size, channels, orientation,
                                   check_size=unread)
     except tf.errors.OpError as err:
+        refused = re.search(r"Refused before decoding.*?declared pixels:\W*(-?\d+)",
+                            err.message or "", re.DOTALL)
+        if refused:  # a header Pillow could not read, checked in the graph
+            raise _too_large(path, f"{int(refused[1]):,}", max_pixels()) from None
         raise ValueError(f"Cannot decode {path!r}: expected a JPEG, PNG, GIF or BMP "
                          f"image ({_plain_reason(err)}).") from None
     return image.numpy()
