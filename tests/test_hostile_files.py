@@ -204,6 +204,13 @@ def test_a_bomb_is_refused_before_decoding_by_the_loaders(tmp_path, monkeypatch)
         load_image(small, 8)
     monkeypatch.setattr(kvision.data, "MAX_PIXELS", 600)
     assert load_image(small, 8).shape == (8, 8, 3)
+    # A GIF costs all its frames (TensorFlow decodes each): three of 600 pixels.
+    from PIL import Image
+
+    frames = [Image.fromarray(np.full((20, 30), 50 * i, "uint8")) for i in range(3)]
+    frames[0].save(tmp_path / "three.gif", save_all=True, append_images=frames[1:])
+    with pytest.raises(ImageTooLargeError, match="3 frames of 30 x 20 = 1,800 pixels"):
+        load_image(tmp_path / "three.gif", 8)
     monkeypatch.setattr(kvision.data, "MAX_PIXELS", None)
     monkeypatch.setenv("KVISION_MAX_PIXELS", "lots")
     with pytest.raises(ValueError, match=r"\$KVISION_MAX_PIXELS must be a positive"):
