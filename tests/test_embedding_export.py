@@ -30,7 +30,7 @@ def pixels_model():
                            name="pixels")
 
 
-def held_out(identities=40):
+def held_out(identities=20):
     images, labels, _ = glyphs(identities, 4, image_size=SIZE, split="test", seed=0)
     return images.astype("float32"), labels
 
@@ -107,7 +107,7 @@ def test_int8_rank1_change_is_measured_and_gated(exported, tmp_path):
 
     model, _, _ = exported
     images, labels = held_out()
-    calibration, _, _ = glyphs(25, 4, image_size=SIZE, split="train", seed=1)
+    calibration, _, _ = glyphs(12, 4, image_size=SIZE, split="train", seed=1)
     result = tflite(model, tmp_path / "p.int8.tflite", "int8",
                     calibration.astype("float32"), check_data=images, check_labels=labels)
     p = result.parity

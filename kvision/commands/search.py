@@ -173,7 +173,7 @@ def run(args) -> int:
             continue
         matches = ", ".join(f"{i} {max(d, 0.0):.4f}" for i, d in result["matches"])
         print(f"{result['path']}: {result['identity']} ({matches})")
-    if args.out is not None:
+    if args.out is not None and any("matches" in r for r in results):
         draw_matches(results, index.metadata.get("folders", []), args.out)
         print(f"matches drawn in {args.out}")
     return 1 if any("error" in r for r in results) else 0

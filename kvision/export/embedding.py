@@ -132,8 +132,8 @@ def check_embeddings(figures, quantize, *, what="The export", max_rank1_drop=Non
     ``rank1_drop <= max_rank1_drop`` (default :data:`MAX_RANK1_DROP`) where measured."""
     failures, failed = [], []
     if quantize is None and figures["min_cosine"] < MIN_COSINE:
-        failures.append(f"cosine similarity to the Keras embedding {figures['min_cosine']:.6f}"
-                        f" < {MIN_COSINE} on some image")
+        failures.append(f"cosine similarity to the Keras embedding "
+                        f"{figures['min_cosine']:.6f} < {MIN_COSINE} on some image")
         failed.append("min_cosine")
     bar = MAX_RANK1_DROP if max_rank1_drop is None else max_rank1_drop
     drop = figures.get("rank1_drop")
@@ -172,8 +172,9 @@ def describe(fmt, figures) -> str | None:
     line = (f"{fmt}: cosine to the Keras embedding {figures['min_cosine']:.6f} at least "
             f"(mean {figures['mean_cosine']:.6f})")
     if "rank1_drop" in figures:
+        change = 0.0 - figures["rank1_drop"]  # 0.0, not -0.0, when nothing moved
         line += (f"; held-out rank-1 {figures['rank1_reference']:.4f} -> "
-                 f"{figures['rank1_candidate']:.4f} ({0.0 - figures['rank1_drop']:+.2f} points, "
+                 f"{figures['rank1_candidate']:.4f} ({change:+.2f} points, "
                  f"{figures['num_images']} images of {figures['num_identities']} "
                  f"identities)")
     return line
