@@ -339,6 +339,7 @@ def find_corrupt(paths, verbose=False, check_size=True):
 
     limit = max_pixels()
 
+    @tf.autograph.experimental.do_not_convert  # plain graph code, nothing to convert
     def decodes(path):
         contents = tf.io.read_file(path)
         if check_size:
