@@ -19,16 +19,21 @@ Given a requested folder, :func:`choose` answers where the run goes:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
+import fcntl
 import json
 import os
+import re
 import shutil
 import tempfile
 
 from kvision._files import write_text_atomically
 
 MANIFEST = "run.json"
+LOCK = "run.lock"
+BACKUP = "backup"
 # Files of a run written before manifests existed: a folder holding one of these
 # is a run folder, which ``overwrite`` may replace.
 RUN_FILES = ("training_log.csv", "class_names.txt", "backup", "checkpoints")
@@ -69,7 +74,7 @@ def _status(path, settings):
     if os.path.isfile(path):
         raise ValueError(f"The run folder {path!r} is a file; expected a folder (or a "
                          f"path that does not exist yet).")
-    if not os.path.isdir(path) or not os.listdir(path):
+    if not os.path.isdir(path) or not [n for n in os.listdir(path) if n != LOCK]:
         return "free", ""
     manifest = read_manifest(path)
     if manifest is None:
@@ -79,7 +84,7 @@ def _status(path, settings):
     state = manifest.get("state")
     if state == "finished":
         return "run", "holds a finished run"
-    if state == "saving":
+    if state == "saving" and not os.path.isdir(os.path.join(path, BACKUP)):
         return "run", "holds a run whose training ended but whose saving was cut short"
     differences = _differences(manifest.get("settings", {}), _jsonable(settings))
     if differences:
@@ -114,29 +119,126 @@ def choose(requested, settings, *, overwrite=False):
 
 
 def start(folder, settings):
-    """Make ``folder`` ready for the run: a replaced folder goes as a whole (moved
-    aside in one rename, then deleted), and a new run's manifest is written."""
+    """Make ``folder`` ready for the run, which holds its lock (:func:`lock`): a
+    replaced folder goes as a whole (moved aside in one rename, then deleted) and is
+    locked again, a new run's manifest is written, and a resumed run's leftovers of a
+    kill (hidden temporary files, :func:`leftovers`) are removed."""
     if folder.action == "resume":
+        for path in leftovers(folder.path):
+            _remove(path)
         return
     if folder.action == "replace":
         parent = os.path.dirname(os.path.abspath(folder.path))
         aside = tempfile.mkdtemp(prefix=f".{os.path.basename(folder.path)}.replaced-",
                                  dir=parent)
         os.rename(folder.path, os.path.join(aside, "old"))
+        release(folder.path)
         shutil.rmtree(aside)
+        lock(folder.path)
     os.makedirs(folder.path, exist_ok=True)
     _write_manifest(folder.path, {"state": "training", "settings": _jsonable(settings),
                                   "started": _now()})
 
 
+# What a killed run can leave in its folder: kvision's temporary files and folders are
+# hidden (".run.json-…", ".tmp-1-…" of a SavedModel, ".last.keras-…" of a
+# checkpoint); kvision.saving stages a .keras file in a "tmp…" folder.
+_LEFTOVER = re.compile(r"\..+-.+|tmp[a-z0-9_]{8}")
+
+
+def leftovers(path):
+    """The temporary files and folders a killed run left in the run folder ``path``
+    (and its ``checkpoints/``): only its lock holder may remove them."""
+    found = []
+    for folder in (path, os.path.join(path, "checkpoints")):
+        if os.path.isdir(folder):
+            found += [os.path.join(folder, name) for name in sorted(os.listdir(folder))
+                      if _LEFTOVER.fullmatch(name)]
+    return found
+
+
+def _remove(path):
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            os.remove(path)
+
+
+class RunFolderBusy(ValueError):
+    """Another live process holds the run folder's lock."""
+
+
+_held = {}  # real path of a run folder -> the open lock file this process holds
+
+
+def lock(path):
+    """Hold the run folder ``path`` (created if missing) for this process: an
+    exclusive ``flock`` on ``path/run.lock``, which names our pid. The kernel drops
+    it when the process dies, so a killed run's lock is taken over. Raises
+    :class:`RunFolderBusy` (a ``ValueError``) naming the holder when another live
+    process holds it; a folder this process holds already is held again."""
+    key = os.path.realpath(path)
+    if key in _held:
+        return
+    os.makedirs(path, exist_ok=True)
+    lock_path = os.path.join(path, LOCK)
+    while True:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder(fd)
+            os.close(fd)
+            raise RunFolderBusy(
+                f"The run folder {path!r} is in use by another kvision train ({holder}); "
+                f"wait for it to end, or give another --out.") from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(lock_path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:  # not a file its last holder removed as we opened it
+            break
+        os.close(fd)
+    os.ftruncate(fd, 0)
+    os.write(fd, json.dumps({"pid": os.getpid(), "since": _now()}).encode())
+    _held[key] = fd
+
+
+def release(path):
+    """Let go of the lock :func:`lock` took on ``path`` (its file is removed first,
+    while still held); nothing if this process does not hold it."""
+    fd = _held.pop(os.path.realpath(path), None)
+    if fd is None:
+        return
+    with contextlib.suppress(OSError):
+        os.remove(os.path.join(path, LOCK))
+    os.close(fd)
+
+
+def _holder(fd):
+    """"pid N, since T" from a held lock file, as far as it can be read."""
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        holder = json.loads(os.read(fd, 4096) or b"{}")
+        return f"pid {holder['pid']}, since {holder['since']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "a process that has not written its pid yet"
+
+
 def mark(path, state):
-    """Set the run's ``state`` ("saving", "finished") in its manifest."""
+    """Set the run's ``state`` ("saving", "finished") in its manifest. A finished
+    run's backup goes (it could only resume a run that is complete) and its lock is
+    released."""
     manifest = read_manifest(path)
     if manifest is None:
         return
     manifest["state"] = state
     manifest[state] = _now()
     _write_manifest(path, manifest)
+    if state == "finished":
+        shutil.rmtree(os.path.join(path, BACKUP), ignore_errors=True)
+        release(path)
 
 
 def _write_manifest(path, manifest):

@@ -22,16 +22,18 @@ run's files only: its manifest (``run.json``: the settings, and ``state`` traini
 saving -> finished, written last), a checkpoint every epoch
 (``checkpoints/last.keras``), a backup that lets an interrupted run (Ctrl-C, kill)
 resume from its last finished epoch when the same command is started again
-(``keras.callbacks.BackupAndRestore`` in ``backup/``), the CSV log
+(Keras' ``BackupAndRestore`` in ``backup/``, written so that a SIGKILL at any moment
+leaves the last whole checkpoint and backup: :class:`_Backup`), the CSV log
 (``training_log.csv``) and its plot (``training_curves.png``), and at the end the
 model (``<name>.keras``), its class names (``class_names.txt``) and a TensorFlow
 Serving export (``<version>/``). A finished run is never written into again: the
 next run goes to ``<folder>-2`` (``-3`` …), or with ``overwrite=True`` replaces the
 whole folder; an unfinished run of other settings (network, input size, data,
 classes, seed…) is left resumable and the new run goes to ``<folder>-2`` too
-(:mod:`kvision.runs` has the rules). The folder chosen is logged (logger
-``kvision.train``; a folder other than the one asked for is a warning) and returned
-in ``TrainResult.out_dir``.
+(:mod:`kvision.runs` has the rules); while a run writes its folder it holds the
+folder's lock, and a second run asked to write there refuses. The folder chosen is
+logged (logger ``kvision.train``; a folder other than the one asked for is a
+warning) and returned in ``TrainResult.out_dir``.
 """
 
 from __future__ import annotations
@@ -175,6 +177,70 @@ class _TrainingEnded(keras.callbacks.Callback):
         runs.mark(self.run_dir, "saving")
 
 
+class _Backup(keras.callbacks.BackupAndRestore):
+    """Keras' ``BackupAndRestore`` that a kill cannot tear. Keras writes the weights
+    over ``latest.weights.h5`` and then the epoch into a JSON file, so a SIGKILL
+    during either leaves a backup that cannot be read (an ``OSError`` or a
+    ``JSONDecodeError`` at the next start) or one whose weights are an epoch ahead of
+    its count. Here each epoch's weights go to a file of their own, then the
+    metadata naming them is replaced in one rename, then older weights files go:
+    a reader sees the last complete pair. The backup is kept when ``fit`` ends
+    (:func:`kvision.runs.mark` removes it once the run is finished), so a run killed
+    while saving resumes too."""
+
+    def __init__(self, backup_dir):
+        super().__init__(backup_dir, delete_checkpoint=False)
+
+    def _save_model(self):
+        import json
+
+        os.makedirs(self.backup_dir, exist_ok=True)
+        name = f"epoch-{self._current_epoch}.weights.h5"
+        path = os.path.join(self.backup_dir, name)
+        try:
+            self.model.save_weights(path, overwrite=True)
+        except BaseException:  # a full disk: no half file stays
+            if os.path.exists(path):
+                os.remove(path)
+            raise
+        write_text_atomically(self._training_metadata_path, json.dumps(
+            {"epoch": self._current_epoch, "batch": self._last_batch_seen,
+             "weights": name}))
+        for old in os.listdir(self.backup_dir):
+            if old.endswith(".weights.h5") and old != name:
+                os.remove(os.path.join(self.backup_dir, old))
+
+    def _load_model(self):
+        import json
+
+        if os.path.isfile(self._training_metadata_path):
+            with open(self._training_metadata_path) as f:
+                weights = json.load(f).get("weights")
+            if weights:  # else a backup of Keras' own layout, latest.weights.h5
+                self._weights_path = os.path.join(self.backup_dir, weights)
+        super()._load_model()
+
+
+class _Checkpoint(keras.callbacks.Callback):
+    """``checkpoints/last.keras`` at the end of every epoch, written beside it under a
+    hidden name and renamed over it: a kill leaves the last complete checkpoint
+    (Keras' ``ModelCheckpoint`` writes the zip in place)."""
+
+    def __init__(self, path):
+        super().__init__()
+        self.path = path
+
+    def on_epoch_end(self, epoch, logs=None):
+        directory, name = os.path.split(self.path)
+        staged = os.path.join(directory, f".{name}-{os.getpid()}.keras")
+        try:
+            self.model.save(staged)
+            os.replace(staged, self.path)
+        finally:
+            if os.path.exists(staged):
+                os.remove(staged)
+
+
 def _callbacks(out_dir, extra, chief=True, first=()):
     """The run folder's callbacks around ``extra``; ``first`` run before the CSV log
     and the checkpoint (a held-out figure they should record)."""
@@ -185,10 +251,9 @@ def _callbacks(out_dir, extra, chief=True, first=()):
     # Order matters: the backup of an epoch exists before its CSV row does, so a
     # run killed in between resumes no earlier than its log says.
     return [*([_TrainingEnded(out_dir)] if chief else []),
-            keras.callbacks.BackupAndRestore(os.path.join(out_dir, "backup")),
+            _Backup(os.path.join(out_dir, runs.BACKUP)),
             *first,
-            keras.callbacks.ModelCheckpoint(os.path.join(out_dir, "checkpoints",
-                                                         "last.keras")),
+            _Checkpoint(os.path.join(out_dir, "checkpoints", "last.keras")),
             keras.callbacks.CSVLogger(os.path.join(out_dir, "training_log.csv"),
                                       append=True),
             *extra]
@@ -263,6 +328,8 @@ def train_classifier(model_name="lenet5", data="digits", *, epochs=30, batch_siz
     from kvision.data import load as load_data
 
     _check_arguments(epochs, batch_size, steps_per_epoch)
+    if out_dir and os.path.isfile(out_dir):  # before the data and the network
+        runs.choose(out_dir, {})  # its error names the file
     clip = clipping(clipnorm, clipvalue)
     # First: a multi-worker strategy must exist before TensorFlow runs any op.
     strategy = distribute.get_strategy(strategy)
@@ -297,18 +364,23 @@ def train_classifier(model_name="lenet5", data="digits", *, epochs=30, batch_siz
     run_dir = _claim_run_folder(out_dir, settings, overwrite, strategy) if out_dir else None
     timer = _EpochTimer()
     start = time.perf_counter()
-    history = model.fit(train_ds, epochs=epochs, validation_data=test_ds, shuffle=False,
-                        steps_per_epoch=steps_per_epoch, verbose=verbose,
-                        callbacks=_callbacks(run_dir, [timer, *callbacks],
-                                             chief=distribute.is_chief(strategy)))
-    seconds = time.perf_counter() - start
-    test_loss, test_accuracy = model.evaluate(test_ds, verbose=0)
-    keras_path = export_path = None
-    if run_dir:
-        keras_path, export_path = _save_run(model, plan.name, bundle, run_dir,
-                                            export and distribute.is_chief(strategy))
-        if distribute.is_chief(strategy):
-            runs.mark(run_dir, "finished")  # last: the run is complete on disk
+    try:
+        history = model.fit(train_ds, epochs=epochs, validation_data=test_ds,
+                            shuffle=False, steps_per_epoch=steps_per_epoch,
+                            verbose=verbose,
+                            callbacks=_callbacks(run_dir, [timer, *callbacks],
+                                                 chief=distribute.is_chief(strategy)))
+        seconds = time.perf_counter() - start
+        test_loss, test_accuracy = model.evaluate(test_ds, verbose=0)
+        keras_path = export_path = None
+        if run_dir:
+            keras_path, export_path = _save_run(model, plan.name, bundle, run_dir,
+                                                export and distribute.is_chief(strategy))
+            if distribute.is_chief(strategy):
+                runs.mark(run_dir, "finished")  # last: the run is complete on disk
+    finally:
+        if run_dir:
+            runs.release(run_dir)
     return TrainResult(
         model=model, test_accuracy=float(test_accuracy), test_loss=float(test_loss),
         seconds=seconds, keras_path=keras_path, export_path=export_path,
@@ -383,7 +455,7 @@ def _claim_run_folder(out_dir, settings, overwrite, strategy):
         number = _chief_value(strategy, 0)
         base = os.path.normpath(os.fspath(out_dir))
         return distribute.worker_dir(base if number == 1 else f"{base}-{number}", strategy)
-    folder = runs.choose(out_dir, settings, overwrite=overwrite)
+    folder = _locked_choice(out_dir, settings, overwrite)
     runs.start(folder, settings)
     if folder.note:
         log.warning("%s", folder.note)
@@ -392,6 +464,18 @@ def _claim_run_folder(out_dir, settings, overwrite, strategy):
     log.info("run folder: %s (%s)", folder.path, what)
     _chief_value(strategy, _suffix_number(out_dir, folder.path))  # after start(): see above
     return folder.path
+
+
+def _locked_choice(out_dir, settings, overwrite):
+    """:func:`kvision.runs.choose`'s folder, locked by this process
+    (:func:`kvision.runs.lock`) and chosen again under the lock, so that a run which
+    ended or began meanwhile is seen; a folder in use is a ``ValueError``."""
+    while True:
+        folder = runs.choose(out_dir, settings, overwrite=overwrite)
+        runs.lock(folder.path)
+        if runs.choose(out_dir, settings, overwrite=overwrite) == folder:
+            return folder
+        runs.release(folder.path)
 
 
 def _suffix_number(requested, chosen):
@@ -436,14 +520,24 @@ def save_run_files(model, name, class_names, run_dir, metrics=("loss", "accuracy
 
 def _save_run(model, name, bundle, run_dir, export):
     keras_path = save_run_files(model, name, bundle.class_names, run_dir)
-    export_path = None
-    if export:
+    export_path = exported_version(run_dir) if export else None
+    if export and export_path is None:
         from kvision.export import saved_model
 
         check = next(iter(bundle.test.batch(8)))[0].numpy()
         export_path = os.fspath(saved_model(model, run_dir, class_names=bundle.class_names,
                                             check_inputs=check))
     return keras_path, export_path
+
+
+def exported_version(run_dir):
+    """The SavedModel version a run killed while saving already exported (its folder
+    holds one run, so that version is of this model), or None: a run that resumes
+    its saving does not export a second version."""
+    from kvision.export.savedmodel import next_version
+
+    last = os.path.join(run_dir, str(next_version(run_dir) - 1))
+    return last if os.path.isfile(os.path.join(last, "saved_model.pb")) else None
 
 
 def _trainable(model) -> int:
@@ -456,6 +550,11 @@ class _EpochTimer(keras.callbacks.Callback):
     def __init__(self):
         super().__init__()
         self.times, self.first_epoch, self._start = [], None, None
+
+    def on_train_begin(self, logs=None):
+        # A restored backup set the first epoch (all of them, when a run killed
+        # while saving resumes: then no epoch begins).
+        self.first_epoch = getattr(self.model, "_initial_epoch", None) or None
 
     def on_epoch_begin(self, epoch, logs=None):
         if self.first_epoch is None:
