@@ -42,9 +42,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
+import re
 import shutil
 import tempfile
+
+log = logging.getLogger(__name__)
 
 FORMATS = ("savedmodel", "tflite")
 QUANTIZE = {"none": None, "float32": None, "float16": "float16", "dynamic": "dynamic",
@@ -280,6 +284,7 @@ def export(model_spec, *, formats=FORMATS, quantize=(None,), data=None, out=None
     if kind == "detector" and "tflite" in formats and "int8" in quantize:
         raise ValueError("--quantize int8 is for classifiers; export a detector as "
                          "none, float16 or dynamic.")
+    requested_version = version
     version = _version(out, version) if "savedmodel" in formats else None
     targets = _targets(out, name, formats, quantize, version)
     calibration, check_x, check_y, data_names = _check_data(kind, data, shape)
@@ -318,8 +323,29 @@ def export(model_spec, *, formats=FORMATS, quantize=(None,), data=None, out=None
                     **({"atol": None} if kind == "segmenter" else {})))
             except ParityError as error:
                 raise ValueError(advice(error, kind, variant, out, calibration)) from None
-        moved = move_into_place(_moves(results, staging, targets), out)
+        moved = _move_taking_a_free_version(results, staging, targets, out, version,
+                                            auto=requested_version is None)
     return [dataclasses.replace(r, path=moved[r.path]) for r in results]
+
+
+def _move_taking_a_free_version(results, staging, targets, out, version, auto):
+    """:func:`move_into_place`; when another export took ``version`` while this one
+    ran (two exports into one folder at once), the next free version is taken
+    instead (an existing version is never replaced), or, for a ``--version`` given,
+    a ``ValueError``."""
+    from kvision.export.savedmodel import next_version
+
+    while True:
+        try:
+            return move_into_place(_moves(results, staging, targets), out)
+        except VersionTaken:
+            if not auto:
+                raise ValueError(f"Version {version} already exists at "
+                                 f"{targets['savedmodel']!r} (another export wrote it "
+                                 f"while this one ran); versions are never "
+                                 f"overwritten. Nothing was written.") from None
+            version = max(version + 1, next_version(out))
+            targets["savedmodel"] = os.path.join(out, str(version))
 
 
 def model_kind(model) -> str:
@@ -460,10 +486,14 @@ def advice(error, kind, variant, out, calibration) -> str:
 @contextlib.contextmanager
 def _staging(out):
     """A hidden folder inside ``out`` (same file system: moves are renames), removed
-    at the end; ``out`` itself is removed again if it was made here and is empty."""
+    at the end; ``out`` itself is removed again if it was made here and is empty.
+    Its name carries our pid, so that the next export can tell the leftovers of a
+    killed export (:func:`clean_leftovers`) from those of one still running."""
     created = not os.path.isdir(out)
     os.makedirs(out, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".export-", dir=out)
+    for note in clean_leftovers(out):
+        log.warning("kvision export: %s", note)
+    staging = tempfile.mkdtemp(prefix=f"{STAGING}{os.getpid()}-", dir=out)
     try:
         yield staging
     finally:
@@ -471,6 +501,51 @@ def _staging(out):
         if created:
             with contextlib.suppress(OSError):
                 os.rmdir(out)  # only if empty: it was ours
+
+
+# The hidden folders of an export in progress, ".export-<pid>-…" (the files being
+# made and checked) and ".replaced-<pid>-…" (files being replaced, set aside while
+# the new ones are moved in): TF Serving loads integer-named folders only.
+STAGING, ASIDE = ".export-", ".replaced-"
+_LEFTOVER = re.compile(rf"({re.escape(STAGING)}|{re.escape(ASIDE)})(\d+)-\w+")
+
+
+def clean_leftovers(out) -> list:
+    """Remove what exports killed in ``out`` left (their pid is gone); a list of
+    what was done, one sentence each. A killed export's staging folder goes; a
+    file it had set aside goes back to its place if that is empty (the kill came
+    before its replacement was moved in), else it goes too. Leftovers of live
+    exports are left alone."""
+    notes = []
+    for name in sorted(os.listdir(out)):
+        match = _LEFTOVER.fullmatch(name)
+        if not match or _alive(int(match.group(2))):
+            continue
+        path = os.path.join(out, name)
+        if match.group(1) == ASIDE:
+            for entry in sorted(os.listdir(path)):
+                if not os.path.lexists(os.path.join(out, entry)):
+                    os.rename(os.path.join(path, entry), os.path.join(out, entry))
+                    notes.append(f"put back {entry}, which an export killed while "
+                                 f"moving its files (pid {match.group(2)}) had set aside")
+        shutil.rmtree(path, ignore_errors=True)
+        notes.append(f"removed {path}, left by an export that was killed (pid "
+                     f"{match.group(2)})")
+    return notes
+
+
+def _alive(pid) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+class VersionTaken(OSError):
+    """The SavedModel version folder exists: never replaced, never set aside."""
 
 
 def _moves(results, staging, targets):
@@ -500,14 +575,19 @@ def move_into_place(moves, out) -> dict:
     undoing fails too, the ``ValueError`` lists exactly what was written and where
     the set-aside originals are.
     """
-    aside = tempfile.mkdtemp(prefix=".replaced-", dir=out)
+    aside = tempfile.mkdtemp(prefix=f"{ASIDE}{os.getpid()}-", dir=out)
     done = []  # [staged, target, set-aside path or None, placed?]
     try:
-        for i, (staged, target) in enumerate(moves):
+        for staged, target in moves:
             step = [staged, target, None, False]
             done.append(step)
+            if _is_version(target):
+                _rename_version(staged, target)
+                step[3] = True
+                continue
             if os.path.lexists(target):
-                step[2] = os.path.join(aside, str(i))
+                # By its name, so that a killed export's next one can put it back.
+                step[2] = os.path.join(aside, os.path.basename(target))
                 os.rename(target, step[2])
             if staged is not None:
                 os.rename(staged, target)
@@ -516,6 +596,8 @@ def move_into_place(moves, out) -> dict:
         stuck = _undo(done)
         if not stuck:
             shutil.rmtree(aside, ignore_errors=True)
+            if isinstance(error, VersionTaken):
+                raise
             raise ValueError(f"Could not move the checked exports into {out} ({error}); "
                              f"every move was undone: {out} is as it was.") from None
         raise ValueError(f"Could not move the checked exports into {out} ({error}), nor "
@@ -524,6 +606,26 @@ def move_into_place(moves, out) -> dict:
                          f"{', '.join(stuck['aside']) or 'none'}.") from None
     shutil.rmtree(aside, ignore_errors=True)
     return {staged: target for staged, target in moves if staged is not None}
+
+
+def _is_version(path) -> bool:
+    return os.path.basename(path).isdigit()
+
+
+def _rename_version(staged, target):
+    """Rename a staged SavedModel onto its version folder, which must not exist: a
+    version folder that appeared meanwhile (a non-empty folder, which ``rename``
+    refuses) is :class:`VersionTaken`, never replaced."""
+    import errno
+
+    if os.path.lexists(target):
+        raise VersionTaken(errno.EEXIST, "version exists", target)
+    try:
+        os.rename(staged, target)
+    except OSError as error:
+        if error.errno in (errno.EEXIST, errno.ENOTEMPTY):
+            raise VersionTaken(errno.EEXIST, "version exists", target) from None
+        raise
 
 
 def _undo(done):
