@@ -39,6 +39,7 @@ MODULES = (
     "kvision.layers.overfeat",
     "kvision.layers.pose",
     "kvision.layers.preprocessing",
+    "kvision.layers.proposals",
     "kvision.layers.rcnn",
     "kvision.layers.residual",
     "kvision.layers.roi",
