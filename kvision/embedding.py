@@ -76,14 +76,21 @@ def with_margin_head(model, head, name=None):
 
 
 def with_classifier(model, classes, name=None):
-    """A training model for plain softmax features: ``model``'s embeddings into a
-    Dense layer of ``classes`` logits (with bias, no normalization, no margin), to
+    """A training model for softmax features: a Dense layer of ``classes`` logits
+    (with bias, no margin) on ``model``'s features before their unit normalization
+    when ``model`` ends in ``UnitNormalization`` (as softmax features are taken: on
+    unit vectors, without NormFace's scale, the logits cannot grow confident), to
     train with ``SparseCategoricalCrossentropy(from_logits=True)``; input the images
-    alone. ``model`` shares its layers with it."""
+    alone. The embedding stays ``model``'s (the same features, normalized), whose
+    layers it shares."""
     if int(classes) < 2:
         raise ValueError(f"A classifier needs at least 2 classes, got {classes!r}.")
+    features = model
+    if isinstance(model.layers[-1], keras.layers.UnitNormalization):
+        features = keras.Model(model.inputs, model.layers[-1].input,
+                               name=f"{model.name}_features")
     images = keras.Input(shape=model.input_shape[1:], name="images")
-    logits = keras.layers.Dense(int(classes), name="classifier")(model(images))
+    logits = keras.layers.Dense(int(classes), name="classifier")(features(images))
     return TaskModel(images, logits, task=TASK, name=name or f"{model.name}_softmax")
 
 

@@ -182,7 +182,7 @@ def _head_logits(trainer, loss, e, labels):
     """The logits of ``loss``'s head written out in NumPy from the embeddings ``e``."""
     from kvision.tasks import embedding as task_lib
 
-    if loss == "softmax":
+    if loss == "softmax":  # on the features before their unit normalization
         kernel, bias = trainer.get_layer("classifier").get_weights()
         return e @ kernel + bias
     w = trainer.get_layer(loss).kernel.numpy().astype("float64")
@@ -226,6 +226,10 @@ def test_each_loss_trains_the_embedding_through_its_head():
         assert isinstance(inputs, dict) == (form == "images and labels")
         e = np.asarray(model(inputs["images"] if isinstance(inputs, dict) else inputs),
                        "float64")
+        if loss == "softmax":
+            projection = model.get_layer("projection")
+            e = np.asarray(keras.Model(model.inputs, projection.output)(inputs), "float64")
+            assert not np.allclose(np.linalg.norm(e, axis=1), 1.0)
         labels = np.asarray(labels)
         expected = _cross_entropy(_head_logits(trainer, loss, e, labels), labels)
         assert float(function(labels, trainer(inputs))) == pytest.approx(expected, rel=1e-4)

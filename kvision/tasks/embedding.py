@@ -43,7 +43,7 @@ LOSSES = {
     "cosface": "CosFace head, softmax cross-entropy (Wang et al. 2018)",
     "arcface": "ArcFace head, softmax cross-entropy (Deng et al. 2019)",
     "normface": "normalized softmax, no margin (Wang et al. 2017)",
-    "softmax": "a plain Dense classifier, softmax cross-entropy",
+    "softmax": "a Dense classifier on the features before normalization, softmax",
     "contrastive": "contrastive loss over every pair of the batch (Hadsell et al. 2006)",
     "triplet_batch_hard": "triplet loss, batch-hard mining (Hermans et al. 2017)",
     "triplet_semi_hard": "triplet loss, semi-hard negatives (Schroff et al. 2015)",
@@ -279,10 +279,12 @@ class EmbeddingTask(base.Task):
         return batches.apply(tf.data.experimental.assert_cardinality(steps))
 
     def inference_model(self, name, model):
-        """The embedding network inside the training model (the head dropped)."""
+        """The embedding network of the training model (the head dropped)."""
         from kvision.tasks.model import TaskModel
 
-        inner = [layer for layer in model.layers
+        if getattr(model, "embedding_model", None) is not None:
+            return model.embedding_model
+        inner = [layer for layer in model.layers  # a training model read from a file
                  if isinstance(layer, TaskModel) and layer.task == self.name]
         return inner[0] if inner else model
 
@@ -306,8 +308,8 @@ def training_model(model, loss=DEFAULT_LOSS, classes=None):
     """What trains embedding ``model`` with ``loss`` (a key of :data:`LOSSES`): a
     margin head's model (inputs images and labels) or a softmax classifier on it,
     both over ``classes`` training identities, or ``model`` itself for the pair and
-    triplet losses. The result's ``embedding_loss`` says which; train it with
-    :func:`loss_function`."""
+    triplet losses. The result's ``embedding_loss`` says which and its
+    ``embedding_model`` is ``model``; train it with :func:`loss_function`."""
     from kvision import embedding
     from kvision.layers import margin
 
@@ -324,6 +326,8 @@ def training_model(model, loss=DEFAULT_LOSS, classes=None):
     else:
         trainer = model
     trainer.embedding_loss = loss
+    if trainer is not model:  # a plain reference: Keras would track it as a layer
+        object.__setattr__(trainer, "embedding_model", model)
     return trainer
 
 
