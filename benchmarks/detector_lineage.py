@@ -28,11 +28,12 @@ warm-up batch, proposals included where the detector needs selective search) wit
 images per CPU-second beside it (the CPU is shared: the wall figure is a lower
 bound).
 
-Usage::
+Usage (the README's figures: parts in separate processes, then merged)::
 
-    python benchmarks/detector_lineage.py --minutes 6            # every detector
-    python benchmarks/detector_lineage.py --only faster_rcnn --minutes 30 \\
-        --stop-at 0.8 --eval-every 1.5 --constant-lr             # minutes to 0.8
+    python benchmarks/detector_lineage.py --constant-lr --minutes 3 --only rcnn fast_rcnn --out p2
+    python benchmarks/detector_lineage.py --constant-lr --minutes 3 --only faster_rcnn \
+        --faster-minutes 30 --eval-every 1.5 --stop-at 0.8 --out p1   # on to 0.8
+    python benchmarks/detector_lineage.py --table p*/lineage.json
     python benchmarks/detector_lineage.py --smoke                # seconds each
 
 Writes ``lineage.json`` (and per detector its curve) under ``--out``.
