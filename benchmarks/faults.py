@@ -188,9 +188,14 @@ def export_races(work, model, rounds, report):
     return problems
 
 
-def accuracy(stdout):
-    found = re.search(r"test top-1 accuracy: ([0-9.]+)", stdout)
-    return float(found.group(1)) if found else None
+def accuracy(out):
+    """The finished run's held-out accuracy: the last ``val_accuracy`` of its log (the
+    test split, measured on the final weights; a run killed after it finished printed
+    nothing)."""
+    import csv
+
+    with open(os.path.join(out, "training_log.csv")) as f:
+        return float(list(csv.DictReader(f))[-1]["val_accuracy"])
 
 
 def check_run_folder(out, layout):
@@ -248,10 +253,10 @@ def train_kills(work, runs, kills_per_run, epochs, rng, report, window=None,
         layout = set(digest(os.path.join(layout_from, "1")))
     for seed in range(runs) if window is None else ():
         out = os.path.join(work, f"plain-{seed}")
-        code, stdout, err, took = run(["train", "lenet5", "--epochs", str(epochs),
+        code, _, err, took = run(["train", "lenet5", "--epochs", str(epochs),
                                        "--out", out, "--seed", str(seed)])
         assert code == 0, err
-        plain.append(accuracy(stdout))
+        plain.append(accuracy(out))
         print(f"unkilled run seed {seed}: accuracy {plain[-1]} in {took:.0f} s", flush=True)
         layout = set(digest(os.path.join(out, "1")))
         seconds = took if seconds is None else max(seconds, took)
@@ -271,16 +276,17 @@ def train_kills(work, runs, kills_per_run, epochs, rng, report, window=None,
                   f"state {_state(out)}, problems {len(problems)}", flush=True)
             if not was_killed and code != 0:
                 problems.append(f"run {seed} start {k} ended {code}: {err.strip()[-200:]}")
-            if not was_killed:
+            if _state(out) == "finished":
                 break  # it finished before the kill: the series ends early
-        code, stdout, err, _ = run(args)
-        starts += 1
-        if code != 0:
-            problems.append(f"run {seed}: the last start failed: {err.strip()[-300:]}")
-            continue
+        if _state(out) != "finished":
+            code, stdout, err, _ = run(args)
+            starts += 1
+            if code != 0:
+                problems.append(f"run {seed}: the last start failed: {err.strip()[-300:]}")
+                continue
         if os.path.isdir(out + "-2"):
             problems.append(f"run {seed}: restarted into {out}-2, not resumed")
-        resumed.append(accuracy(stdout) if "-2" not in stdout else None)
+        resumed.append(accuracy(out))
         print(f"killed run seed {seed} finished: accuracy {resumed[-1]}", flush=True)
         finished_versions.append(len(versions(out)))
         problems += check_run_folder(out, layout)
@@ -301,7 +307,8 @@ def train_kills(work, runs, kills_per_run, epochs, rng, report, window=None,
 
 def train_race(work, epochs, report):
     out = os.path.join(work, "race")
-    args = ["train", "lenet5", "--epochs", str(epochs), "--out", out]
+    # Long enough that the first is still training when the second reaches the lock.
+    args = ["train", "lenet5", "--epochs", str(10 * epochs), "--out", out]
     first = start(args)
     deadline = time.monotonic() + 300
     while not os.path.exists(os.path.join(out, "run.json")) and time.monotonic() < deadline:

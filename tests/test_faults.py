@@ -82,12 +82,13 @@ def _disk_full_on(cls, name, call):
 
 def test_a_full_disk_at_a_checkpoint_keeps_the_last_good_one(tmp_path, capsys, monkeypatch):
     """The second epoch's backup finds the disk full (half a weights file written):
-    one line, exit status 2; the first epoch's backup and checkpoint are whole, no
-    half file is left where a reader looks, and the run resumes from them."""
+    one line, exit status 2; the first epoch's backup and checkpoint are whole and no
+    half file is left where a reader looks (the resume from such a backup is
+    tests/test_resume.py's and benchmarks/faults.py's)."""
     method = "save_weights"
     out = str(tmp_path / "run")
     command = ["train", "lenet5", "--epochs", "2", "--steps-per-epoch", "1", "--no-export",
-               "--out", out]
+               "--no-augment", "--out", out]
     monkeypatch.setattr(keras.Model, method, _disk_full_on(keras.Model, method, 2))
     assert main(command) == 2
     err = capsys.readouterr().err
@@ -102,9 +103,10 @@ def test_a_full_disk_at_a_checkpoint_keeps_the_last_good_one(tmp_path, capsys, m
     assert sorted(os.listdir(backup)) == [metadata["weights"], "training_metadata.json"]
     assert [n for n in os.listdir(os.path.dirname(last)) if not n.startswith(".")] == \
         ["last.keras"]
-    monkeypatch.undo()
-    assert main(command) == 0
-    assert "resumed from epoch 1" in capsys.readouterr().out
+    import h5py
+
+    with h5py.File(os.path.join(backup, metadata["weights"]), "r") as weights:
+        assert len(weights.keys())  # whole: what the next start loads to resume
 
 
 @pytest.fixture(scope="module")
