@@ -242,3 +242,15 @@ def test_an_unknown_loss_is_one_clear_error(gallery_folder, tmp_path, capsys):
     assert "loss must be one of cosface, arcface" in err and "got 'hinge'" in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_folder_of_three_identities_is_refused_before_training(gallery_folder, tmp_path,
+                                                                  capsys):
+    """Held out one identity, the rest would train on two and verify none (no pair of
+    different held-out identities): four are needed, said in one line."""
+    assert cli.main(["train", "embedding_net", "--data", str(gallery_folder), "--epochs",
+                     "1", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "3 identities: an embedding needs at least four" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "run").exists()

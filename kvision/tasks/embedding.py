@@ -115,13 +115,15 @@ def _folder(source, size, channels):
 
 
 def _split_identities(labels, names, seed):
-    """A fifth of the identities (at least one) held out at random by ``seed``:
-    ``(train rows, held rows)``."""
+    """A fifth of the identities (at least two) held out at random by ``seed``:
+    ``(train rows, held rows)``. Both sides need two identities: training pairs and
+    held-out verification both compare one identity with another."""
     count = len(names)
-    if count < 2:
-        raise ValueError(f"{count} identity: an embedding needs at least two, one held "
-                         f"out to measure it.")
-    held = np.random.default_rng(seed).permutation(count)[:max(1, count // 5)]
+    if count < 4:
+        raise ValueError(f"{count} identit{'y' if count == 1 else 'ies'}: an embedding "
+                         f"needs at least four, two to train on and two held out to "
+                         f"measure it.")
+    held = np.random.default_rng(seed).permutation(count)[:max(2, count // 5)]
     is_held = np.isin(labels, held)
     return np.flatnonzero(~is_held), np.flatnonzero(is_held)
 
