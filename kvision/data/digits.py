@@ -33,7 +33,7 @@ def split_indices(labels, test_fraction, seed):
         n_test = int(round(len(idx) * test_fraction))
         test.extend(idx[:n_test])
         train.extend(idx[n_test:])
-    return np.sort(np.array(train)), np.sort(np.array(test))
+    return np.sort(np.array(train, dtype=np.int64)), np.sort(np.array(test, dtype=np.int64))
 
 
 def to_images(raw, image_size=32, channels=1):

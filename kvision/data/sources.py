@@ -159,6 +159,12 @@ def _from_folder(root, size, channels, validation_split, seed, on_corrupt, max_e
         train_paths, train_labels = [paths[i] for i in train_idx], labels[train_idx]
         test_paths, test_labels = [paths[i] for i in test_idx], labels[test_idx]
         described = f"{validation_split:g} of each class (seed {seed})"
+        if not len(test_idx):
+            counts = ", ".join(f"{name} {count}" for name, count in
+                               zip(names, folders.class_counts(labels, len(names))))
+            raise ValueError(f"No image of {root!r} is held out: {validation_split:g} of "
+                             f"each class rounds to none ({counts} images). Add images, "
+                             f"or give a folder with train/ and test/ class folders.")
     keep_train = _subset(len(train_paths), max_examples, seed)
     keep_test = _subset(len(test_paths), max_examples, seed)
     train_paths = tuple(train_paths[i] for i in keep_train)

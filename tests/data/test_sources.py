@@ -235,3 +235,26 @@ def test_tfds_offline_fails_fast_without_trying_to_download(monkeypatch, tmp_pat
         load("tfds:mnist", data_dir=str(tmp_path))
     assert time.perf_counter() - start < 30
     assert probed and probed[0] == ("storage.googleapis.com", 443)  # mnist's checksums
+
+
+def test_a_folder_too_small_to_hold_out_an_image_is_refused_before_training(tmp_path,
+                                                                           capsys):
+    """One image per class: 0.2 of each rounds to none held out. The loader said
+    nothing and indexed with an empty float array (an IndexError traceback from
+    ``kvision train``); now one line, and no run folder."""
+    from PIL import Image
+
+    from kvision import cli
+
+    root = tmp_path / "two classes"
+    for name, level in (("a", 0), ("b", 255)):
+        (root / name).mkdir(parents=True)
+        Image.fromarray(np.full((12, 12, 3), level, "uint8")).save(root / name / "1.png")
+    with pytest.raises(ValueError, match=r"is held out: 0.2 of each class rounds to none "
+                                         r"\(a 1, b 1 images\)"):
+        load(str(root), image_size=16)
+    assert cli.main(["train", "lenet5", "--data", str(root), "--epochs", "1", "--out",
+                     str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "rounds to none" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
