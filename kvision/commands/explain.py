@@ -123,6 +123,7 @@ def run(args) -> int:
     if args.layer is not None:
         resolve(model, args.layer)  # an unknown path fails before any computing
     images, _, _ = load_images([args.image], trained)
+    _check_class(trained, model, args)
     if trained.detector:
         _check_detection(model, images, args)
     kind, found = methods()[args.method](model, images, args)
@@ -143,10 +144,29 @@ def _class_index(text):
     if text is None or isinstance(text, int):
         return text
     try:
-        return int(text)
+        index = int(text)
     except ValueError:
+        index = -1
+    if index < 0:
         raise ValueError(f"--class takes a class index (an integer: 0, 1, ...), got "
-                         f"{text!r}.") from None
+                         f"{text!r}.")
+    return index
+
+
+def _check_class(trained, model, args):
+    """``--class`` must be one of the model's classes (its labels, else the width of
+    its one output); a detector's score is its detection's, not a class's."""
+    if args.class_index is None:
+        return
+    if trained.detector:
+        raise ValueError("--class does not apply to a detector: give --detection, the "
+                         "number of the detection whose score is explained.")
+    count = len(trained.class_names) if trained.class_names else None
+    if count is None and len(model.outputs) == 1:
+        count = model.outputs[0].shape[-1]
+    if count is not None and args.class_index >= count:
+        raise ValueError(f"--class {args.class_index}: class_index must be in [0, "
+                         f"{count}) (the model has {count} classes).")
 
 
 def _check_detection(model, images, args):

@@ -117,6 +117,9 @@ def test_an_unknown_layer_exits_2_with_one_line_naming_close_ones(files, tmp_pat
 
 @pytest.mark.parametrize("extra, words", [
     (["--class", "7"], "class_index must be in [0, 3)"),
+    (["--class", "-1"], "--class takes a class index (an integer"),
+    (["--method", "guided", "--class", "3"], "class_index must be in [0, 3)"),
+    (["--method", "occlusion", "--class", "9"], "class_index must be in [0, 3)"),
     (["--method", "saliency", "--layer", "backbone/c1"], "--layer does not apply"),
     (["--out", "cam.jpg"], "--out must be a .png"),
     (["--method", "dream"], "--method must be one of gradcam, gradcam++"),
@@ -157,3 +160,8 @@ def test_a_detector_explains_one_detection_and_refuses_one_it_did_not_find(tmp_p
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"found {found} detections" in err
     assert not (tmp_path / "e.png").exists()
+    # a detection's score is explained, not a class's: --class was silently ignored
+    assert cli.main(argv + ["--class", "1", "--out", str(tmp_path / "f.png")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--class does not apply to a detector" in err
+    assert not (tmp_path / "f.png").exists()
