@@ -121,13 +121,18 @@ def test_clipping_reaches_the_optimizer_of_the_saved_checkpoint(args, option, va
 
 
 @pytest.mark.parametrize("args, message", [
-    (["lenet5", "--clipnorm", "0"], "clipnorm must be a positive number"),
-    (["lenet5", "--clipvalue", "-1"], "clipvalue must be a positive number"),
-    (["unet", "--clipnorm", "nan"], "clipnorm must be a positive number"),
+    (["lenet5", "--clipnorm", "0"], "--clipnorm: expected a number above 0, got '0'"),
+    (["lenet5", "--clipvalue", "-1"], "--clipvalue: expected a number above 0, got '-1'"),
+    (["unet", "--clipnorm", "nan"], "--clipnorm: expected a number above 0, got 'nan'"),
     (["unet", "--clipnorm", "1", "--clipvalue", "1"], "give one of the two"),
 ])
 def test_non_positive_clipping_is_refused_before_any_data_or_folder(args, message,
                                                                     tmp_path, capsys):
-    assert cli.main(["train", *args, "--out", str(tmp_path / "run")]) != 0
-    assert message in capsys.readouterr().err
+    try:
+        code = cli.main(["train", *args, "--out", str(tmp_path / "run")])
+    except SystemExit as exit:  # argparse's own refusal of a value its type rejects
+        code = exit.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()
