@@ -17,6 +17,8 @@ from kvision.export.litert import custom_ops
 from kvision.export.tflite import run_detector
 from kvision.models.detection import overfeat as O
 
+# One worker: the module's trained detectors (about 30 s each) are built once.
+pytestmark = pytest.mark.xdist_group("detector_export")
 NAMES = [f"digit{i}" for i in range(10)]
 SHAPE = (48, 48, 1)
 
