@@ -295,7 +295,7 @@ def test_the_savedmodel_refuses_a_bomb_inside_its_graph(good_model, tmp_path):
     answer = serve(image_bytes=tf.constant([tf.io.encode_png(red).numpy()]))
     np.testing.assert_allclose(answer["probabilities"].numpy(),
                                model.predict(red[None].astype("float32"), verbose=0),
-                               atol=1e-6)
+                               atol=1e-5)  # probabilities: float32 error of two graphs
     for bomb in (_png_bomb(), _jpeg_bomb()):
         with pytest.raises(tf.errors.InvalidArgumentError,
                            match="Refused before decoding: the image declares more than "

@@ -67,7 +67,7 @@ def test_serve_gradcam_answers_the_keras_maps_with_the_prediction(tmp_path):
     np.testing.assert_allclose(got["gradcam"], A.gradcam(model, x), rtol=0, atol=1e-5)
     np.testing.assert_array_equal(got["class"], top)
     np.testing.assert_allclose(got["probabilities"], model.predict(x, verbose=0),
-                               rtol=0, atol=1e-6)
+                               rtol=0, atol=1e-5)  # float32, graphs differ
     assert result.parity["gradcam_max_abs_diff"] <= 1e-4
     assert result.parity["gradcam_class_agreement"] == 1.0
 
@@ -109,7 +109,7 @@ def test_kvision_export_gradcam_serves_the_maps_beside_serving_default(tmp_path,
     np.testing.assert_array_equal(got["class"], top)
     np.testing.assert_array_equal(default["top_k_classes"][:, 0], top)
     np.testing.assert_allclose(got["probabilities"], default["probabilities"],
-                               rtol=0, atol=1e-6)
+                               rtol=0, atol=1e-5)  # float32, graphs differ
     # TF Serving warms the new signature up too: one request per signature
     warmup = served / "1" / "assets.extra" / "tf_serving_warmup_requests"
     from tensorflow_serving.apis import prediction_log_pb2
