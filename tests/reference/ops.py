@@ -131,3 +131,71 @@ def channel_shuffle(x, groups):
     """torchvision's ``channel_shuffle``: view (N, g, C/g, H, W), transpose 1 and 2."""
     n, c, h, w = x.shape
     return x.reshape(n, groups, c // groups, h, w).transpose(0, 2, 1, 3, 4).reshape(n, c, h, w)
+
+
+# ---- Segmentation building blocks (tests/reference/segmentation_nets.py) ----
+
+def conv_transpose2d(x, weight, bias=None, stride=1, padding=0):
+    """``F.conv_transpose2d`` (Caffe's "Deconvolution"): weight ``(C_in, C_out, k, k)``;
+    input pixel ``(i, j)`` adds ``x[i, j] * weight[:, :, a, b]`` at output
+    ``(i s + a - p, j s + b - p)``; output side ``(H - 1) s - 2p + k``."""
+    (sh, sw), (ph, pw) = _pairs(stride), _pairs(padding)
+    n, c, h, w = x.shape
+    in_c, out_c, kh, kw = weight.shape
+    if c != in_c:
+        raise ValueError(f"conv_transpose2d: {c} input channels, weight wants {in_c}")
+    full = np.zeros((n, out_c, (h - 1) * sh + kh, (w - 1) * sw + kw))
+    x = x.astype(np.float64)
+    for a in range(kh):
+        for b in range(kw):
+            full[:, :, a:a + sh * (h - 1) + 1:sh, b:b + sw * (w - 1) + 1:sw] += np.einsum(
+                "nihw,io->nohw", x, weight[:, :, a, b].astype(np.float64))
+    out = full[:, :, ph:full.shape[2] - ph, pw:full.shape[3] - pw]
+    return out if bias is None else out + bias.reshape(1, -1, 1, 1)
+
+
+def max_pool2d_with_mask(x, kernel_size, stride):
+    """Caffe's MAX "Pooling" with a second top (the mask SegNet's "Upsample" reads),
+    no padding: output side ``ceil((H - k) / s) + 1`` (the last window is cut at the
+    border); the mask holds each maximum's flat position ``y * W + x`` in the input
+    map, the first in row-major order on ties (Caffe compares with ``>``)."""
+    n, c, h, w = x.shape
+    oh, ow = -(-(h - kernel_size) // stride) + 1, -(-(w - kernel_size) // stride) + 1
+    pooled = np.empty((n, c, oh, ow))
+    mask = np.empty((n, c, oh, ow), dtype=np.int64)
+    for i in range(oh):
+        y0, y1 = i * stride, min(i * stride + kernel_size, h)
+        for j in range(ow):
+            x0, x1 = j * stride, min(j * stride + kernel_size, w)
+            window = x[:, :, y0:y1, x0:x1].reshape(n, c, -1)
+            first = window.argmax(axis=-1)  # numpy's argmax: the first maximum
+            pooled[:, :, i, j] = np.take_along_axis(window, first[..., None], -1)[..., 0]
+            mask[:, :, i, j] = (y0 + first // (x1 - x0)) * w + x0 + first % (x1 - x0)
+    return pooled, mask
+
+
+def max_unpool2d(x, mask, out_h, out_w):
+    """SegNet's Caffe "Upsample" layer: an ``out_h x out_w`` map of zeros per
+    channel, ``top[mask[i]] = bottom[i]`` for every input position ``i``."""
+    n, c, h, w = x.shape
+    out = np.zeros((n, c, out_h * out_w))
+    np.put_along_axis(out, mask.reshape(n, c, -1), x.reshape(n, c, -1), axis=-1)
+    return out.reshape(n, c, out_h, out_w)
+
+
+def resize_bilinear(x, out_h, out_w):
+    """``F.interpolate(mode="bilinear", align_corners=False)`` (= ``tf.image.resize``'s
+    half-pixel centers, no antialiasing): output pixel ``o`` reads input coordinate
+    ``(o + 0.5) * in / out - 0.5``, clamped at 0, between its two neighbours."""
+
+    def taps(size_in, size_out):
+        src = np.maximum((np.arange(size_out) + 0.5) * size_in / size_out - 0.5, 0.0)
+        lo = np.minimum(np.floor(src).astype(int), size_in - 1)
+        hi = np.minimum(lo + 1, size_in - 1)
+        return lo, hi, src - lo
+
+    x = x.astype(np.float64)
+    lo, hi, f = taps(x.shape[2], out_h)
+    x = x[:, :, lo] * (1 - f)[:, None] + x[:, :, hi] * f[:, None]
+    lo, hi, f = taps(x.shape[3], out_w)
+    return x[:, :, :, lo] * (1 - f) + x[:, :, :, hi] * f

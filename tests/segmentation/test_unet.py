@@ -35,6 +35,9 @@ def test_same_padding_keeps_the_size_and_bad_sizes_say_which_fit():
     assert model.get_layer("predictions").activation.__name__ == "sigmoid"
     with pytest.raises(ValueError, match=r"Close sizes: \[.*572"):
         create("unet", input_shape=(570, 570, 1), padding="valid")
+    # 140 stays even down to a 5x5 bottom, whose 1x1 output cannot grow back up.
+    with pytest.raises(ValueError, match=r"140 does not\. Close sizes: \[188"):
+        create("unet", input_shape=(140, 140, 1), padding="valid")
 
 
 def _encoder(size=SIZE):

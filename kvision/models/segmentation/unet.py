@@ -50,30 +50,35 @@ def up_step(x, skip, filters, padding, name):
 
 
 def _check_valid_size(input_shape):
-    """Valid convolutions need sides that stay even at every pool."""
+    """Valid convolutions need sides that stay even at every pool and positive down
+    to the output."""
     for side in input_shape[:2]:
         if side is None:
             raise ValueError("padding='valid' needs a fixed input size, e.g. "
                              "input_shape=(572, 572, 1).")
-        s = side
-        for _ in range(DEPTH):
-            s -= 4
-            if s <= 0 or s % 2:
-                good = [n for n in range(side - 16, side + 17) if _valid_side(n)][:4]
-                raise ValueError(f"U-Net with padding='valid' needs sides that stay even "
-                                 f"at each max-pool; {side} does not. Close sizes: {good}.")
-            s //= 2
-        if s - 4 <= 0:
-            raise ValueError(f"Input side {side} is too small for a valid U-Net.")
+        if _valid_output_side(side) is None:
+            near = sorted(range(max(side - 64, 1), side + 65), key=lambda n: abs(n - side))
+            good = sorted([n for n in near if _valid_output_side(n)][:4])
+            raise ValueError(f"U-Net with padding='valid' needs sides that stay even "
+                             f"at each max-pool and leave an output; {side} does not. "
+                             f"Close sizes: {good}.")
 
 
-def _valid_side(n):
+def _valid_output_side(n):
+    """The output side of the valid U-Net for input side ``n`` (Fig. 1: 572 -> 388),
+    or None where a pool meets an odd side or a map vanishes (the expanding path
+    included: 140 passes every pool but its bottom is 1x1, too small to grow back)."""
     for _ in range(DEPTH):
         n -= 4
         if n <= 0 or n % 2:
-            return False
+            return None
         n //= 2
-    return n > 4
+    for _ in range(DEPTH):
+        n = 2 * (n - 4)
+        if n <= 0:
+            return None
+    n -= 4
+    return n if n > 0 else None
 
 
 def _paper(x, filters, padding):
