@@ -199,3 +199,90 @@ def resize_bilinear(x, out_h, out_w):
     x = x[:, :, lo] * (1 - f)[:, None] + x[:, :, hi] * f[:, None]
     lo, hi, f = taps(x.shape[3], out_w)
     return x[:, :, :, lo] * (1 - f) + x[:, :, :, hi] * f
+
+
+def interpolate_nearest(x, size):
+    """``F.interpolate(x, size=size, mode="nearest")``: output index ``i`` reads input
+    ``floor(i * in / out)`` (clamped to the last), per spatial axis."""
+    oh, ow = _pairs(size)
+    h, w = x.shape[-2:]
+    rows = np.minimum(np.floor(np.arange(oh) * (h / oh)).astype(int), h - 1)
+    cols = np.minimum(np.floor(np.arange(ow) * (w / ow)).astype(int), w - 1)
+    return x[:, :, rows][:, :, :, cols]
+
+
+def _roi_align_axis(start, bin_size, grid, pooled, size):
+    """torchvision's roi_align kernel along one axis: ``(pooled, size)``, the sum over
+    a bin's ``grid`` samples of each sample's bilinear weights (zero for a sample
+    beyond ``[-1, size]``). Bilinear interpolation and the kernel's out-of-range test
+    are both separable, so the 2-D weights are the outer product of two of these."""
+    weights = np.zeros((pooled, size))
+    for p in range(pooled):
+        for i in range(grid):
+            y = start + p * bin_size + (i + 0.5) * bin_size / grid
+            if y < -1.0 or y > size:
+                continue
+            y = max(y, 0.0)
+            low = int(y)
+            if low >= size - 1:
+                high = low = size - 1
+                y = float(low)
+            else:
+                high = low + 1
+            frac = y - low
+            weights[p, low] += 1.0 - frac
+            weights[p, high] += frac
+    return weights
+
+
+def roi_align(x, rois, output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=False):
+    """``torchvision.ops.roi_align`` (its CPU kernel): x ``(N, C, H, W)``, rois ``(K, 5)``
+    ``(batch index, x1, y1, x2, y2)`` in image pixels -> ``(K, C, oh, ow)``; each bin
+    averages ``sampling_ratio`` (<= 0: ``ceil(roi side / out)``) samples per axis,
+    bilinearly interpolated; ``aligned`` shifts the box by -0.5 pixel, unaligned
+    boxes are at least 1 pixel wide."""
+    oh, ow = _pairs(output_size)
+    _, c, h, w = x.shape
+    offset = 0.5 if aligned else 0.0
+    out = np.zeros((len(rois), c, oh, ow))
+    for k, (b, x1, y1, x2, y2) in enumerate(np.asarray(rois, np.float64)):
+        start_w, start_h = x1 * spatial_scale - offset, y1 * spatial_scale - offset
+        roi_w = x2 * spatial_scale - offset - start_w
+        roi_h = y2 * spatial_scale - offset - start_h
+        if not aligned:
+            roi_w, roi_h = max(roi_w, 1.0), max(roi_h, 1.0)
+        grid_h = sampling_ratio if sampling_ratio > 0 else math.ceil(roi_h / oh)
+        grid_w = sampling_ratio if sampling_ratio > 0 else math.ceil(roi_w / ow)
+        count = max(grid_h * grid_w, 1)
+        wy = _roi_align_axis(start_h, roi_h / oh, grid_h, oh, h)
+        wx = _roi_align_axis(start_w, roi_w / ow, grid_w, ow, w)
+        out[k] = np.einsum("ph,chw,qw->cpq", wy, x[int(b)].astype(np.float64), wx) / count
+    return out
+
+
+def _c_round(value):
+    """C's ``round``: halves away from zero."""
+    return int(math.copysign(math.floor(abs(value) + 0.5), value))
+
+
+def roi_pool(x, rois, output_size, spatial_scale=1.0):
+    """Caffe's ROIPoolingLayer (Fast R-CNN), as ``torchvision.ops.roi_pool``: the RoI's
+    corners rounded to feature cells (``round(x * scale)``), its side ``end - start +
+    1`` (at least 1) cut into bins ``[floor(p * side / out), ceil((p + 1) * side /
+    out))`` offset by the start and clipped to the map; each bin's max, 0 if empty."""
+    oh, ow = _pairs(output_size)
+    _, c, h, w = x.shape
+    out = np.zeros((len(rois), c, oh, ow))
+    for k, (b, x1, y1, x2, y2) in enumerate(np.asarray(rois, np.float64)):
+        start_w, start_h = _c_round(x1 * spatial_scale), _c_round(y1 * spatial_scale)
+        end_w, end_h = _c_round(x2 * spatial_scale), _c_round(y2 * spatial_scale)
+        roi_w, roi_h = max(end_w - start_w + 1, 1), max(end_h - start_h + 1, 1)
+        for p in range(oh):
+            r0 = min(max(math.floor(p * roi_h / oh) + start_h, 0), h)
+            r1 = min(max(math.ceil((p + 1) * roi_h / oh) + start_h, 0), h)
+            for q in range(ow):
+                c0 = min(max(math.floor(q * roi_w / ow) + start_w, 0), w)
+                c1 = min(max(math.ceil((q + 1) * roi_w / ow) + start_w, 0), w)
+                if r1 > r0 and c1 > c0:
+                    out[k, :, p, q] = x[int(b), :, r0:r1, c0:c1].max(axis=(-2, -1))
+    return out
