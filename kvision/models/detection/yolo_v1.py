@@ -39,10 +39,17 @@ FC_UNITS = 4096
 def _conv(x, filters, kernel, strides, *, name, batch_norm=False):
     """Conv (with bias: v1 predates BatchNorm) -> LeakyReLU(0.1); with
     ``batch_norm``, conv (no bias) -> BatchNorm -> LeakyReLU (darknet's later
-    cfg/yolov1.cfg retraining)."""
+    cfg/yolov1.cfg retraining). Padding is darknet's ``pad=1``: ``kernel // 2`` on
+    every side, so the strided convs (conv1's 7x7/2, conv22's 3x3/2) pad 3 and 1
+    before as after (Keras' "same" would pad 2 and 3, 0 and 1 on even sides)."""
+    padding = "same" if strides == 1 else kernel // 2
     if batch_norm:
-        return conv_bn_act(x, filters, kernel, strides, name=name, **CONV)
-    x = keras.layers.Conv2D(filters, kernel, strides=strides, padding="same",
+        return conv_bn_act(x, filters, kernel, strides, padding=padding, name=name,
+                           **CONV)
+    if padding != "same":
+        x = keras.layers.ZeroPadding2D(padding, name=f"{name}_pad")(x)
+        padding = "valid"
+    x = keras.layers.Conv2D(filters, kernel, strides=strides, padding=padding,
                             name=f"{name}_conv")(x)
     return keras.layers.LeakyReLU(negative_slope=0.1, name=f"{name}_act")(x)
 
