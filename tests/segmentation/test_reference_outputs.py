@@ -17,14 +17,12 @@ import kvision
 from kvision.testing import float32_atol, randomize_weights
 from reference import segmentation_nets as ref
 
-# VGG16-bodied models are built by several tests here: one worker builds them.
-pytestmark = pytest.mark.xdist_group("segmentation_reference")
-
-
-def randomized(model, seed):
-    """``randomize_weights``, and random transposed-convolution kernels (FCN's start
-    bilinear: symmetric, so a flipped kernel would pass)."""
-    randomize_weights(model, seed=seed)
+def build(name, seed, **kwargs):
+    """``kvision.create`` with seeded kernels, then ``randomize_weights`` and random
+    transposed-convolution kernels (FCN's start bilinear: symmetric, so a flipped
+    kernel would pass)."""
+    keras.utils.set_random_seed(seed)
+    model = randomize_weights(kvision.create(name, **kwargs), seed=seed)
     rng = np.random.default_rng(seed + 1000)
     for layer in model._flatten_layers():
         if isinstance(layer, keras.layers.Conv2DTranspose):
@@ -38,14 +36,16 @@ def pixels(shape, seed):
     return np.random.default_rng(seed).uniform(0, 255, shape).astype("float32")
 
 
-def check(got, expected, *, terms, depth, scale=None):
-    """NHWC ``got`` equals NCHW ``expected`` within float32 rounding."""
+def check(got, expected, *, terms, depth, logits=None):
+    """NHWC ``got`` equals NCHW ``expected`` within float32 rounding (relative to the
+    ``logits``' size for probabilities computed from them)."""
     got = np.asarray(got)
+    logits = expected if logits is None else logits
+    assert np.ptp(logits) > 0.1 * np.abs(logits).max() > 0  # not a degenerate case
     expected = expected.transpose(0, 2, 3, 1)
     assert got.shape == expected.shape
-    assert np.ptp(expected) > 0.1 * np.abs(expected).max() > 0  # not a degenerate case
     np.testing.assert_allclose(got, expected, rtol=0, atol=float32_atol(
-        expected, terms=terms, depth=depth, scale=scale))
+        expected, terms=terms, depth=depth, scale=np.abs(logits).max()))
 
 
 def nchw(x):
@@ -57,8 +57,8 @@ def nchw(x):
 def test_fcn_follows_pytorch_fcn(name, skips):
     """64x96: pool5 is 2x3, so fc6's 7x7 window and the deconvolutions' overlaps are
     exercised; the fused scores of pool4/pool3 must land on their own pixels."""
-    model = randomized(kvision.create(name, classes=3, input_shape=(64, 96, 3),
-                                      fc_units=16, classifier_activation=None), seed=51)
+    model = build(name, 51, classes=3, input_shape=(64, 96, 3), fc_units=16,
+                  classifier_activation=None)
     x = pixels((2, 64, 96, 3), seed=3)
     expected = ref.fcn(ref.state_from_keras(model), nchw(x), skips)
     check(model(x, training=False), expected, terms=9 * 512, depth=18)
@@ -68,8 +68,8 @@ def test_segnet_follows_the_caffe_prototxt():
     """Width 1/8 at 36x40: pool4 sees 5x5 (odd), so Caffe's ceil-mode pooling, its
     truncated windows' mask positions and the Upsample layer's ``upsample_h/w``
     back to the odd size all count."""
-    model = randomized(kvision.create("segnet", classes=3, input_shape=(36, 40, 3),
-                                      width=0.125, classifier_activation=None), seed=52)
+    model = build("segnet", 52, classes=3, input_shape=(36, 40, 3), width=0.125,
+                  classifier_activation=None)
     x = pixels((2, 36, 40, 3), seed=4)
     expected = ref.segnet(ref.state_from_keras(model), nchw(x))
     check(model(x, training=False), expected, terms=9 * 64, depth=26)
@@ -77,9 +77,8 @@ def test_segnet_follows_the_caffe_prototxt():
 
 def test_unet_valid_follows_figure_1():
     """The paper's unpadded layout at its smallest input (188 -> 4), filters 4."""
-    model = randomized(kvision.create("unet", classes=2, input_shape=(188, 188, 1),
-                                      padding="valid", filters=4,
-                                      classifier_activation=None), seed=53)
+    model = build("unet", 53, classes=2, input_shape=(188, 188, 1), padding="valid",
+                  filters=4, classifier_activation=None)
     x = pixels((2, 188, 188, 1), seed=5)
     expected = ref.unet(ref.state_from_keras(model), nchw(x), padding=0)
     check(model(x, training=False), expected, terms=9 * 64, depth=19)
@@ -88,12 +87,11 @@ def test_unet_valid_follows_figure_1():
 def test_two_network_instance_is_two_same_padded_unets():
     """Both outputs: the semantic U-Net's softmax and the separation U-Net's sigmoid,
     each a U-Net of kvision's 'same' variant (32x48, filters 4)."""
-    model = randomized(kvision.create("two_network_instance", classes=3,
-                                      input_shape=(32, 48, 3), filters=4), seed=54)
+    model = build("two_network_instance", 54, classes=3, input_shape=(32, 48, 3),
+                  filters=4)
     x = pixels((2, 32, 48, 3), seed=6)
     out = model(x, training=False)
     for key, activation in (("semantic", ref.softmax), ("separation", ref.sigmoid)):
         logits = ref.unet(ref.state_from_keras(model.get_layer(key)), nchw(x), padding=1)
-        check(out[key], activation(logits), terms=9 * 64, depth=20,
-              scale=np.abs(logits).max())
+        check(out[key], activation(logits), terms=9 * 64, depth=20, logits=logits)
 
