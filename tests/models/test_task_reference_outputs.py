@@ -16,6 +16,7 @@ import re
 
 import keras
 import numpy as np
+import pytest
 
 import kvision
 from kvision.testing import float32_atol, randomize_weights
@@ -91,19 +92,23 @@ def assert_close(got, expected, *, terms, depth, scale=None):
 
 # --- YOLO v1 ----------------------------------------------------------------------
 
-def test_yolov1_follows_figure_3():
+@pytest.mark.parametrize("batch_norm", [False, True])
+def test_yolov1_follows_figure_3(batch_norm):
     """width 1/16 (4 .. 64 filters, FC 256) at 64x64: a 2x2 map enters the stride-2
     conv22, where darknet's pad 1 on every side and Keras' "same" (0 before, 1
-    after) sample different pixels; S=2, B=2, C=3."""
+    after) sample different pixels; S=2, B=2, C=3. Also with ``batch_norm`` (darknet's
+    yolov1.cfg retraining)."""
     model = randomize_weights(kvision.create(
-        "yolov1", classes=3, input_shape=(64, 64, 3), grid=2, width=1 / 16), seed=41)
-    state = {re.sub(r"^(conv\d+)_conv\.", r"\1.", k): v
-             for k, v in keras_state(model).items()}
+        "yolov1", classes=3, input_shape=(64, 64, 3), grid=2, width=1 / 16,
+        batch_norm=batch_norm), seed=41)
+    state = {re.sub(r"^(conv\d+)_(conv|bn)\.", lambda m: f"{m[1]}." + (
+        "bn." if m[2] == "bn" else ""), k): v for k, v in keras_state(model).items()}
     state["fc1.weight"] = chw_columns(state["fc1.weight"],
                                       state["conv24.weight"].shape[0])
     state = Tracked(state)
     x = images(64, seed=4)
-    expected = task_nets.yolov1(state, nchw(x) / 255.0, grid=2, boxes=2, classes=3)
+    expected = task_nets.yolov1(state, nchw(x) / 255.0, grid=2, boxes=2, classes=3,
+                                batch_norm=batch_norm)
     state.assert_all_read()
     assert_close(model(x, training=False), expected, terms=9 * 64, depth=26)
 

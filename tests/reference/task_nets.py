@@ -57,10 +57,12 @@ YOLOV1_LAYERS = (
     (1024, 3, 1), (1024, 3, 1))
 
 
-def yolov1(state, x, grid, boxes, classes, slope=0.1):
+def yolov1(state, x, grid, boxes, classes, batch_norm=False, slope=0.1):
     """``x`` NCHW, already as the network's first layer sees it -> ``(N, S, S, 5B +
-    C)``. Convs ``conv1..conv24`` (with bias, no BatchNorm), then ``fc1`` (leaky),
-    ``fc2`` (linear), whose ``(out, C*H*W)`` kernels read darknet's flatten order."""
+    C)``. Convs ``conv1..conv24`` (the paper's: with bias, no BatchNorm; with
+    ``batch_norm``, darknet's yolov1.cfg ``batch_normalize=1``: no bias, then
+    BatchNorm ``conv<i>.bn``), then ``fc1`` (leaky), ``fc2`` (linear), whose ``(out,
+    C*H*W)`` kernels read darknet's flatten order."""
     conv = 0
     for layer in YOLOV1_LAYERS:
         if layer == "M":
@@ -68,7 +70,10 @@ def yolov1(state, x, grid, boxes, classes, slope=0.1):
             continue
         conv += 1
         _, size, stride = layer
-        x = leaky(_conv(state, f"conv{conv}", x, stride=stride, padding=size // 2), slope)
+        x = _conv(state, f"conv{conv}", x, stride=stride, padding=size // 2)
+        if batch_norm:
+            x = _bn(state, f"conv{conv}.bn", x)
+        x = leaky(x, slope)
     assert conv == 24
     x = leaky(_linear(state, "fc1", x.reshape(x.shape[0], -1)), slope)
     x = _linear(state, "fc2", x)
