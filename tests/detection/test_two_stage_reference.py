@@ -109,8 +109,10 @@ def _check(got, expected, *, terms, depth):
 def _torchvision_state(model, channels):
     state = {}
     for i in range(4):
-        state |= _conv_state(model.get_layer(f"fpn_inner{i}"), f"backbone.fpn.inner_blocks.{i}")
-        state |= _conv_state(model.get_layer(f"fpn_layer{i}"), f"backbone.fpn.layer_blocks.{i}")
+        state |= _conv_state(model.get_layer(f"fpn_inner{i}"),
+                             f"backbone.fpn.inner_blocks.{i}")
+        state |= _conv_state(model.get_layer(f"fpn_layer{i}"),
+                             f"backbone.fpn.layer_blocks.{i}")
     for keras_name, torch_name in (("rpn_conv", "conv"), ("rpn_cls_logits", "cls_logits"),
                                    ("rpn_bbox_pred", "bbox_pred")):
         state |= _conv_state(model.get_layer(keras_name), f"rpn.head.{torch_name}")
@@ -143,7 +145,9 @@ def pyramid_net(request):
     taps = {"C": [model.get_layer(f"fpn_inner{i}").input for i in range(4)],
             "P": [model.get_layer(f"fpn_layer{i}").output for i in range(4)]
             + [model.get_layer("fpn_pool").output], **model.output}
-    images = rng.uniform(0, 255, (2, SIDE, SIDE, 3)).astype("float32")
+    # Pixels in [0, 1]: the layers' outputs stay of order 1 (the RPN's deltas too,
+    # so that its proposals land in the image).
+    images = rng.uniform(0, 1, (2, SIDE, SIDE, 3)).astype("float32")
     out = keras.tree.map_structure(np.asarray, keras.Model(model.input, taps)(images))
     return model, _torchvision_state(model, 16), out
 
@@ -188,6 +192,22 @@ def test_level_mapping_and_box_head_are_torchvisions(pyramid_net):
                                                                    7, 2))
     _check(out["class_logits"].reshape(logits.shape), logits, terms=49 * 16, depth=5)
     _check(out["box_deltas"].reshape(deltas.shape), deltas, terms=49 * 16, depth=5)
+
+
+def test_rpn_proposals_are_torchvisions(pyramid_net):
+    """The network's proposals from its RPN outputs against AnchorGenerator (sizes 32
+    .. 512 on P2 .. P6, ratios 0.5, 1, 2, rounded, at the cells' corners) and
+    filter_proposals (top 30 per level, decode, clip, small boxes out, NMS 0.7 per
+    level, the best 12): a wrong anchor order or shape moves the boxes."""
+    model, state, out = pyramid_net
+    grids = [p.shape[1:3] for p in out["P"]]
+    anchors, counts = ref.grid_anchors((SIDE, SIDE), grids, [(32,), (64,), (128,), (256,),
+                                                            (512,)], (0.5, 1.0, 2.0))
+    found = ref.filter_proposals(anchors, out["rpn_objectness"], out["rpn_deltas"], counts,
+                                 (SIDE, SIDE), pre_nms_top_n=30, post_nms_top_n=12)
+    for boxes, valid, (expected, _) in zip(out["proposals"], out["proposal_valid"], found):
+        assert valid.sum() == len(expected) > 4
+        np.testing.assert_allclose(boxes[valid], expected, rtol=1e-5, atol=1e-4 * SIDE)
 
 
 @pytest.mark.parametrize("pyramid_net", ["mask_rcnn"], indirect=True)
@@ -262,7 +282,8 @@ def test_fast_rcnn_is_the_caffe_definition():
     proposals (corners on half cells: Caffe rounds halves away from zero) ROIPooling
     7x7 at 1/16, fc6 on the (C, H, W) flattening, fc7, cls_score and bbox_pred."""
     rng = np.random.default_rng(11)
-    model = kvision.create("fast_rcnn", classes=CLASSES, input_shape=(FAST_SIDE, FAST_SIDE, 3),
+    model = kvision.create("fast_rcnn", classes=CLASSES,
+                           input_shape=(FAST_SIDE, FAST_SIDE, 3),
                            representation=32, max_proposals=FAST_ROIS.shape[1])
     body = model.get_layer("backbone")
     _randomize(body.layers, rng, kernels=False)

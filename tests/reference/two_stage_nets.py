@@ -3,7 +3,8 @@
 Faster R-CNN and Mask R-CNN from torchvision's module code (``fasterrcnn_resnet50_fpn``
 and ``maskrcnn_resnet50_fpn``): ``ops/feature_pyramid_network.py``
 (FeaturePyramidNetwork, LastLevelMaxPool), ``models/detection/rpn.py`` (RPNHead,
-``concat_box_prediction_layers``' permute-and-flatten), ``ops/poolers.py``
+``concat_box_prediction_layers``' permute-and-flatten, filter_proposals),
+``models/detection/anchor_utils.py`` (AnchorGenerator), ``ops/poolers.py``
 (MultiScaleRoIAlign, LevelMapper), ``models/detection/faster_rcnn.py`` (TwoMLPHead,
 FastRCNNPredictor), ``models/detection/mask_rcnn.py`` (MaskRCNNHeads,
 MaskRCNNPredictor) and ``models/detection/_utils.py`` (BoxCoder.decode_single).
@@ -163,6 +164,93 @@ def clip_boxes_to_image(boxes, size):
     out[..., 0::2] = np.clip(out[..., 0::2], 0, width)
     out[..., 1::2] = np.clip(out[..., 1::2], 0, height)
     return out
+
+
+# ---- models/detection/anchor_utils.py, rpn.py (filter_proposals) ----
+
+def generate_anchors(scales, aspect_ratios):
+    """AnchorGenerator.generate_anchors: ``h_ratios = sqrt(ratios)``, ``w_ratios = 1 /
+    h_ratios``, ratio-major ``ws``/``hs``, ``round([-ws, -hs, ws, hs] / 2)`` (torch's
+    round: half to even, as NumPy's)."""
+    scales = np.asarray(scales, np.float32)
+    aspect_ratios = np.asarray(aspect_ratios, np.float32)
+    h_ratios = np.sqrt(aspect_ratios)
+    w_ratios = 1 / h_ratios
+    ws = (w_ratios[:, None] * scales[None, :]).reshape(-1)
+    hs = (h_ratios[:, None] * scales[None, :]).reshape(-1)
+    return np.round(np.stack([-ws, -hs, ws, hs], axis=1) / 2)
+
+
+def grid_anchors(image_size, grid_sizes, sizes, aspect_ratios):
+    """AnchorGenerator.forward for one image: per level, ``stride = image // grid``
+    (integer), shifts ``arange(grid) * stride`` (the cells' top-left corners), anchors
+    ``(shifts.view(-1, 1, 4) + base.view(1, -1, 4)).reshape(-1, 4)``; the levels
+    concatenated. Returns the anchors and the count per level."""
+    anchors = []
+    for (gh, gw), level_sizes in zip(grid_sizes, sizes):
+        sy, sx = image_size[0] // gh, image_size[1] // gw
+        shift_y, shift_x = np.meshgrid(np.arange(gh) * sy, np.arange(gw) * sx,
+                                       indexing="ij")
+        shifts = np.stack([shift_x.ravel(), shift_y.ravel(), shift_x.ravel(),
+                           shift_y.ravel()], axis=1)
+        base = generate_anchors(level_sizes, aspect_ratios)
+        anchors.append((shifts[:, None, :] + base[None, :, :]).reshape(-1, 4))
+    return np.concatenate(anchors), [len(a) for a in anchors]
+
+
+def nms(boxes, scores, iou_threshold):
+    """``torchvision.ops.nms``: indices by decreasing score, dropping every box whose
+    IoU (areas ``(x2 - x1)(y2 - y1)``) with a kept one is above the threshold."""
+    order = np.argsort(-scores, kind="stable")
+    areas = box_area(boxes)
+    keep = []
+    while len(order):
+        i, rest = order[0], order[1:]
+        keep.append(i)
+        lt = np.maximum(boxes[i, :2], boxes[rest, :2])
+        rb = np.minimum(boxes[i, 2:], boxes[rest, 2:])
+        inter = np.prod(np.clip(rb - lt, 0, None), axis=1)
+        iou = inter / (areas[i] + areas[rest] - inter)
+        order = rest[iou <= iou_threshold]
+    return np.asarray(keep, np.int64)
+
+
+def batched_nms(boxes, scores, idxs, iou_threshold):
+    """``batched_nms``: NMS within each ``idxs`` value, the kept indices sorted by
+    decreasing score."""
+    keep = np.concatenate([np.nonzero(idxs == k)[0][nms(boxes[idxs == k], scores[idxs == k],
+                                                         iou_threshold)]
+                           for k in np.unique(idxs)])
+    return keep[np.argsort(-scores[keep], kind="stable")]
+
+
+def filter_proposals(anchors, objectness, deltas, num_anchors_per_level, image_size, *,
+                     pre_nms_top_n, post_nms_top_n, nms_thresh=0.7, min_size=1e-3,
+                     score_thresh=0.0):
+    """RegionProposalNetwork: ``box_coder.decode`` (weights 1) of every anchor, then
+    filter_proposals per image: the ``pre_nms_top_n`` best logits of each level
+    (``min`` with the level's count), sigmoid, clip_boxes_to_image,
+    remove_small_boxes(min_size), scores >= score_thresh, batched_nms by level, the
+    first ``post_nms_top_n``. Returns a list of ``(boxes, scores)`` per image."""
+    levels = np.concatenate([np.full(n, i) for i, n in enumerate(num_anchors_per_level)])
+    starts = np.cumsum([0, *num_anchors_per_level])
+    found = []
+    for logits, codes in zip(objectness, deltas):
+        proposals = decode_boxes(codes.astype(np.float64), anchors,
+                                 (1.0, 1.0, 1.0, 1.0))[:, 0]
+        top = np.concatenate([
+            start + np.argsort(-logits[start:end], kind="stable")[:pre_nms_top_n]
+            for start, end in zip(starts[:-1], starts[1:])])  # min(top_n, the level's)
+        boxes = clip_boxes_to_image(proposals[top], image_size)
+        scores = 1 / (1 + np.exp(-logits[top].astype(np.float64)))
+        lvl = levels[top]
+        sides = boxes[:, 2:] - boxes[:, :2]
+        keep = (sides >= min_size).all(axis=1)          # remove_small_boxes
+        keep &= scores >= score_thresh
+        boxes, scores, lvl = boxes[keep], scores[keep], lvl[keep]
+        keep = batched_nms(boxes, scores, lvl, nms_thresh)[:post_nms_top_n]
+        found.append((boxes[keep], scores[keep]))
+    return found
 
 
 # ---- Fast R-CNN: models/VGG16/test.prototxt ----
