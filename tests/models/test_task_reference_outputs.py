@@ -73,6 +73,13 @@ def chw_columns(weight, channels):
     return weight.reshape(out, side, side, channels).transpose(0, 3, 1, 2).reshape(out, -1)
 
 
+def build(name, seed, **kwargs):
+    """``kvision.create(name, **kwargs)`` with seeded kernels (reproducible runs) and
+    :func:`randomize_weights`' biases and BatchNorm statistics."""
+    keras.utils.set_random_seed(seed)
+    return randomize_weights(kvision.create(name, **kwargs), seed=seed)
+
+
 def images(size, seed, low=0.0, high=255.0, n=2):
     return np.random.default_rng(seed).uniform(low, high, (n, size, size, 3)).astype(
         "float32")
@@ -98,9 +105,8 @@ def test_yolov1_follows_figure_3(batch_norm):
     conv22, where darknet's pad 1 on every side and Keras' "same" (0 before, 1
     after) sample different pixels; S=2, B=2, C=3. Also with ``batch_norm`` (darknet's
     yolov1.cfg retraining)."""
-    model = randomize_weights(kvision.create(
-        "yolov1", classes=3, input_shape=(64, 64, 3), grid=2, width=1 / 16,
-        batch_norm=batch_norm), seed=41)
+    model = build("yolov1", 41, classes=3, input_shape=(64, 64, 3), grid=2,
+                  width=1 / 16, batch_norm=batch_norm)
     state = {re.sub(r"^(conv\d+)_(conv|bn)\.", lambda m: f"{m[1]}." + (
         "bn." if m[2] == "bn" else ""), k): v for k, v in keras_state(model).items()}
     state["fc1.weight"] = chw_columns(state["fc1.weight"],
@@ -125,8 +131,7 @@ def _check_heads(got, expected, terms, depth):
 def test_yolov3_follows_keras_yolo3_yolo_body():
     """Darknet-53 + yolo_body, 3 classes at 32x32 (1, 2, 4 cells): the concat order,
     the upsampling and every head; raw pixels in (kvision's documented input)."""
-    model = randomize_weights(kvision.create("yolov3", classes=3,
-                                             input_shape=(32, 32, 3)), seed=42)
+    model = build("yolov3", 42, classes=3, input_shape=(32, 32, 3))
     state = Tracked(keras_state(model))
     x = images(32, seed=5)
     expected = task_nets.yolov3(state, nchw(x))
@@ -155,8 +160,7 @@ def test_yolov3_tiny_follows_darknet_cfg():
     yolo_head formula on the reference's outputs."""
     from kvision.layers.yolo import YOLOv3Decode
 
-    model = randomize_weights(kvision.create("yolov3_tiny", classes=3, width=0.25,
-                                             input_shape=(64, 64, 3)), seed=43)
+    model = build("yolov3_tiny", 43, classes=3, width=0.25, input_shape=(64, 64, 3))
     state = Tracked(keras_state(model))
     x = images(64, seed=6)
     expected = task_nets.yolov3_tiny(state, nchw(x) / 255.0)
@@ -208,9 +212,8 @@ def test_stacked_hourglass_follows_bearpaw_hourglass_py():
     """2 stacks of depth 2 with 2 bottlenecks per residual (the stem's stay single,
     as bearpaw's layer1-3), 16 channels, 3 joints, at 64x64 (16x16 heatmaps): both
     stacks' heatmaps, so the fc_/score_ re-injection between them counts."""
-    model = randomize_weights(kvision.create(
-        "stacked_hourglass", keypoints=3, stacks=2, features=16, depth=2, blocks=2,
-        input_shape=(64, 64, 3)), seed=44)
+    model = build("stacked_hourglass", 44, keypoints=3, stacks=2, features=16, depth=2,
+                  blocks=2, input_shape=(64, 64, 3))
     state = {}
     for key, value in keras_state(model).items():
         layer, _, what = key.rpartition(".")
@@ -230,8 +233,7 @@ def test_stacked_hourglass_follows_bearpaw_hourglass_py():
 def test_localizer_follows_its_documented_layout():
     """VGG-16 body at 32x32 (a 1x1x512 map), 5 classes: class and box branches.
     The caffe preprocessing is keras.applications' vgg16.preprocess_input."""
-    model = randomize_weights(kvision.create("localizer", classes=5,
-                                             input_shape=(32, 32, 3)), seed=45)
+    model = build("localizer", 45, classes=5, input_shape=(32, 32, 3))
     raw = keras_state(model)
     convs = sorted({k.rsplit(".", 1)[0] for k in raw
                     if re.match(r"block\d_conv\d\.", k)})  # block1_conv1 .. block5_conv3
@@ -263,7 +265,7 @@ def test_localizer_follows_its_documented_layout():
 def test_embedding_net_follows_its_documented_layout():
     """width 4 (4, 8, 16, 32 channels), 8 dimensions, 32x32 raw pixels: a 4x4x32 map
     flattened into the projection, then unit length."""
-    model = randomize_weights(kvision.create("embedding_net", dim=8, width=4), seed=46)
+    model = build("embedding_net", 46, dim=8, width=4)
     state = keras_state(model)
     state["projection.weight"] = chw_columns(state["projection.weight"], 32)
     state = Tracked(state)
