@@ -31,6 +31,57 @@ def test_keras_weights_load_and_give_the_same_outputs(b):
                                        include_tops=tops) <= 1e-5
 
 
+@pytest.fixture
+def zero_initial_kernels(monkeypatch):
+    """Builds without drawing random kernels (half the CPU of building a large
+    EfficientNet goes into keras' truncated normals): every VarianceScaling
+    initializer (keras' and kvision's conv/dense kernels) gives zeros, and the test
+    draws the weights it compares with."""
+    monkeypatch.setattr(keras.initializers.VarianceScaling, "__call__",
+                        lambda self, shape, dtype=None: keras.ops.zeros(shape, dtype))
+
+
+def _random_kernels(model, seed):
+    """Fan-in scaled normal kernels (depthwise: over the window), so the logits of a
+    deep network stay O(1); biases and BatchNorm from ``randomize_weights``."""
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        for variable in layer.weights:
+            if variable.path.endswith("kernel"):
+                shape = tuple(variable.shape)
+                fan_in = np.prod(shape[:2] if isinstance(
+                    layer, keras.layers.DepthwiseConv2D) else shape[:-1])
+                variable.assign(rng.standard_normal(shape, dtype=np.float32)
+                                * np.float32(np.sqrt(1.0 / fan_in)))
+    return testing.randomize_weights(model, seed)
+
+
+@pytest.mark.parametrize("b", [1, 2, 4, 5, 6])
+def test_the_other_members_compute_what_keras_applications_computes(
+        b, zero_initial_kernels):
+    """B1, B2, B4, B5, B6 at their cheapest (the file loader is B0's test above):
+    keras.applications' network with random weights (BatchNorm statistics too) and
+    3 classes at 32x32, its weights set into kvision's by order, and the logits of
+    one image compared. A stage's repeat count or kernel size off fails the copy; a
+    padding, activation or width off, the comparison."""
+    common = dict(weights=None, input_shape=SMALL, classes=3, classifier_activation=None)
+    reference = _random_kernels(
+        getattr(keras.applications, f"EfficientNetB{b}")(**common), seed=b)
+    model = kvision.create(f"efficientnet_b{b}", **common)
+    model.set_weights(reference.get_weights())
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Normalization):
+            layer.finalize_state()  # as loading a weights file does
+    x = np.random.default_rng(b).uniform(0, 255, (1, *SMALL)).astype("float32")
+    expected = np.asarray(reference(x, training=False))
+    assert np.ptp(expected) > 0.1 * np.abs(expected).max() > 0  # not degenerate
+    # The same layers in the same order (0.0 here): B0's parity bound, 1e-5 of the
+    # logits' size (~0.1 here, so not floored at 1: the SE gate made hard_sigmoid
+    # moves them by 2e-4).
+    np.testing.assert_allclose(np.asarray(model(x, training=False)), expected, rtol=0,
+                               atol=1e-5 * np.abs(expected).max())
+
+
 def _paper_round(channels, width):
     # The paper's rounding: nearest multiple of 8, at least 8, never 10% below.
     rounded = max(8, int(channels * width + 4) // 8 * 8)
