@@ -80,9 +80,13 @@ class ModelInfo:
             "top5"`` (ImageNet validation, %), ``"source"}``; None if none.
         accuracy: the published single-model ImageNet validation accuracy,
             ``{"top1", "top5", "source"}`` in % (:func:`published`; ``top5`` None
-            where the source gives none). Filled from ``checkpoint`` or from
+            where the source gives none): that of the weights ``weights="imagenet"``
+            loads where it loads any. Filled from ``checkpoint`` or from
             keras.applications' table (:data:`KERAS_APPLICATIONS_ACCURACY`) when not
             given; None for networks never trained on ImageNet (LeNet-5, task models).
+        paper_accuracy: the paper's own single-model figure, as ``accuracy``, where
+            the weights kvision loads report another (a timm checkpoint of a later
+            training recipe: SE-Net, Inception-v4); None elsewhere.
         ilsvrc: the ILSVRC classification entry the network (or its family) won or
             placed with, ``{"year", "top5_error", "entry", "source"}`` (test-set
             top-5 error, %, :func:`ilsvrc_entry`); None for most networks.
@@ -109,6 +113,7 @@ class ModelInfo:
     torch_layout: str | None = None
     checkpoint: dict | None = None
     accuracy: dict | None = None
+    paper_accuracy: dict | None = None
     ilsvrc: dict | None = None
 
     @property
@@ -185,6 +190,12 @@ def register(name: str, **metadata):
                          f"got {accuracy!r}.")
     else:
         metadata["accuracy"] = published(**accuracy)
+    paper = metadata.get("paper_accuracy")
+    if paper is not None:
+        if not isinstance(paper, dict) or set(paper) != {"top1", "top5", "source"}:
+            raise ValueError(f"paper_accuracy of {name!r}: expected published(top1, top5, "
+                             f"source), got {paper!r}.")
+        metadata["paper_accuracy"] = published(**paper)
 
     def decorator(builder):
         if name in _REGISTRY:

@@ -6,8 +6,8 @@ its weights into the kvision model. A local file is a Keras 3 ``.weights.h5`` (o
 legacy ``.h5``); before loading, its variables are compared with the model's, and a
 mismatch is a ``ValueError`` naming the first variables that differ.
 :func:`load_torch_checkpoint` reads a PyTorch ``.pth`` state dict as NumPy arrays
-without torch (see :mod:`kvision.torch_checkpoint`); a network of torchvision's
-layout (``ModelInfo.torch_layout``) takes such a file as ``weights=`` (see
+without torch (see :mod:`kvision.torch_checkpoint`); a network of torchvision's or
+timm's layout (``ModelInfo.torch_layout``) takes such a file as ``weights=`` (see
 :mod:`kvision.weights_torch`).
 """
 
@@ -20,7 +20,7 @@ import keras
 import numpy as np
 
 from kvision.torch_checkpoint import load_torch_checkpoint  # noqa: F401  (public here)
-from kvision.weights_torch import TORCH_EXTENSIONS, load_torch_file
+from kvision.weights_torch import LAYOUTS, TORCH_EXTENSIONS, load_torch_file
 
 
 def check_weights_argument(info, weights, *, include_top, classes,
@@ -51,24 +51,32 @@ def check_weights_argument(info, weights, *, include_top, classes,
                 f"None or 'softmax', got {classifier_activation!r}."
             )
         return
+    publisher = torch_publisher(info)
     if not os.path.isfile(weights):
         raise FileNotFoundError(
             f"Weights file not found: {weights!r} (expected 'imagenet', None or an "
             f"existing .weights.h5 file"
-            + (", or a torchvision .pth checkpoint)." if info.torch_layout else ").")
+            + (f", or a {publisher} .pth checkpoint)." if publisher else ").")
         )
     if weights.endswith(TORCH_EXTENSIONS):
-        if info.torch_layout is None:
+        if publisher is None:
             raise ValueError(
-                f"{info.name} does not follow a torchvision layout, so it cannot take "
-                f"the PyTorch checkpoint {weights!r}; pass a Keras .weights.h5 file.")
+                f"{info.name} follows neither a torchvision nor a timm layout, so it "
+                f"cannot take the PyTorch checkpoint {weights!r}; pass a Keras "
+                f".weights.h5 file.")
         return
     if not weights.endswith(".h5"):
         raise ValueError(
             f"Weights file {weights!r} must be a Keras '.weights.h5' (or legacy "
             f"'.h5') file"
-            + (", or a torchvision '.pth' checkpoint." if info.torch_layout else ".")
+            + (f", or a {publisher} '.pth' checkpoint." if publisher else ".")
         )
+
+
+def torch_publisher(info):
+    """Whose state-dict names a network's ``.pth`` files follow ("torchvision" or
+    "timm", :attr:`kvision.weights_torch.Layout.publisher`); None if it takes none."""
+    return None if info.torch_layout is None else LAYOUTS[info.torch_layout].publisher
 
 
 def load_into(model, weights, info, *, include_top=True, keras_kwargs=None):

@@ -356,7 +356,7 @@ def download_checkpoint(info):
                                     cache_subdir=os.path.join("kvision", publisher))
     except Exception as error:  # no network, refused, interrupted
         raise ConnectionError(
-            f"Could not download the ImageNet weights of {info.name} from "
+            f"Could not download {publisher}'s ImageNet weights of {info.name} from "
             f"{checkpoint['url']} ({error}). Offline, pass a local .pth or .weights.h5 "
             f"file as `weights=`.") from error
     digest = hashlib.sha256()
@@ -406,14 +406,15 @@ def torchvision_weights(layout, filename, top1, top5):
                         source="torchvision IMAGENET1K_V1 metadata (acc@1, acc@5)"))
 
 
-def timm_weights(layout, url, top1, top5, *, tag, preprocessing="torch", label_offset=0):
+def timm_weights(layout, url, top1, top5, *, tag, row, preprocessing="torch",
+                 label_offset=0):
     """The registry metadata of a network with timm's checkpoint at ``url`` (a
     GitHub release file ``name-<sha256 prefix>.pth`` named by timm's pretrained cfg
-    ``tag``) and the accuracy timm's ``results/results-imagenet.csv`` gives the tag
-    at the network's default size (%)."""
+    ``tag``) and the accuracy (%) timm's ``results/results-imagenet.csv`` gives that
+    file: ``row`` says which row, at which size and timm commit."""
     sha256 = url.rsplit("-", 1)[1].split(".pth")[0]
     return dict(
         torch_layout=layout, preprocessing=preprocessing, imagenet_loader=imagenet_loader,
         checkpoint=dict(url=url, sha256=sha256, top1=top1, top5=top5, publisher="timm",
                         label_offset=label_offset,
-                        source=f"timm {tag}, results-imagenet.csv (top1, top5)"))
+                        source=f"timm {tag}, results-imagenet.csv (top1, top5): {row}"))

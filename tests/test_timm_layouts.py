@@ -7,6 +7,7 @@ compared with ``reference/timm_nets.py`` (timm's forward in NumPy, written from
 timm's module code, not from kvision's).
 """
 
+import keras
 import numpy as np
 import pytest
 
@@ -88,3 +89,23 @@ def test_reference_counts_equal_timms_published_counts():
     assert trainable(timm.seresnet_shapes()) == 28_088_024
     assert trainable(timm.seresnet_shapes(groups=32, base_width=4)) == 27_559_896
     assert trainable(timm.inception_v4_shapes()) == 42_679_816
+
+
+def test_errors_name_timm_for_timms_networks(tmp_path, monkeypatch):
+    """A timm network's .pth files and download are timm's, not torchvision's."""
+    from kvision.weights_torch import download_checkpoint
+
+    with pytest.raises(FileNotFoundError, match=r"or a timm \.pth checkpoint\)"):
+        kvision.create("se_resnet50", weights=tmp_path / "missing.pth")
+    other = tmp_path / "weights.npz"
+    other.write_bytes(b"")
+    with pytest.raises(ValueError, match=r"or a timm '\.pth' checkpoint\.$"):
+        kvision.create("inception_v4", weights=other)
+
+    def offline(*args, **kwargs):
+        raise Exception("URL fetch failure: no network")
+
+    monkeypatch.setattr(keras.utils, "get_file", offline)
+    with pytest.raises(ConnectionError, match=r"^Could not download timm's ImageNet "
+                                              r"weights of se_resnext50_32x4d from https"):
+        download_checkpoint(kvision.get_info("se_resnext50_32x4d"))

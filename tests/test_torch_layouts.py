@@ -121,7 +121,7 @@ def write_empty(path):
 def test_pth_files_only_for_torchvision_layouts(tmp_path):
     path = tmp_path / "weights.pth"
     path.write_bytes(b"")
-    with pytest.raises(ValueError, match="does not follow a torchvision layout"):
+    with pytest.raises(ValueError, match="follows neither a torchvision nor a timm layout"):
         kvision.create("resnet50", weights=path)
     with pytest.raises(FileNotFoundError, match="or a torchvision .pth checkpoint"):
         kvision.create("resnet18", weights=tmp_path / "missing.pth")
@@ -136,8 +136,9 @@ def test_imagenet_offline_is_a_clear_connection_error(monkeypatch, tmp_path):
         raise Exception("URL fetch failure: no network")
 
     monkeypatch.setattr(keras.utils, "get_file", offline)
-    with pytest.raises(ConnectionError, match=r"resnet18-f37072fd\.pth.*Offline, pass a "
-                                              r"local \.pth or \.weights\.h5 file"):
+    with pytest.raises(ConnectionError, match=r"torchvision's ImageNet weights of "
+                                              r"resnet18 .*resnet18-f37072fd\.pth.*Offline, "
+                                              r"pass a local \.pth or \.weights\.h5 file"):
         kvision.create("resnet18", weights="imagenet")
     assert not list(tmp_path.rglob("*.weights.h5"))
 

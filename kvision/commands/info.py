@@ -27,10 +27,37 @@ def run(args) -> int:
     print(f"parameters:   {p.total_params:,} ({p.trainable_params:,} trainable); "
           f"reference {info.num_params:,} ({info.params_convention}, {info.params_source})")
     print(f"GFLOPs:       {p.gflops:.3f} (multiply-accumulates)")
-    print(f"weights:      {p.size_mb:.1f} MB float32; ImageNet: "
-          f"{'keras.applications.' + info.keras_application if info.keras_application else 'none'}")
+    print(f"weights:      {p.size_mb:.1f} MB float32; ImageNet: {imagenet_weights(info)}")
+    for line in accuracy_lines(info):
+        print(line)
     stages = ", ".join(f"{s}: {n}" for s, n in sorted(info.stage_outputs.items()))
     print(f"stages:       {stages or '-'}")
     if not args.no_summary:
         model.summary(line_length=110)
     return 0
+
+
+def imagenet_weights(info) -> str:
+    """What ``weights="imagenet"`` loads: keras.applications' file, a torchvision or
+    timm checkpoint (its URL), another package's, or none."""
+    if info.keras_application:
+        return f"keras.applications.{info.keras_application}"
+    if info.checkpoint:
+        return f"{info.checkpoint['publisher']} checkpoint {info.checkpoint['url']}"
+    return "the builder's own converter (see its docstring)" if info.imagenet_loader else "none"
+
+
+def _figure(accuracy) -> str:
+    top5 = "-" if accuracy["top5"] is None else f"{accuracy['top5']:.1f}"
+    return f"top-1 {accuracy['top1']:.1f} / top-5 {top5} % ({accuracy['source']})"
+
+
+def accuracy_lines(info) -> list:
+    """The published ImageNet accuracy ``kvision list`` shows (that of the weights
+    ``weights="imagenet"`` loads), and the paper's where it differs."""
+    if info.accuracy is None:
+        return ["accuracy:     none published (not trained on ImageNet)"]
+    lines = [f"accuracy:     {_figure(info.accuracy)}"]
+    if info.paper_accuracy:
+        lines.append(f"  the paper: {_figure(info.paper_accuracy)}")
+    return lines

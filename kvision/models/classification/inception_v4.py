@@ -124,14 +124,19 @@ def inception_v4_body(x):
           params_convention="trainable",
           params_source="timm inception_v4, trainable parameters",
           stage_outputs={4: "mixed_4a", 8: "mixed_5e", 16: "mixed_6h", 32: "mixed_7d"},
-          accuracy=published(80.0, 95.0, "Szegedy et al. 2016, Table 2: single crop, "
-                             "val error 20.0 / 5.0"),
+          paper_accuracy=published(80.0, 95.0, "Szegedy et al. 2016, Table 2: single "
+                                   "crop, val error 20.0 / 5.0"),
           # timm's inception_v4.tf_in1k (Cadene's port of TF-slim's weights): its
           # classifier has TF-slim's background class first (timm's label_offset 1).
+          # timm dropped this file's url for a hub copy without that class in
+          # 960a8825 (2023-05); its accuracy is the csv row of when the cfg still
+          # loaded it (the hub copy's row reads 80.144 / 94.982).
           **timm_weights("inception_v4", "https://github.com/rwightman/pytorch-image-"
                          "models/releases/download/v0.1-cadene/inceptionv4-8e4777a0.pth",
-                         80.144, 94.982, tag="inception_v4.tf_in1k", preprocessing="tf",
-                         label_offset=1))
+                         80.168, 94.968, tag="inception_v4.tf_in1k",
+                         row="row inception_v4 at 299, timm 960f5f92 (2022-12), when "
+                             "the cfg's url was this file",
+                         preprocessing="tf", label_offset=1))
 def InceptionV4(include_top=True, weights=None, input_tensor=None, input_shape=None,
                 pooling=None, classes=1000, classifier_activation="softmax",
                 name=None):

@@ -13,23 +13,30 @@ from kvision.weights_torch import timm_weights
 PAPER = "Squeeze-and-Excitation Networks"
 
 
-# The paper's single-crop validation figures (Table 2; a timm checkpoint of another
-# training recipe reports its own in ModelInfo.checkpoint) and SENet's ILSVRC entry.
+# The paper's single-crop validation figures (Table 2), kept as paper_accuracy: the
+# accuracy the registry lists is the timm checkpoint's, which weights="imagenet" loads.
+# And SENet's ILSVRC entry: the paper's abstract gives 2.251 % top-5 test error for
+# the winning classification submission; the team name is the authors' README's
+# (github.com/hujie-frank/SENet: "we won the 1st place (Team name: WMW)").
 PUBLISHED = {
     "se_resnet50": dict(
-        accuracy=published(76.71, 93.38, "Hu et al. 2017, Table 2: SE-ResNet-50, "
-                           "val error 23.29 / 6.62"),
+        paper_accuracy=published(76.71, 93.38, "Hu et al. 2017, Table 2: SE-ResNet-50, "
+                                 "val error 23.29 / 6.62"),
         ilsvrc=ilsvrc_entry(2017, 2.251, "SENet, winner (team WMW): an ensemble of SE "
                             "networks, SENet-154 the largest",
-                            "Hu et al. 2017, the ILSVRC 2017 section")),
+                            "Hu et al. 2017, abstract (2.251 %); team name WMW: the "
+                            "authors' README, github.com/hujie-frank/SENet")),
     "se_resnext50_32x4d": dict(
-        accuracy=published(78.90, 94.51, "Hu et al. 2017, Table 2: SE-ResNeXt-50, "
-                           "val error 21.10 / 5.49")),
+        paper_accuracy=published(78.90, 94.51, "Hu et al. 2017, Table 2: SE-ResNeXt-50, "
+                                 "val error 21.10 / 5.49")),
 }
 
 
-# timm's pretrained cfgs (timm/models/resnet.py): tag, checkpoint, top-1/top-5 at 224.
+# timm's pretrained cfgs (timm/models/resnet.py): tag, checkpoint (the cfg's url),
+# top-1/top-5 at 224 in timm's results/results-imagenet.csv (rows seresnet50.ra2_in1k
+# and seresnext50_32x4d.racm_in1k at img_size 224, timm commit 4e5207c7, 2025-10).
 _RELEASES = "https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-weights"
+_ROW = "row {tag} at 224, timm 4e5207c7 (2025-10), whose cfg url is this file"
 TIMM = {"se_resnet50": ("seresnet50.ra2_in1k", "seresnet50_ra_224-8efdb4bb.pth",
                         80.260, 95.068),
         "se_resnext50_32x4d": ("seresnext50_32x4d.racm_in1k",
@@ -44,7 +51,8 @@ def _register(name, depth, num_params, timm_name):
         min_size=32, num_params=num_params, params_convention="trainable",
         params_source=f"timm {timm_name}, trainable parameters",
         stage_outputs=stage_outputs(depth), keras_application=None, **PUBLISHED[name],
-        **timm_weights("seresnet", f"{_RELEASES}/{filename}", top1, top5, tag=tag))
+        **timm_weights("seresnet", f"{_RELEASES}/{filename}", top1, top5, tag=tag,
+                       row=_ROW.format(tag=tag)))
 
 
 def senet(registry_name, depth, args, **body_kwargs):
