@@ -16,6 +16,7 @@ import pytest
 
 import kvision
 from kvision.layers.rcnn import BoxHeadDecode
+from kvision.models.detection import rcnn
 from kvision.ops import rcnn as rcnn_ops
 from kvision.testing import float32_atol
 from reference import two_stage_nets as ref
@@ -142,6 +143,8 @@ def pyramid_net(request):
                            backbone=_tiny_body(), fpn_channels=16, representation=32,
                            rpn_pre_nms_top_n=(30, 30), rpn_post_nms_top_n=(12, 12), **extra)
     _randomize(_all_layers(model), rng)
+    score = model.get_layer("box_head").get_layer("cls_score")
+    score.set_weights([w * 0.2 for w in score.get_weights()])  # several classes > 0.05
     taps = {"C": [model.get_layer(f"fpn_inner{i}").input for i in range(4)],
             "P": [model.get_layer(f"fpn_layer{i}").output for i in range(4)]
             + [model.get_layer("fpn_pool").output], **model.output}
@@ -149,11 +152,11 @@ def pyramid_net(request):
     # so that its proposals land in the image).
     images = rng.uniform(0, 1, (2, SIDE, SIDE, 3)).astype("float32")
     out = keras.tree.map_structure(np.asarray, keras.Model(model.input, taps)(images))
-    return model, _torchvision_state(model, 16), out
+    return model, _torchvision_state(model, 16), out, images
 
 
 def test_fpn_and_rpn_are_torchvisions_on_every_level(pyramid_net):
-    model, state, out = pyramid_net
+    model, state, out, _ = pyramid_net
     maps = ref.fpn(state, [_nchw(c) for c in out["C"]])
     assert [m.shape[-1] for m in maps] == [32, 16, 8, 4, 2]
     for got, expected in zip(out["P"], maps):
@@ -171,7 +174,7 @@ def test_level_mapping_and_box_head_are_torchvisions(pyramid_net):
     """A fixed set of RoIs, one or more on each of P2..P5, through the network's own
     pooler and box head, against MultiScaleRoIAlign (7x7, sampling 2) and TwoMLPHead
     + FastRCNNPredictor; then the network's outputs on its own proposals."""
-    model, state, out = pyramid_net
+    model, state, out, _ = pyramid_net
     boxes = [r.astype(np.float64) for r in ROIS]
     levels = ref.map_levels(np.concatenate(boxes), 2, 5)
     assert set(levels) == {0, 1, 2, 3}
@@ -199,7 +202,7 @@ def test_rpn_proposals_are_torchvisions(pyramid_net):
     .. 512 on P2 .. P6, ratios 0.5, 1, 2, rounded, at the cells' corners) and
     filter_proposals (top 30 per level, decode, clip, small boxes out, NMS 0.7 per
     level, the best 12): a wrong anchor order or shape moves the boxes."""
-    model, state, out = pyramid_net
+    model, state, out, _ = pyramid_net
     grids = [p.shape[1:3] for p in out["P"]]
     anchors, counts = ref.grid_anchors((SIDE, SIDE), grids, [(32,), (64,), (128,), (256,),
                                                             (512,)], (0.5, 1.0, 2.0))
@@ -210,12 +213,39 @@ def test_rpn_proposals_are_torchvisions(pyramid_net):
         np.testing.assert_allclose(boxes[valid], expected, rtol=1e-5, atol=1e-4 * SIDE)
 
 
+def test_detections_are_torchvisions_postprocess(pyramid_net):
+    """The detections from the network's box head on its proposals against
+    RoIHeads.postprocess_detections (score 0.05, per-class NMS 0.5, 100 per image):
+    :func:`rcnn.inference_model`'s (Faster R-CNN) and the boxes Mask R-CNN's own mask
+    branch pools (``mask_boxes``)."""
+    model, state, out, images = pyramid_net
+    expected = [ref.postprocess_detections(logits[valid], deltas[valid], boxes[valid],
+                                           (SIDE, SIDE))
+                for logits, deltas, boxes, valid in zip(
+                    out["class_logits"], out["box_deltas"], out["proposals"],
+                    out["proposal_valid"])]
+    if "mask_boxes" in out:
+        for boxes, (want, _, _) in zip(out["mask_boxes"], expected):
+            assert len(want) > 3
+            np.testing.assert_allclose(boxes[:len(want)], want, rtol=1e-5, atol=1e-4 * SIDE)
+            assert not boxes[len(want):].any()          # padding
+        return
+    found = keras.tree.map_structure(np.asarray, rcnn.inference_model(model)(images))
+    for i, (boxes, scores, labels) in enumerate(expected):
+        assert found["num_detections"][i] == len(boxes) > 3
+        np.testing.assert_allclose(found["boxes"][i, :len(boxes)], boxes, rtol=1e-5,
+                                   atol=1e-4 * SIDE)
+        np.testing.assert_allclose(found["scores"][i, :len(boxes)], scores, rtol=1e-5,
+                                   atol=1e-6)
+        np.testing.assert_array_equal(found["classes"][i, :len(boxes)], labels - 1)
+
+
 @pytest.mark.parametrize("pyramid_net", ["mask_rcnn"], indirect=True)
 def test_mask_head_is_torchvisions(pyramid_net):
     """MultiScaleRoIAlign 14x14 + MaskRCNNHeads + MaskRCNNPredictor on the fixed RoIs,
     then on the network's own detections (``mask_boxes``: the best 24 of each image,
     the rest is more of the same)."""
-    model, state, out = pyramid_net
+    model, state, out, _ = pyramid_net
     maps = [_nchw(p) for p in out["P"][:4]]
 
     def reference(boxes):

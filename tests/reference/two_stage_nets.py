@@ -253,6 +253,28 @@ def filter_proposals(anchors, objectness, deltas, num_anchors_per_level, image_s
     return found
 
 
+def postprocess_detections(class_logits, box_regression, proposals, image_size, *,
+                           score_thresh=0.05, nms_thresh=0.5, detections_per_img=100):
+    """RoIHeads.postprocess_detections for one image: decode (10, 10, 5, 5), softmax,
+    clip_boxes_to_image, the background column out, scores > score_thresh,
+    remove_small_boxes(1e-2), batched_nms by label, the first detections_per_img.
+    Returns ``(boxes, scores, labels)`` (labels 1..K)."""
+    boxes = clip_boxes_to_image(decode_boxes(box_regression.astype(np.float64),
+                                             proposals), image_size)
+    logits = class_logits.astype(np.float64)
+    scores = np.exp(logits - logits.max(axis=1, keepdims=True))
+    scores /= scores.sum(axis=1, keepdims=True)
+    labels = np.broadcast_to(np.arange(scores.shape[1]), scores.shape)
+    boxes, scores = boxes[:, 1:].reshape(-1, 4), scores[:, 1:].reshape(-1)
+    labels = labels[:, 1:].reshape(-1)
+    keep = scores > score_thresh
+    sides = boxes[:, 2:] - boxes[:, :2]
+    keep &= (sides >= 1e-2).all(axis=1)
+    boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+    keep = batched_nms(boxes, scores, labels, nms_thresh)[:detections_per_img]
+    return boxes[keep], scores[keep], labels[keep]
+
+
 # ---- Fast R-CNN: models/VGG16/test.prototxt ----
 
 VGG16_CONVS = ("conv1_1", "conv1_2", "M", "conv2_1", "conv2_2", "M", "conv3_1", "conv3_2",
