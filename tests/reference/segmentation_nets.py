@@ -203,8 +203,9 @@ def unet(state, x, padding=0, depth=4):
 
 def deeplab_largefov(state, x, rate=12):
     """Logits at the input size: VGG16 convs (conv5 at rate 2), 3x3 max pools of pad
-    1 (stride 2, 2, 2, 1, 1; Caffe's ceil mode), fc6 3x3 at ``rate`` (pad = rate),
-    fc7 1x1 (both ReLU, dropout at inference none), fc8 1x1; then upsampled
+    1 (stride 2, 2, 2, 1, 1; Caffe's ceil mode), pool5a a 3x3 average of stride 1
+    and pad 1 (Caffe divides by 9 at the border too), fc6 3x3 at ``rate`` (pad =
+    rate), fc7 1x1 (both ReLU, dropout at inference none), fc8 1x1; then upsampled
     bilinearly (kvision's half-pixel resize to the input side; the Caffe model
     interpolates with aligned corners at sides 8k+1)."""
     h = caffe_input(x)
@@ -214,6 +215,7 @@ def deeplab_largefov(state, x, rate=12):
             h = ops.relu(conv(state, f"block{block}_conv{i}", h, padding=dilation,
                               dilation=dilation))
         h = ops.max_pool2d(h, 3, 2 if block <= 3 else 1, padding=1, ceil_mode=True)
+    h = ops.avg_pool2d(h, 3, 1, padding=1, count_include_pad=True)  # pool5a
     h = ops.relu(conv(state, "fc6", h, padding=rate, dilation=rate))
     h = ops.relu(conv(state, "fc7", h))
     h = conv(state, "logits", h)
@@ -221,6 +223,9 @@ def deeplab_largefov(state, x, rate=12):
 
 
 # ---- DeepLabv3+: tensorflow/models research/deeplab/model.py ----
+
+DEEPLAB_BN_EPS = 1e-5  # model.py's batch_norm_params (ASPP and decoder)
+
 
 def deeplabv3_plus_head(state, high, low, out_size, rates, names):
     """Logits from the backbone's output ``high`` and its stride-4 map ``low``.
@@ -238,7 +243,7 @@ def deeplabv3_plus_head(state, high, low, out_size, rates, names):
     def unit(name, h, **kwargs):
         conv_name, bn_name = names[name]
         h = conv(state, conv_name, h, **kwargs)
-        return ops.relu(bn(state, bn_name, h, state[f"{bn_name}.eps"]))
+        return ops.relu(bn(state, bn_name, h, DEEPLAB_BN_EPS))
 
     pooled = unit("image_pooling", high.mean(axis=(2, 3), keepdims=True))
     branches = [np.broadcast_to(pooled, pooled.shape[:2] + high.shape[2:]),

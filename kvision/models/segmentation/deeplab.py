@@ -1,10 +1,17 @@
 """DeepLab v1 and v3+.
 
 - v1 (Chen et al., 2015, "Semantic Image Segmentation with Deep Convolutional Nets and
-  Fully Connected CRFs"), the LargeFOV variant: VGG16 whose pool4/pool5 keep stride 1
-  and whose conv5 layers are atrous (rate 2), so features stay at stride 8; fc6 a 3x3
+  Fully Connected CRFs"), the LargeFOV variant as its Caffe ``train.prototxt`` builds
+  it: VGG16 whose max-pools are 3x3 with one pixel of padding (stride 2 for pool1-3,
+  1 for pool4/pool5) and whose conv5 layers are atrous (rate 2), so features stay at
+  stride 8; pool5a a 3x3 average (stride 1, the padding counted); fc6 a 3x3
   convolution at rate 12 with 1024 filters, fc7 1x1 1024, fc8 the classes; logits
   upsampled 8x bilinearly. (The CRF is post-processing, not part of the network.)
+  Differences, which change no parameter: at even sides a stride-2 pool pads as TF's
+  "same" (its windows start one pixel later and Caffe's extra ceil-mode window is
+  not there; at sides 8k+1, the prototxt's 321, they are Caffe's), and the logits
+  are resized with half-pixel centers (Caffe's Interp aligns corners). Another
+  backbone is made atrous as it is (its own pools).
 - v3+ (Chen et al., 2018, "Encoder-Decoder with Atrous Separable Convolution for
   Semantic Image Segmentation"): an atrous backbone at output stride 16 (8), ASPP
   (a 1x1 conv, three 3x3 atrous convs at rates 6/12/18 — doubled at stride 8 — and
@@ -34,6 +41,8 @@ PAPER_V1 = ("Semantic Image Segmentation with Deep Convolutional Nets and Fully 
             "Connected CRFs")
 PAPER_V3_PLUS = ("Encoder-Decoder with Atrous Separable Convolution for Semantic Image "
                  "Segmentation")
+# The reference's (research/deeplab/model.py batch_norm_params) for ASPP and decoder.
+BN_EPSILON = 1e-5
 
 
 @register("deeplabv1", task="segmentation", family="deeplab", year=2015, paper=PAPER_V1,
@@ -57,6 +66,10 @@ def DeepLabV1(classes=21, input_shape=None, classifier_activation="softmax", wei
     inputs, x = build_backbone(backbone, (None,), input_shape=input_shape,
                                weights=backbone_weights, trainable=trainable_backbone,
                                task="deeplabv1", output_stride=8, **(backbone_kwargs or {}))
+    if isinstance(backbone, str) and backbone.lower() == "vgg16":
+        x = _largefov_pools(x)
+        x = keras.layers.ZeroPadding2D(1, name="pool5a_pad")(x)
+        x = keras.layers.AveragePooling2D(3, strides=1, name="pool5a")(x)
     x = AtrousConv2D(fc_units, 3, padding="same", dilation_rate=atrous_rate,
                      activation="relu", name="fc6")(x)
     x = keras.layers.Dropout(dropout, name="drop6")(x)
@@ -64,6 +77,26 @@ def DeepLabV1(classes=21, input_shape=None, classifier_activation="softmax", wei
     x = keras.layers.Dropout(dropout, name="drop7")(x)
     outputs = _common.classifier(x, classes, activation, reference=inputs)
     return _common.finish(inputs, outputs, name or "deeplabv1", weights)
+
+
+def _largefov_pools(features):
+    """``features`` (the atrous VGG16 backbone's output) recomputed by a copy of that
+    backbone whose max-pools are DeepLab-LargeFOV's: 3x3, stride kept (2, 2, 2, 1,
+    1), "same" padding (one pixel each side at odd sides and at stride 1). Same
+    weights, trainable flags and call as the original."""
+    history = features._keras_history
+    nested = history.operation
+    config = nested.get_config()
+    for layer in config["layers"]:
+        if layer["class_name"] == "MaxPooling2D":
+            layer["config"].update(pool_size=(3, 3), padding="same")
+    rebuilt = type(nested).from_config(config)
+    rebuilt.set_weights(nested.get_weights())
+    for old, new in zip(nested.layers, rebuilt.layers):
+        new.trainable = old.trainable
+    rebuilt.trainable = nested.trainable
+    node = nested._inbound_nodes[history.node_index]
+    return rebuilt(*node.arguments.args, **node.arguments.kwargs)
 
 
 def _check_rates(atrous_rates):
@@ -84,25 +117,26 @@ def _check_rates(atrous_rates):
 def aspp(x, filters, rates, name="aspp"):
     """Atrous spatial pyramid pooling: 1x1, 3x3 at each rate, image pooling; concat,
     1x1. Each conv + BatchNorm + ReLU."""
-    branches = [conv_bn_act(x, filters, 1, name=f"{name}_1x1")]
+    branches = [conv_bn_act(x, filters, 1, bn_epsilon=BN_EPSILON, name=f"{name}_1x1")]
     for rate in rates:
         branches.append(conv_bn_act(x, filters, 3, dilation_rate=rate,
-                                    name=f"{name}_rate{rate}"))
+                                    bn_epsilon=BN_EPSILON, name=f"{name}_rate{rate}"))
     pooled = keras.layers.GlobalAveragePooling2D(keepdims=True, name=f"{name}_pool")(x)
-    pooled = conv_bn_act(pooled, filters, 1, name=f"{name}_pool_1x1")
+    pooled = conv_bn_act(pooled, filters, 1, bn_epsilon=BN_EPSILON, name=f"{name}_pool_1x1")
     branches.append(ResizeLike(name=f"{name}_pool_resize")([pooled, x]))
     x = keras.layers.Concatenate(name=f"{name}_concat")(branches)
-    x = conv_bn_act(x, filters, 1, name=f"{name}_project")
+    x = conv_bn_act(x, filters, 1, bn_epsilon=BN_EPSILON, name=f"{name}_project")
     return keras.layers.Dropout(0.1, name=f"{name}_dropout")(x)
 
 
 def decoder(x, low, filters, low_level_filters):
     """Upsample to the stride-4 features, concatenate their 1x1 reduction, two 3x3."""
-    low = conv_bn_act(low, low_level_filters, 1, name="decoder_low_level")
+    low = conv_bn_act(low, low_level_filters, 1, bn_epsilon=BN_EPSILON,
+                      name="decoder_low_level")
     x = ResizeLike(name="decoder_upsample")([x, low])
     x = keras.layers.Concatenate(name="decoder_concat")([x, low])
     for i in (1, 2):
-        x = conv_bn_act(x, filters, 3, name=f"decoder_conv{i}")
+        x = conv_bn_act(x, filters, 3, bn_epsilon=BN_EPSILON, name=f"decoder_conv{i}")
     return x
 
 
