@@ -28,11 +28,15 @@ import functools
 import hashlib
 import os
 import tempfile
+import threading
 
 import numpy as np
 
 MODES = ("fast", "quality")
 MAX_PROPOSALS = 2000  # R-CNN's budget per image
+# srand and the draws of one search, together: the C library's generator is the
+# process's, and OpenCV releases the GIL while it searches.
+_RANKING = threading.Lock()
 _INSTALL = ("selective search needs OpenCV's contrib modules (cv2.ximgproc): "
             "pip install opencv-contrib-python-headless (uninstall opencv-python-headless "
             "first: both provide cv2)")
@@ -60,7 +64,10 @@ def _seed_ranking(seed):
     """OpenCV ranks the regions by their hierarchy level times ``std::rand()`` (the
     paper's pseudo-random ranking), so the order, and which boxes a budget keeps,
     change from call to call; seeding the C library's generator fixes them. The
-    generator is the process's: searches running in parallel threads still mix."""
+    generator is the process's: :func:`selective_search` holds a lock from the seed
+    to its last draw, else searches in parallel threads (tf.data runs a map of
+    ``SelectiveSearchProposals`` in parallel: its ``map_parallelization``) draw from
+    one another's sequence and rank the same boxes in another order."""
     libc = _libc()
     if libc is not None:
         libc.srand((int(seed) + 1) % 2**32)  # glibc takes seeds 0 and 1 as the same
@@ -104,13 +111,14 @@ def selective_search(image, mode="fast", max_proposals=MAX_PROPOSALS, *, seed=0)
     max_proposals = _check_arguments(mode, max_proposals)
     image = _check_image(image)
     cv2, search = _segmentation()
-    _seed_ranking(seed)
     search.setBaseImage(np.ascontiguousarray(image[..., ::-1]))  # OpenCV reads BGR
     if mode == "fast":
         search.switchToSelectiveSearchFast()
     else:
         search.switchToSelectiveSearchQuality()
-    rects = np.asarray(search.process(), dtype=np.float32).reshape(-1, 4)
+    with _RANKING:
+        _seed_ranking(seed)
+        rects = np.asarray(search.process(), dtype=np.float32).reshape(-1, 4)
     boxes = np.concatenate([rects[:, :2], rects[:, :2] + rects[:, 2:]], axis=1)
     _, first = np.unique(boxes, axis=0, return_index=True)
     return boxes[np.sort(first)][:max_proposals]
