@@ -144,6 +144,7 @@ def test_model_args_are_python_literals_or_strings():
 
 @pytest.mark.parametrize("args, message", [
     (["overfeat"], "cannot be trained from the command line yet"),
+    (["rcnn", "--optimizer", "sgd"], "rcnn trains by its own pipeline, not model.fit"),
     (["two_network_instance"], "does not train this instance segmenter"),
     (["lenet5", "--model-arg", "width=2"], "for detectors, segmenters and pose"),
     (["lenet5", "--optimizer", "sgd"], "for detectors, segmenters and pose"),

@@ -10,6 +10,9 @@ export are one code path:
   folder, a file, ``tfds:NAME``) -> :class:`TrainingData` at the model's input size;
 - ``build``: the training model of a registered network, fitted to that data;
 - ``losses`` and ``fit_dataset``: what ``model.compile`` and ``model.fit`` take;
+  or ``own_fit``: a network trained by a pipeline of its own rather than one
+  ``model.fit`` (R-CNN: selective search, fine-tuning, scikit-learn's SVMs), with
+  ``defaults`` its own training defaults;
 - ``inference_model``: the training model -> the model predict and export take
   (decoding and NMS in the graph for detectors; the model itself otherwise);
 - ``load_data`` and ``evaluate``: labelled data to measure a trained model on, and
@@ -115,6 +118,22 @@ class Task:
     def check_trainable(self, name):
         """A ValueError, before any data is read, when network ``name`` cannot be
         trained through this task."""
+
+    def own_fit(self, name):
+        """How network ``name`` trains when it is not by ``model.fit``: ``None`` (the
+        default: compiled with :meth:`losses`, fitted on :meth:`fit_dataset`'s
+        batches, :attr:`metric` measured on ``data.validation`` after every epoch),
+        else a function ``fit(model, data, *, epochs, batch_size, learning_rate,
+        seed, verbose) -> {name: [values]}`` (``learning_rate`` None: its own) that trains ``model`` on ``data`` (:class:`TrainingData`)
+        itself, showing its own progress, and answers its history; the run measures
+        :attr:`metric` on ``data.validation`` once, after it."""
+        return None
+
+    def defaults(self, name) -> dict:
+        """Network ``name``'s own training defaults where they differ from the task's
+        (keys ``epochs``, ``batch_size``, ``learning_rate``, ``max_images``,
+        ``image_size``); a flag given on the command line wins."""
+        return {}
 
     def losses(self, name, model):
         """What ``model.compile`` takes as ``loss`` for network ``name``."""

@@ -196,13 +196,8 @@ class DetectionTask(base.Task):
 
     def check_trainable(self, name):
         module = self.model_module(name)
-        if hasattr(module, "fit") and not hasattr(module, "training_dataset"):
-            raise ValueError(f"{name} is trained by its own pipeline, not model.fit "
-                             f"(selective search, fine-tuning, then scikit-learn's SVMs): "
-                             f"train it from Python with {module.__name__}.fit(model, "
-                             f"images, boxes, classes); kvision evaluate and predict take "
-                             f"its detector {module.__name__}.inference_graph(model, "
-                             f"image_shape) saved with kvision.saving.save_model.")
+        if hasattr(module, "fit_task"):
+            return  # its own pipeline (own_fit)
         missing = [f for f in ("training_dataset", "losses", "inference_model")
                    if not hasattr(module, f)]
         if missing:
@@ -258,6 +253,14 @@ class DetectionTask(base.Task):
         return super().build(name, data, input_shape=input_shape, model_args=arguments,
                              backbone_weights=backbone_weights, regime=regime)
 
+    def own_fit(self, name):
+        """R-CNN's pipeline (selective search, fine-tuning, SVMs, box regression):
+        its module's ``fit_task``; None (``model.fit``) for the others."""
+        return getattr(self.model_module(name), "fit_task", None)
+
+    def defaults(self, name):
+        return dict(getattr(self.model_module(name), "TASK_DEFAULTS", {}))
+
     def losses(self, name, model):
         return self.model_module(name).losses(model)
 
@@ -268,7 +271,10 @@ class DetectionTask(base.Task):
     def inference_model(self, name, model):
         import inspect
 
-        build = self.model_module(name).inference_model
+        module = self.model_module(name)
+        if hasattr(module, "task_detector"):  # R-CNN: its graph of images (scorer: crops)
+            return module.task_detector(model, score_threshold=SCORE_THRESHOLD)
+        build = module.inference_model
         thresholds = {"score_threshold": SCORE_THRESHOLD}
         parameters = inspect.signature(build).parameters
         if "objectness_threshold" in parameters:

@@ -115,11 +115,20 @@ def train_task(model_name, data=None, *, epochs=None, batch_size=None, learning_
     if augment is False and not task.augments:
         raise ValueError(f"{model_name} trains without augmentation already ({task.name} "
                          f"batches are not augmented); --no-augment changes nothing.")
-    epochs = epochs or task.default_epochs
-    batch_size = batch_size or task.default_batch_size
-    _check_arguments(epochs, batch_size, steps_per_epoch)
+    own_fit = task.own_fit(model_name)  # None: model.fit
     data = data or task.default_data
-    side = int(image_size or task.default_image_size(info, data))
+    own = task.defaults(model_name) if data == task.default_data else {}
+    epochs = epochs or own.get("epochs") or task.default_epochs
+    batch_size = batch_size or own.get("batch_size") or task.default_batch_size
+    learning_rate = learning_rate or own.get("learning_rate")
+    max_images = max_images or own.get("max_images")
+    _check_arguments(epochs, batch_size, steps_per_epoch)
+    if own_fit is not None and (steps_per_epoch or jit_compile or clip or callbacks
+                                or optimizer != task.default_optimizer or augment is not None):
+        raise ValueError(f"{model_name} trains by its own pipeline, not model.fit: "
+                         f"--steps-per-epoch, --jit, --clipnorm, --clipvalue, --optimizer "
+                         f"and --no-augment do not apply to it.")
+    side = int(image_size or own.get("image_size") or task.default_image_size(info, data))
     channels = 3
     bundle = task.training_data(data, image_size=side, channels=channels, seed=seed,
                                 max_images=max_images)
@@ -130,14 +139,16 @@ def train_task(model_name, data=None, *, epochs=None, batch_size=None, learning_
     model = task.build(model_name, bundle, input_shape=(side, side, channels),
                        model_args=arguments, backbone_weights=backbone_weights,
                        regime=regime)
-    per_epoch = steps_per_epoch or -(-bundle.num_train // batch_size)
-    model.compile(optimizer=OPTIMIZERS[optimizer](_schedule(
-                      learning_rate or task.default_learning_rate, epochs * per_epoch,
-                      min(task.warmup_epochs * per_epoch, epochs * per_epoch // 2)), **clip),
-                  loss=task.losses(model_name, model), jit_compile=bool(jit_compile))
-    extra = {"augment": augment} if task.augments and augment is not None else {}
-    train_ds = task.fit_dataset(model_name, model, bundle, batch_size=batch_size, seed=seed,
-                                **extra)
+    if own_fit is None:
+        per_epoch = steps_per_epoch or -(-bundle.num_train // batch_size)
+        model.compile(optimizer=OPTIMIZERS[optimizer](_schedule(
+                          learning_rate or task.default_learning_rate, epochs * per_epoch,
+                          min(task.warmup_epochs * per_epoch, epochs * per_epoch // 2)),
+                          **clip),
+                      loss=task.losses(model_name, model), jit_compile=bool(jit_compile))
+        extra = {"augment": augment} if task.augments and augment is not None else {}
+        train_ds = task.fit_dataset(model_name, model, bundle, batch_size=batch_size,
+                                    seed=seed, **extra)
     inference = task.inference_model(model_name, model)
     trained = Trained(inference, bundle.class_names, "(training)")
     settings = {"model": model_name, "task": task.name, "input_size": side,
@@ -152,9 +163,19 @@ def train_task(model_name, data=None, *, epochs=None, batch_size=None, learning_
 
         run_dir = _claim_run_folder(out_dir or os.path.join("saved_models", model_name),
                                     settings, overwrite, None)
-    figure = HeldOutFigure(task, trained, bundle.validation)
-    history, seconds, timer = _fit(model, train_ds, epochs, steps_per_epoch, verbose,
-                                   run_dir, figure, callbacks)
+    if own_fit is None:
+        figure = HeldOutFigure(task, trained, bundle.validation)
+        history, seconds, timer = _fit(model, train_ds, epochs, steps_per_epoch, verbose,
+                                       run_dir, figure, callbacks)
+    else:  # its held-out figure once, at the end: say so before that wait
+        start = time.perf_counter()
+        history = keras.callbacks.History()
+        history.history = dict(own_fit(model, bundle, epochs=epochs, batch_size=batch_size,
+                                       learning_rate=learning_rate, seed=seed,
+                                       verbose=verbose))
+        seconds = time.perf_counter() - start
+        timer = _OwnTimer(seconds, epochs)
+        log.info("measuring %s on %s", task.metric_label, bundle.validation.description)
     report = task.evaluate(trained, bundle.validation)
     keras_path = export_path = None
     if run_dir:
@@ -170,6 +191,19 @@ def train_task(model_name, data=None, *, epochs=None, batch_size=None, learning_
         initial_epoch=timer.first_epoch or 0,
         trainable_params=int(sum(np.prod(v.shape) for v in model.trainable_weights)),
         seconds_per_epoch=timer.mean(), data_description=bundle.description)
+
+
+class _OwnTimer:
+    """What a run trained by its own pipeline reports as :class:`_EpochTimer` does:
+    no resumed epoch, its seconds spread over its epochs."""
+
+    first_epoch = 0
+
+    def __init__(self, seconds, epochs):
+        self.seconds, self.epochs = seconds, epochs
+
+    def mean(self):
+        return self.seconds / max(1, self.epochs)
 
 
 def _schedule(rate, steps, warmup):
@@ -217,8 +251,9 @@ def _save_run(task, inference, name, bundle, run_dir, export):
     from kvision.layers.proposals import host_layers
 
     if host_layers(inference):  # kvision export refuses it, saying why
-        log.info("not exported: %s's detector runs %s on the host", name,
-                 host_layers(inference)[0])
+        log.info("not exported: %s's detector runs %s on the host; kvision export "
+                 "--format savedmodel exports it with the proposals an input, computed "
+                 "by the caller", name, host_layers(inference)[0])
         return keras_path, None
     from kvision.export import saved_model
 

@@ -69,17 +69,28 @@ HEADS = ("class_logits", "svm_scores", "box_deltas")
                         "for 20 classes: softmax 5,397, SVMs 5,140, box regression "
                         "20,560")
 def RCNN(classes=20, input_shape=None, backbone="alexnet", backbone_weights=None,
-         trainable_backbone=True, weights=None, name=None):
+         trainable_backbone=True, crop_size=None, weights=None, name=None):
     """R-CNN's scorer (see the module docstring): warped crops ``(B, S, S, 3)`` raw
     pixels (default 227, the paper's) -> ``{"features" (B, D), "class_logits"
     (B, classes+1), "svm_scores" (B, classes), "box_deltas" (B, 4 classes)}``.
 
     ``backbone``: a zoo or keras.applications name or a functional ``keras.Model``
     (default AlexNet, the paper's network), its output globally average-pooled.
+    ``crop_size``: the crops' side ``S`` when ``input_shape`` is the images' ``(H, W,
+    C)`` (what ``kvision train`` passes); the scorer then keeps that shape as its
+    ``image_shape`` attribute (not saved), for :func:`task_detector`. Default:
+    ``input_shape`` is the crops'.
     """
     from kvision.models.backbone import build_backbone
 
     check_classes(classes)
+    image_shape = None
+    if crop_size is not None:
+        if input_shape is None or len(input_shape) != 3:
+            raise ValueError(f"crop_size needs input_shape, the images' (H, W, C); got "
+                             f"{input_shape!r}.")
+        image_shape = tuple(int(d) for d in input_shape)
+        input_shape = (int(crop_size), int(crop_size), image_shape[-1])
     crops, features = build_backbone(backbone, (None,), input_shape=input_shape,
                                      weights=backbone_weights, trainable=trainable_backbone,
                                      task="rcnn", fixed_size=True)
@@ -97,7 +108,10 @@ def RCNN(classes=20, input_shape=None, backbone="alexnet", backbone_weights=None
         layer.trainable = False
         outputs[head] = layer(features)
     model = TaskModel(crops, outputs, name=name or "rcnn", task="detection")
-    return load_weights(model, weights)
+    model = load_weights(model, weights)
+    if image_shape is not None:
+        model.image_shape = image_shape
+    return model
 
 
 def model_classes(model):
@@ -279,13 +293,13 @@ def train_svm(positives, negatives, *, C=SVM_C, rounds=2, first_negatives=None,
 
 
 def train_svms(features, is_gt, overlaps, gt_classes, classes, *, C=SVM_C, rounds=2,
-               seed=0):
+               seed=0, progress=None):
     """Every class's SVM, kernel ``(D, K)`` and bias ``(K,)``: ground-truth boxes of
     the class are its positives, regions (proposals and other classes' ground truth)
     under IoU 0.3 with all its instances its negatives. ``overlaps`` and
     ``gt_classes``, ``(n, G)``: each region's IoU with its image's ground truth and
     their classes (-1 padding). A class without positives keeps a zero kernel and
-    bias -1."""
+    bias -1. ``progress``: called with a line after each class."""
     kernel = np.zeros((features.shape[1], classes), np.float32)
     bias = np.full(classes, -1.0, np.float32)
     own = gt_classes[np.arange(len(overlaps)), overlaps.argmax(1)] if len(overlaps) else \
@@ -298,6 +312,9 @@ def train_svms(features, is_gt, overlaps, gt_classes, classes, *, C=SVM_C, round
         if positive.any() and negative.any():
             kernel[:, c], bias[c] = train_svm(features[positive], features[negative],
                                               C=C, rounds=rounds, seed=seed)
+        if progress is not None:
+            progress(f"SVM {c + 1}/{classes}: {int(positive.sum())} positives, "
+                     f"{int(negative.sum())} negatives")
     return kernel, bias
 
 
@@ -324,7 +341,7 @@ def train_box_regressors(features, proposals, overlaps, gt_boxes, gt_classes, cl
     return kernel, bias
 
 
-def _proposals(images, proposals, cache_dir, mode, max_proposals):
+def _proposals(images, proposals, cache_dir, mode, max_proposals, progress=None):
     if proposals is not None:
         if len(proposals) != len(images):
             raise ValueError(f"proposals: one (n, 4) array per image, got {len(proposals)} "
@@ -332,10 +349,19 @@ def _proposals(images, proposals, cache_dir, mode, max_proposals):
         return [np.asarray(p, np.float32).reshape(-1, 4)[:max_proposals] for p in proposals]
     from kvision.data import proposals as proposal_lib
 
-    if cache_dir is not None:
-        return proposal_lib.cached_proposals(images, cache_dir, mode=mode,
-                                             max_proposals=max_proposals)
-    return [proposal_lib.selective_search(image, mode, max_proposals) for image in images]
+    step = max(1, -(-len(images) // 10))  # ten lines of progress at most
+    found = []
+    for start in range(0, len(images), step):
+        chunk = images[start:start + step]
+        found += (proposal_lib.cached_proposals(chunk, cache_dir, mode=mode,
+                                                max_proposals=max_proposals)
+                  if cache_dir is not None else
+                  [proposal_lib.selective_search(image, mode, max_proposals)
+                   for image in chunk])
+        if progress is not None:
+            progress(f"selective search: {len(found)}/{len(images)} images"
+                     + (f" (cached in {cache_dir})" if cache_dir is not None else ""))
+    return found
 
 
 def _regions(images, boxes, classes, proposals, size, context):
@@ -384,18 +410,23 @@ def finetune(model, crops, labels, *, epochs, batch_size=128, positive_fraction=
         lambda index: (tf.gather(crops, index),
                        {"class_logits": tf.gather(targets, index)})).prefetch(2)
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=losses(model))
-    return model.fit(data, epochs=1, verbose=verbose, callbacks=list(callbacks))
+    return model.fit(data, epochs=1, verbose=verbose, callbacks=list(callbacks),
+                     shuffle=False)  # the batches are drawn at random above
 
 
 def fit(model, images, boxes, classes, *, proposals=None, cache_dir=None, mode="fast",
         max_proposals=2000, context=CONTEXT, epochs=0, C=SVM_C, rounds=2,
-        alpha=RIDGE_LAMBDA, seed=0, batch_size=256, callbacks=(), verbose=0):
+        alpha=RIDGE_LAMBDA, seed=0, batch_size=256, callbacks=(), verbose=0,
+        learning_rate=3e-3, finetune_batch_size=128, progress=None):
     """Trains an R-CNN scorer on images with ground truth, as the paper does: optional
     fine-tuning (``epochs``), then per-class SVMs with hard negatives and box
     regressors on the scaled features, written into ``svm_scores`` and
     ``box_deltas``. ``proposals``: one ``(n, 4)`` array per image, else selective
     search (cached in ``cache_dir`` when given). ``callbacks``: Keras callbacks of the
-    fine-tuning's ``fit`` (one may stop it early). Returns ``model``."""
+    fine-tuning's ``fit`` (one may stop it early); ``learning_rate`` and
+    ``finetune_batch_size`` its Adam rate and crops per batch. ``progress``: called
+    with a line of progress at each step (selective search, warps, features, each
+    SVM). Returns ``model``; its fine-tuning's history is ``model.history``."""
     classes_count = model_classes(model)
     if not len(images) == len(boxes) == len(classes):
         raise ValueError(f"images, boxes and classes: one entry per image each, got "
@@ -405,19 +436,29 @@ def fit(model, images, boxes, classes, *, proposals=None, cache_dir=None, mode="
         if c.size and (c.min() < 0 or c.max() >= classes_count):
             raise ValueError(f"classes[{i}]: ids must be in [0, {classes_count}), got "
                              f"{np.unique(c).tolist()}.")
+    say = progress or (lambda line: None)
     found = _regions(images, boxes, classes,
-                     _proposals(images, proposals, cache_dir, mode, max_proposals),
+                     _proposals(images, proposals, cache_dir, mode, max_proposals, progress),
                      _crop_size(model), context)
+    size = _crop_size(model)
+    say(f"warped {len(found['crops'])} regions to {size}x{size} ({len(images)} images: "
+        f"ground truth and proposals; {int((found['labels'] > 0).sum())} of objects at "
+        f"IoU >= {FINETUNE_IOU})")
     if epochs:
+        say(f"fine-tuning: {epochs} epochs of softmax over {classes_count + 1} classes")
         finetune(model, found["crops"], found["labels"], epochs=epochs, seed=seed,
-                 callbacks=callbacks, verbose=verbose)
-    features = model.predict(found["crops"], batch_size=batch_size, verbose=0)["features"]
+                 callbacks=callbacks, verbose=verbose, learning_rate=learning_rate,
+                 batch_size=finetune_batch_size)
+    say("features of every region")
+    features = model.predict(found["crops"], batch_size=batch_size,
+                             verbose=verbose)["features"]
     scale = feature_scale(features)
     scaled = features * scale
     kernel, bias = train_svms(scaled, found["is_gt"], found["overlaps"],
                               found["gt_classes"], classes_count, C=C, rounds=rounds,
-                              seed=seed)
+                              seed=seed, progress=progress)
     model.get_layer("svm_scores").set_weights([kernel * scale, bias])
+    say("box regression (ridge) per class")
     kernel, bias = train_box_regressors(scaled, found["regions"], found["overlaps"],
                                         found["gt_boxes"], found["gt_classes"],
                                         classes_count, alpha=alpha)
@@ -520,3 +561,83 @@ def inference_graph(model, image_shape, *, score_threshold=0.05, iou_threshold=N
     nms = NonMaxSuppression(iou_threshold=iou_threshold, score_threshold=score_threshold,
                             max_detections=max_detections, name="nms")
     return TaskModel(images, nms(*decoded), name=f"{model.name}_detector", task="detection")
+
+
+# --- kvision train rcnn ---------------------------------------------------------------
+
+#: ``kvision train rcnn``'s crops and body (``--model-arg crop_size=…, backbone=…``):
+#: 32-pixel crops of 96-pixel digit scenes through ResNet-18 from random weights.
+TASK_CROP = 32
+TASK_BACKBONE = "resnet18"
+#: Its defaults on digit scenes: 300 training scenes (about 20 proposals each), 8
+#: epochs of fine-tuning over their regions in batches of 128 crops, Adam at 3e-3.
+TASK_DEFAULTS = {"max_images": 300, "epochs": 8, "batch_size": 128,
+                 "learning_rate": 3e-3}
+TASK_C = 0.01  # the SVMs' C: a class has tens of ground-truth boxes here, not hundreds
+#: Proposals kept per image: a 96-pixel scene has about 20 (the saved detector pads
+#: every image to this many crops, so 2,000 would score 100 times the padding).
+TASK_MAX_PROPOSALS = 64
+
+
+def data_arguments(name, box_sizes):
+    """``kvision train rcnn``'s builder arguments: the images are the task's
+    ``input_shape``, the crops :data:`TASK_CROP` (``--model-arg`` wins)."""
+    del name, box_sizes
+    return {"crop_size": TASK_CROP, "backbone": TASK_BACKBONE}
+
+
+def scaled_context(size):
+    """The paper's 16 pixels of context at 227, scaled to crops of ``size`` (2 at 32)."""
+    return int(round(CONTEXT * size / 227))
+
+
+def proposal_cache():
+    """Where ``kvision train rcnn`` caches selective search: ``proposals/`` in kvision's
+    Keras cache folder (one ``.npy`` per image, named by its pixels)."""
+    import os
+
+    from kvision.weights import cache_dir
+
+    return os.path.join(cache_dir(), "proposals")
+
+
+def fit_task(model, data, *, epochs, batch_size, learning_rate=None, seed=0, verbose=1):
+    """:func:`fit` on a task's :class:`kvision.tasks.base.TrainingData` (what
+    ``kvision train rcnn`` runs in place of ``model.fit``): selective search cached
+    in :func:`proposal_cache`, ``epochs`` of fine-tuning in batches of ``batch_size``
+    crops, the SVMs and the box regressors, each step printed. Returns the
+    fine-tuning's history (``{"loss": [...]}``)."""
+    images, boxes, classes = _task_examples(data.train)
+    context = scaled_context(_crop_size(model))
+    say = (lambda line: print(line, flush=True)) if verbose else None
+    fit(model, images, boxes, classes, cache_dir=proposal_cache(), context=context,
+        max_proposals=TASK_MAX_PROPOSALS, epochs=epochs, C=TASK_C, seed=seed, verbose=verbose,
+        learning_rate=learning_rate or TASK_DEFAULTS["learning_rate"],
+        finetune_batch_size=batch_size, progress=say)
+    history = getattr(model, "history", None)
+    return {k: list(v) for k, v in getattr(history, "history", {}).items()} if epochs \
+        else {}
+
+
+def _task_examples(train):
+    """``(images, boxes, classes)`` lists of a task's training data: digit scenes as
+    they are, a ``tf.data`` set of Keras' box dicts read once."""
+    if hasattr(train, "images"):
+        return (list(np.asarray(train.images, np.float32)), list(train.boxes),
+                list(train.classes))
+    images, boxes, classes = [], [], []
+    for example in train.as_numpy_iterator():
+        images.append(np.asarray(example["images"], np.float32))
+        boxes.append(np.asarray(example["bounding_boxes"]["boxes"], np.float32))
+        classes.append(np.asarray(example["bounding_boxes"]["labels"], np.int64))
+    return images, boxes, classes
+
+
+def task_detector(model, *, score_threshold=0.05):
+    """The detector ``kvision train rcnn`` saves: :func:`inference_graph` at the
+    images' shape the scorer was built for (``crop_size``; else its crops'), with
+    the context and proposal budget :func:`fit_task` trained with."""
+    shape = getattr(model, "image_shape", None) or tuple(model.input_shape[1:])
+    return inference_graph(model, shape, score_threshold=score_threshold,
+                           max_proposals=TASK_MAX_PROPOSALS,
+                           context=scaled_context(_crop_size(model)))
