@@ -235,6 +235,7 @@ def export(model_spec, *, formats=FORMATS, quantize=(None,), data=None, out=None
     """
     from kvision.export import saved_model, tflite
     from kvision.export.parity import ParityError
+    from kvision.export.proposals import proposal_model, tflite_refusal
     from kvision.export.savedmodel import _version
     from kvision.export.tflite import input_shape
     from kvision.predict import find_model_file, read_class_names
@@ -253,6 +254,13 @@ def export(model_spec, *, formats=FORMATS, quantize=(None,), data=None, out=None
                          f"does not exist yet).")
     model = load_keras(keras_path, compile=True)  # safe_mode, nothing hostile
     shape = input_shape(model)
+    # Selective search inside (Fast R-CNN, R-CNN): exported with the proposals an
+    # input, which the caller computes (kvision.export.proposals).
+    with_proposals = proposal_model(model)
+    if with_proposals is not None:
+        if "tflite" in formats:
+            raise ValueError(tflite_refusal(model))
+        model = with_proposals
     kind = model_kind(model)
     if gradcam and kind != "classifier":
         raise ValueError(f"--gradcam is for classifiers (one class map per image); "
@@ -359,9 +367,10 @@ def model_kind(model) -> str:
     task = check_inference_model(model)
     if host_layers(model):
         raise ValueError(f"{model.name!r} runs {host_layers(model)[0]!r} on the host "
-                         f"(selective search, a Python call inside its graph): TensorFlow "
-                         f"Serving and TFLite cannot run it, so it is not exported; "
-                         f"faster_rcnn learns its proposals in the graph and exports.")
+                         f"(a Python call inside its graph): TensorFlow Serving and "
+                         f"TFLite cannot run it; export "
+                         f"kvision.export.proposals.proposal_model(model), whose "
+                         f"proposals are an input.")
     if task == "embedding":
         return "embedding"  # checked embedding by embedding (kvision.export.embedding)
     if task == "instance_segmentation" and isinstance(model.output, dict):
@@ -759,6 +768,14 @@ def format_table(results) -> str:
                          f"heatmap pixels from the Keras model's on average (largest "
                          f"{r.parity['max_keypoint_distance']:.3f}); max |diff| is of "
                          f"their scores")
+    for r in results:  # a detector whose proposals are an input: how to call it
+        if (r.parity or {}).get("proposals_input") is not None:
+            from kvision.export.proposals import CALLER_SUPPLIES
+
+            lines.append(f"{r.format}: {CALLER_SUPPLIES} (at most "
+                         f"{r.parity['proposals_input']} read); checked against the "
+                         f"Keras model given the same proposals (selective search's of "
+                         f"the check images)")
     lines.append("images: how many the export and the Keras model were compared on; "
                  "agreement: share of top-1 classes alike\n(segmenters: of pixels, "
                  "detectors: of detections matched, embeddings: of nearest neighbours) with its 95% Wilson interval; acc "

@@ -30,6 +30,11 @@ Signatures of an export (``H, W, C`` the model's input shape):
 - ``serve_image_bytes``: ``image_bytes`` ``[None]`` string of encoded JPEG/PNG (what a
   REST client sends as ``{"b64": ...}``), decoded to C channels and resized bilinear
   to ``H, W`` as ``kvision.data.load_image`` does, then the same outputs.
+- A detector whose proposals are an input (:func:`kvision.export.proposals.
+  proposal_model`: Fast R-CNN, R-CNN) takes ``images`` and ``proposals`` ``[None,
+  None, 4]`` float32 xyxy pixels of the image (any count: the first ``P`` are read,
+  zero rows pad) in ``serving_default``, and has no ``serve_image_bytes``: the
+  caller computes the proposals on the pixels it sends.
 - ``serve_gradcam`` (classifiers, with ``gradcam=``): ``images`` as
   ``serving_default``'s, answering ``probabilities``, ``class`` and the ``gradcam``
   map of that class (:mod:`kvision.export.gradcam`).
@@ -49,6 +54,7 @@ import numpy as np
 from kvision._files import write_text_atomically
 from kvision.export.gradcam import SIGNATURE as GRADCAM_SIGNATURE
 from kvision.export.gradcam import add_signature, check_signature, gradcam_layer
+from kvision.export.proposals import PROPOSALS, fit_count, proposal_count
 from kvision.export.parity import (DETECTION_OUTPUTS, ExportResult, as_float32, check,
                                    check_detections, check_keypoints, compare,
                                    compare_detections, compare_keypoints, export_kind,
@@ -73,7 +79,7 @@ def next_version(model_dir) -> int:
 
 def saved_model(model, model_dir, version=None, *, class_names=None, top_k=5,
                 input_dtype="float32", image_bytes=True, warmup=True, check_inputs=None,
-                atol=1e-4, gradcam=None) -> ExportResult:
+                atol=1e-4, gradcam=None, check_proposals=None) -> ExportResult:
     """Export ``model`` to ``model_dir/<version>/`` for TensorFlow Serving.
 
     Args:
@@ -100,6 +106,8 @@ def saved_model(model, model_dir, version=None, *, class_names=None, top_k=5,
         gradcam: add ``serve_gradcam`` (a classifier's Grad-CAM map with its
             prediction, :mod:`kvision.export.gradcam`): True for the last layer with
             a spatial map, or a layer path; checked against ``vis.gradcam`` too.
+        check_proposals: a two-input detector's proposals for ``check_inputs``
+            (``(N, M, 4)``); default selective search's of each check image.
     Returns:
         :class:`~kvision.export.ExportResult` with ``path`` the version directory,
         ``format="savedmodel"``, the batch-1 latency of ``serving_default`` in the
@@ -128,6 +136,16 @@ def saved_model(model, model_dir, version=None, *, class_names=None, top_k=5,
     spec = _ExportSpec.of(model, class_names, top_k, input_dtype, image_bytes)
     spec.gradcam = gradcam_layer(model, gradcam)
     check_inputs = _check_inputs(check_inputs, spec)
+    proposals = None
+    if spec.proposals is not None:
+        from kvision.export.proposals import search_proposals
+
+        proposals = search_proposals(check_inputs, spec.proposals) \
+            if check_proposals is None else np.asarray(check_proposals, "float32")
+        if proposals.ndim != 3 or proposals.shape[-1] != 4 \
+                or len(proposals) != len(check_inputs):
+            raise ValueError(f"check_proposals must be (N, M, 4) for the {len(check_inputs)} "
+                             f"check images, got shape {proposals.shape}.")
     if warmup:
         _require_serving_api()
     model = as_float32(model)
@@ -140,8 +158,10 @@ def saved_model(model, model_dir, version=None, *, class_names=None, top_k=5,
         _write(model, spec, export_path, staging)
         if warmup:
             _write_warmup(export_path, spec, check_inputs[:1], os.path.basename(
-                os.path.abspath(model_dir)))
-        figures, latency_ms = _verify(model, spec, export_path, check_inputs, atol)
+                os.path.abspath(model_dir)),
+                None if proposals is None else proposals[:1])
+        figures, latency_ms = _verify(model, spec, export_path, check_inputs, atol,
+                                      proposals)
         os.rename(export_path, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -226,6 +246,7 @@ class _ExportSpec:
         self.image_bytes = image_bytes
         self.keypoint_strides = None        # (y, x) of a keypoint model's heatmaps
         self.gradcam = None                 # the layer path of serve_gradcam, if any
+        self.proposals = None               # P of a detector whose proposals are an input
 
     @classmethod
     def of(cls, model, class_names, top_k, input_dtype, image_bytes):
@@ -240,9 +261,11 @@ class _ExportSpec:
             raise ValueError(f"top_k must be an integer >= 1, got {top_k!r}.")
         if class_names is not None:
             class_names = _class_names(class_names, classes, detector)
+        proposals = proposal_count(model) if detector else None
         spec = cls(image_shape, input_dtype, classes,
                    None if classes is None else min(int(top_k), classes),
-                   class_names, bool(image_bytes), detector)
+                   class_names, bool(image_bytes) and proposals is None, detector)
+        spec.proposals = proposals
         if kind == "keypoints":  # held to its keypoints, as its TFLite files are
             spec.keypoint_strides = keypoint_strides(model)
         return spec
@@ -257,9 +280,9 @@ def _image_shape(model):
     if not inputs:
         raise ValueError("The model has no known input shape: build it with "
                          "input_shape=(H, W, C) (or from keras.Input) before exporting.")
-    if len(inputs) != 1:
-        raise ValueError(f"Expected a model with one image input, got {len(inputs)} "
-                         f"inputs.")
+    if len(inputs) != 1 and proposal_count(model) is None:
+        raise ValueError(f"Expected a model with one image input (or a detector's images "
+                         f"and proposals), got {len(inputs)} inputs.")
     shape = tuple(inputs[0].shape)
     if len(shape) != 4 or any(d is None for d in shape[1:]):
         raise ValueError(f"Expected a fixed image input shape (None, H, W, C), got "
@@ -355,6 +378,9 @@ def _write(model, spec, export_path, scratch):
     def serve_images(images):
         return outputs(tf.cast(images, "float32"))
 
+    def serve_proposals(images, proposals):
+        return outputs([tf.cast(images, "float32"), fit_count(proposals, spec.proposals)])
+
     def serve_image_bytes(image_bytes):
         images = tf.map_fn(lambda b: _decode_resize(b, height, width, channels),
                            image_bytes,
@@ -362,8 +388,13 @@ def _write(model, spec, export_path, scratch):
                                                              tf.float32))
         return outputs(images)
 
-    archive.add_endpoint(DEFAULT_SIGNATURE, serve_images, input_signature=[
-        tf.TensorSpec((None, height, width, channels), spec.input_dtype, name=IMAGES)])
+    image_spec = tf.TensorSpec((None, height, width, channels), spec.input_dtype,
+                               name=IMAGES)
+    if spec.proposals is None:
+        archive.add_endpoint(DEFAULT_SIGNATURE, serve_images, input_signature=[image_spec])
+    else:
+        archive.add_endpoint(DEFAULT_SIGNATURE, serve_proposals, input_signature=[
+            image_spec, tf.TensorSpec((None, None, 4), tf.float32, name=PROPOSALS)])
     if spec.image_bytes:
         archive.add_endpoint(BYTES_SIGNATURE, serve_image_bytes, input_signature=[
             tf.TensorSpec((None,), tf.string, name=IMAGE_BYTES)])
@@ -439,7 +470,7 @@ def _named_outputs(model, y):
     return dict(zip(names, ys))
 
 
-def _write_warmup(export_path, spec, image, model_name):
+def _write_warmup(export_path, spec, image, model_name, proposals=None):
     """TF Serving warm-up: one batch-1 ``PredictRequest`` per signature.
 
     ``image`` is ``(1, H, W, C)`` in ``spec.input_dtype``. Format as documented at
@@ -449,6 +480,8 @@ def _write_warmup(export_path, spec, image, model_name):
     from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
     requests = {DEFAULT_SIGNATURE: {IMAGES: tf.make_tensor_proto(image)}}
+    if proposals is not None:
+        requests[DEFAULT_SIGNATURE][PROPOSALS] = tf.make_tensor_proto(proposals)
     if spec.gradcam is not None:
         requests[GRADCAM_SIGNATURE] = {IMAGES: tf.make_tensor_proto(image)}
     if spec.image_bytes:
@@ -469,24 +502,28 @@ def _write_warmup(export_path, spec, image, model_name):
 
 # --- checking --------------------------------------------------------------------
 
-def _verify(model, spec, export_path, check_inputs, atol):
-    """Run the export as TF Serving would and compare with ``model``.
+def _verify(model, spec, export_path, check_inputs, atol, proposals=None):
+    """Run the export as TF Serving would and compare with ``model`` (given the same
+    ``proposals`` too, for a detector that takes them).
 
     Returns ``(figures, latency_ms)``; raises ``ValueError`` with the figures when an
     output differs by more than ``atol``.
     """
     import tensorflow as tf
 
-    reference = _keras_outputs(model, check_inputs.astype("float32"), spec)
+    reference = _keras_outputs(model, check_inputs.astype("float32"), spec, proposals)
     # What a client of serve_image_bytes sends: the check images as PNG (lossless).
     pixels = np.clip(np.round(check_inputs), 0, 255).astype("uint8")
     encoded = _encode_png(pixels) if spec.image_bytes else None
     try:
         with _session(export_path) as run:
-            got = run(DEFAULT_SIGNATURE, {IMAGES: check_inputs})
+            given = {IMAGES: check_inputs}
+            if proposals is not None:
+                given[PROPOSALS] = proposals
+            got = run(DEFAULT_SIGNATURE, given)
             got_bytes = run(BYTES_SIGNATURE, {IMAGE_BYTES: encoded}) \
                 if spec.image_bytes else None
-            latency_ms = _latency_ms(run, check_inputs[:1])
+            latency_ms = _latency_ms(run, {k: v[:1] for k, v in given.items()})
             explained = None if spec.gradcam is None else run(
                 GRADCAM_SIGNATURE, {IMAGES: check_inputs})
     except tf.errors.OpError as error:
@@ -496,6 +533,8 @@ def _verify(model, spec, export_path, check_inputs, atol):
                          f"Nothing was written.") from None
     figures = _figures(reference, got, spec)
     _check(figures, spec, "The SavedModel's serving_default", atol)
+    if proposals is not None:
+        figures["proposals_input"] = int(spec.proposals)
     if got_bytes is not None:
         reference_bytes = _keras_outputs(model, pixels.astype("float32"), spec)
         bytes_figures = _figures(reference_bytes, got_bytes, spec)
@@ -574,12 +613,17 @@ def _check_detection_labels(got, class_names):
                          f"classes {got['classes'][0].tolist()}. Nothing was written.")
 
 
-def _keras_outputs(model, x, spec, batch_size=32):
-    """The Keras model's outputs on ``x`` as ``{name: array}`` (probabilities only
-    for classifiers: the top-k outputs are derived from them)."""
+def _keras_outputs(model, x, spec, proposals=None, batch_size=32):
+    """The Keras model's outputs on ``x`` (and ``proposals``, padded to its count, for
+    a detector that takes them) as ``{name: array}`` (probabilities only for
+    classifiers: the top-k outputs are derived from them)."""
     chunks = []
     for start in range(0, len(x), batch_size):
-        y = model(x[start:start + batch_size], training=False)
+        given = x[start:start + batch_size]
+        if proposals is not None:
+            given = [given, np.asarray(fit_count(proposals[start:start + batch_size],
+                                                 spec.proposals))]
+        y = model(given, training=False)
         if spec.classes is not None:
             y = {"probabilities": y}
         else:
@@ -595,7 +639,7 @@ def _keras_outputs(model, x, spec, batch_size=32):
 def _session(export_path):
     """Load ``export_path`` with the TF1 session-based loader (TF Serving's path).
 
-    Yields ``run(signature, {input: array}) -> {output: array}`` (one input).
+    Yields ``run(signature, {input: array}) -> {output: array}``.
     """
     import tensorflow as tf
 
@@ -608,22 +652,24 @@ def _session(export_path):
         def run(signature, inputs, batch_size=32):
             signature_def = meta_graph.signature_def[signature]
             fetches = {k: v.name for k, v in signature_def.outputs.items()}
-            (name, x), = inputs.items()
+            count = len(next(iter(inputs.values())))
             # In batches, so a large check set does not need one huge graph run.
             chunks = [session.run(fetches, {signature_def.inputs[name].name:
-                                            x[start:start + batch_size]})
-                      for start in range(0, len(x), batch_size)]
+                                            x[start:start + batch_size]
+                                            for name, x in inputs.items()})
+                      for start in range(0, count, batch_size)]
             return {k: np.concatenate([c[k] for c in chunks]) for k in fetches}
 
         yield run
 
 
-def _latency_ms(run, image, repeats=5):
-    """Mean time of one batch-1 ``serving_default`` call, after one warm-up call."""
-    run(DEFAULT_SIGNATURE, {IMAGES: image})
+def _latency_ms(run, inputs, repeats=5):
+    """Mean time of one batch-1 ``serving_default`` call on ``inputs`` (``{name:
+    array}``), after one warm-up call."""
+    run(DEFAULT_SIGNATURE, inputs)
     start = time.perf_counter()
     for _ in range(repeats):
-        run(DEFAULT_SIGNATURE, {IMAGES: image})
+        run(DEFAULT_SIGNATURE, inputs)
     return (time.perf_counter() - start) / repeats * 1000.0
 
 

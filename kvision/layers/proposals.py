@@ -5,8 +5,9 @@ takes images alone (``kvision evaluate`` / ``predict`` run it as any detector).
 (:func:`kvision.data.proposals.selective_search`, Uijlings et al., 2013) on the host
 through ``tf.numpy_function``: it runs in ``predict`` and ``fit``, saves and loads
 (``safe_mode=True``), but the call is Python, so neither TensorFlow Serving nor TFLite
-can run a graph holding it. :func:`host_layers` names such layers; ``kvision export``
-refuses them by name and ``kvision train`` skips the export.
+can run a graph holding it. :func:`host_layers` names such layers; ``kvision train``
+skips the export, and ``kvision export`` cuts this one out, the proposals becoming an
+input (:mod:`kvision.export.proposals`).
 """
 
 from __future__ import annotations

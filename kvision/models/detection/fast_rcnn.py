@@ -27,7 +27,8 @@ without the RPN: Faster R-CNN is this network with the proposals learnt::
 
 ``kvision train fast_rcnn`` trains it on selective search's proposals; its saved
 detector searches inside the graph (``kvision evaluate`` and ``predict`` take it, as
-any detector; ``kvision export`` refuses it: a host call cannot be served).
+any detector; ``kvision export --format savedmodel`` exports it with the proposals
+a second input, computed by the caller: :mod:`kvision.export.proposals`).
 """
 
 from __future__ import annotations
@@ -177,7 +178,8 @@ def inference_model(model, *, score_threshold=0.05, iou_threshold=0.3, max_detec
     ``search``: ``"fast"`` or ``"quality"`` makes a detector of images alone, its
     proposals from selective search inside the graph
     (:class:`kvision.layers.proposals.SelectiveSearchProposals`: it predicts and
-    saves, but a host call cannot be exported); what ``kvision train`` saves.
+    saves; exported with its proposals an input, :mod:`kvision.export.proposals`);
+    what ``kvision train`` saves.
     """
     images = keras.Input(model.input_shape[0][1:], name="images")
     if search is None:

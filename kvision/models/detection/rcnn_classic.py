@@ -544,8 +544,9 @@ def inference_graph(model, image_shape, *, score_threshold=0.05, iou_threshold=N
     host call), every proposal warped (:class:`~kvision.layers.proposals.
     WarpedRegions`), scored by the SVMs and moved by the regressors
     (:class:`~kvision.layers.proposals.SVMDecode`), per-class NMS. It saves as a
-    ``.keras`` file that ``kvision evaluate`` and ``kvision predict`` take; a host
-    call cannot be exported."""
+    ``.keras`` file that ``kvision evaluate`` and ``kvision predict`` take; ``kvision
+    export --format savedmodel`` exports it with the proposals an input
+    (:mod:`kvision.export.proposals`: a host call cannot be served)."""
     from kvision.layers.detection import NonMaxSuppression
     from kvision.layers.mask_rcnn import FoldRoIs, UnfoldRoIs
     from kvision.layers.proposals import SelectiveSearchProposals, SVMDecode, WarpedRegions
