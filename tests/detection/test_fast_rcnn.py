@@ -92,7 +92,7 @@ def test_the_task_detector_searches_in_its_graph_as_selective_search_does(tmp_pa
     proposals; it loads in safe mode, kvision evaluate's figure is the two-input
     detector's, its search cut out for export (kvision.export.proposals) answers the
     same given those proposals, and kvision export refuses TFLite of it in one line
-    (its SavedModel export: tests/detection/test_two_stage_cli.py). (The whole
+    (its SavedModel export: the test below). (The whole
     kvision train / evaluate / predict run on 8 scenes was checked by hand: minutes
     of suite time for its 200 held-out scenes, measured twice.)"""
     import json
@@ -154,3 +154,126 @@ def test_the_task_detector_searches_in_its_graph_as_selective_search_does(tmp_pa
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "host" in err[0] and "--format savedmodel" in err[0]
     assert not (tmp_path / "out").exists()
+
+
+def _distinct_proposals(rng, n):
+    """``n`` random boxes (12 pixels a side at least) no two of which round to the same
+    cells of the stride-16 feature map: RoI max pooling rounds a box to those cells, so
+    two such boxes would pool the same features and score exactly alike."""
+    out, cells = [], set()
+    while len(out) < n:
+        corner = rng.uniform(0, SIDE - 12, 2)
+        box = np.concatenate([corner, corner + rng.uniform(12, SIDE, 2)]).clip(0, SIDE)
+        key = tuple(np.round(box / 16).astype(int))
+        if key[2] > key[0] and key[3] > key[1] and key not in cells:
+            cells.add(key)
+            out.append(box)
+    return np.array(out, "float32")
+
+
+def test_the_savedmodel_served_as_tf_serving_loads_it_answers_as_the_keras_detector(
+        tmp_path, capsys):
+    """kvision export --format savedmodel of a saved fast_rcnn detector (selective
+    search inside), loaded as TF Serving does (tf.saved_model.load, serving_default):
+    for images and proposals of any count it answers the detections of the Keras
+    two-input detector (kvision.models.detection.fast_rcnn.inference_model, not the
+    export's cut model) fed the first max_proposals of them, padded with zero rows here
+    in NumPy; zero rows sent as padding change nothing; --format tflite is refused in
+    one line."""
+    import tensorflow as tf
+
+    from kvision import cli
+    from kvision.saving import save_model
+    from kvision.tasks.detection import SCORE_THRESHOLD, TASK
+
+    count = 16                              # max_proposals; the export checks with 16
+    keras.utils.set_random_seed(0)
+    model = kvision.create("fast_rcnn", classes=3, input_shape=(SIDE, SIDE, 3),
+                           backbone=_body(), representation=16, max_proposals=count)
+    # Scores well separated, so that the comparison is not decided by ties: untrained,
+    # raw pixels make this classifier's logits reach ~40, its softmax 1.0 or 1e-20 in
+    # float32 (ties at 1.0, and few scores above the threshold). Scaled by 0.1, the
+    # scores above the threshold are spread (asserted below: >= 5e-4 apart, thousands
+    # of times float32's rounding), so NMS cannot choose differently in the export
+    # and in Keras because of rounding; the proposals pool distinct features
+    # (_distinct_proposals) of noise images (no flat background pooling alike). The
+    # last class's bias raised by 2 makes a zero (padding) row score above the
+    # threshold (asserted below): unmasked, padding would be detected.
+    scorer = model.get_layer("box_head").get_layer("cls_score")
+    weights, bias = scorer.get_weights()
+    scorer.set_weights([weights * 0.1, bias + np.array([0, 0, 0, 2], "float32")])
+    path = tmp_path / "fast_rcnn.keras"
+    save_model(TASK.inference_model("fast_rcnn", model), path, class_names=list("abc"))
+    assert cli.main(["export", str(path), "--format", "tflite",
+                     "--out", str(tmp_path / "t")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "selective search" in err[0] and "host" in err[0] \
+        and "--format savedmodel" in err[0], err
+    assert not (tmp_path / "t").exists()
+    # The export's own check feeds selective search's proposals of its check images;
+    # at 64 pixels many of them round to the same cells of the 4x4 feature map, pool
+    # alike and score exactly alike, and NMS breaks such ties one way in the export
+    # and another in Keras (random check images: "another number of detections",
+    # export refused). Its check image here is two flat halves: 3 proposals, no ties.
+    # The comparisons below are this test's own.
+    check = np.zeros((SIDE, SIDE, 3), "uint8")
+    check[:, SIDE // 2:] = 200
+    (tmp_path / "check").mkdir()
+    keras.utils.save_img(tmp_path / "check" / "halves.png", check)
+    assert cli.main(["export", str(path), "--format", "savedmodel", "--data",
+                     str(tmp_path / "check"), "--out", str(tmp_path / "sm")]) == 0, \
+        capsys.readouterr().err
+    capsys.readouterr()
+
+    serve = tf.saved_model.load(str(tmp_path / "sm" / "1")).signatures["serving_default"]
+    keras_detector = fast_rcnn.inference_model(model, score_threshold=SCORE_THRESHOLD)
+    rng = np.random.default_rng(3)
+    images = rng.uniform(0, 255, (2, SIDE, SIDE, 3)).astype("float32")
+    sent = np.stack([_distinct_proposals(rng, 24) for _ in images])
+
+    def softmax(proposals):                 # object classes' scores, in NumPy
+        logits = np.asarray(model([images, proposals])["class_logits"], "float64")
+        scores = np.exp(logits - logits.max(-1, keepdims=True))
+        return (scores / scores.sum(-1, keepdims=True))[..., 1:]
+
+    for per_class in softmax(sent[:, :count]).transpose(0, 2, 1).reshape(-1, count):
+        kept = np.sort(per_class[per_class > SCORE_THRESHOLD])
+        assert len(kept) < 2 or np.diff(kept).min() > 5e-4, kept
+    assert (softmax(np.zeros_like(sent[:, :count]))[:, 0].max(-1) > SCORE_THRESHOLD).all()
+
+    def served(proposals):
+        got = serve(images=tf.constant(images), proposals=tf.constant(proposals))
+        return {k: v.numpy() for k, v in got.items()}
+
+    def expected(proposals):               # the first `count` read, zero rows after
+        padded = np.zeros((len(images), count, 4), "float32")
+        rows = proposals[:, :count]
+        padded[:, :rows.shape[1]] = rows
+        return keras_detector.predict([images, padded], verbose=0)
+
+    def assert_same(got, want, what):
+        n = np.asarray(want["num_detections"])
+        np.testing.assert_array_equal(got["num_detections"], n, err_msg=what)
+        assert n.min() >= 2, (what, n)      # something to compare, in each image
+        for i, k in enumerate(n):
+            np.testing.assert_array_equal(got["classes"][i, :k], want["classes"][i, :k],
+                                          err_msg=what)
+            np.testing.assert_allclose(got["scores"][i, :k], want["scores"][i, :k],
+                                       rtol=1e-4, atol=1e-6, err_msg=what)
+            np.testing.assert_allclose(got["boxes"][i, :k], want["boxes"][i, :k],
+                                       atol=1e-3 * SIDE, err_msg=what)
+            assert [name.decode() for name in got["labels"][i, :k]] == [
+                "abc"[c] for c in want["classes"][i, :k]], what
+            box = got["boxes"][i, :k]       # from real proposals, none from a zero row
+            assert (box[:, 2:] - box[:, :2]).min() > 0, (what, box)
+
+    # 10 proposals (fewer than the export's check sent), 24 (more: the first 16 read).
+    few = served(sent[:, :10])
+    assert_same(few, expected(sent[:, :10]), "10 proposals")
+    assert_same(served(sent), expected(sent), "24 proposals")
+    # The same 10 with 9 zero rows as padding: as if sent alone.
+    padded = np.concatenate([sent[:, :10], np.zeros((2, 9, 4), "float32")], 1)
+    got = served(padded)
+    assert_same(got, expected(padded), "10 proposals + 9 zero rows")
+    for key in ("num_detections", "classes", "scores", "boxes"):
+        np.testing.assert_array_equal(got[key], few[key])
