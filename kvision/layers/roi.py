@@ -229,11 +229,17 @@ def _bins(start, end, pooled, size):
     (int32, clipped to ``[0, size]``, empty where ``hi <= lo``), from box edges already
     in feature pixels."""
     start, end = _round(start), _round(end)
-    bin_size = ops.maximum(end - start + 1.0, 1.0) / pooled  # malformed boxes: 1 pixel
-    p = ops.cast(ops.arange(pooled), "float32")
-    bin_size, start = ops.expand_dims(bin_size, -1), ops.expand_dims(start, -1)
-    lo = ops.clip(ops.floor(p * bin_size) + start, 0.0, float(size))
-    hi = ops.clip(ops.ceil((p + 1.0) * bin_size) + start, 0.0, float(size))
+    # floor(p * s) and ceil((p + 1) * s), s = pixels / pooled, in integers: exact, as
+    # roi_pool's float32 is at these sizes, in eager and in graphs alike (a graph's
+    # optimizer turns the division into a product by float32 1/pooled, which put
+    # ceil(7 * 3/7) at 4: issue 17).
+    pixels = ops.cast(ops.maximum(end - start + 1.0, 1.0), "int32")  # malformed: 1
+    p = ops.arange(pooled, dtype="int32")
+    pixels, start = ops.expand_dims(pixels, -1), ops.expand_dims(start, -1)
+    lo = ops.cast(ops.floor_divide(p * pixels, pooled), "float32")
+    hi = ops.cast(ops.floor_divide((p + 1) * pixels + pooled - 1, pooled), "float32")
+    lo = ops.clip(lo + start, 0.0, float(size))
+    hi = ops.clip(hi + start, 0.0, float(size))
     return ops.cast(lo, "int32"), ops.cast(hi, "int32")
 
 

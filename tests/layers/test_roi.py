@@ -158,6 +158,19 @@ def test_roi_pooling_rounds_halves_away_from_zero():
     np.testing.assert_array_equal(got[0, :, 0, 0], [features[0, 1, 3, 0], features[0, 1, 1, 0]])
 
 
+def test_roi_pooling_in_a_graph_is_torchvision_roi_pool():
+    """In a tf.function (as model.predict and a SavedModel run it) too: boxes 1 to 8
+    feature pixels wide into 7 bins (3 pixels: ceil(7 * 3/7) is 3 in the kernel's float32;
+    a graph's division by 7 made a product by float32 1/7 gave 4 before; issue 17)."""
+    rng = np.random.default_rng(1)
+    features = rng.normal(size=(1, 8, 8, 2)).astype("float32")
+    boxes = np.array([[[0, 0, 16 * k - 1, 16 * (9 - k) - 1] for k in range(1, 9)]], "float32")
+    layer = RoIPooling(7, spatial_scale=1 / 16)
+    expected = roi_pool_reference(features, boxes, layer.output_size, 1 / 16)
+    got = np.asarray(tf.function(lambda f, b: layer([f, b]))(features, boxes))
+    np.testing.assert_allclose(got, expected, rtol=0, atol=_tolerance(features))
+
+
 @pytest.mark.parametrize("output_size,scale,ratio,aligned", [
     ((2, 2), 1 / 8, 2, True), ((2, 2), 1 / 8, 2, False), ((3, 2), 1 / 4, 1, True),
     (2, 1 / 8, 0, True), (3, 1 / 8, 0, False), ((2, 3), 0.5, 3, False), (1, 1 / 16, -1, True)])
