@@ -772,10 +772,14 @@ def format_table(results) -> str:
         if (r.parity or {}).get("proposals_input") is not None:
             from kvision.export.proposals import CALLER_SUPPLIES
 
+            tied = r.parity.get("proposals_tied")
+            tied = "" if tied is None else (
+                f", less {tied} pooling the same feature cells as an earlier one: "
+                f"their scores tie exactly and NMS may keep either")
             lines.append(f"{r.format}: {CALLER_SUPPLIES} (at most "
                          f"{r.parity['proposals_input']} read); checked against the "
                          f"Keras model given the same proposals (selective search's of "
-                         f"the check images)")
+                         f"the check images{tied})")
     lines.append("images: how many the export and the Keras model were compared on; "
                  "agreement: share of top-1 classes alike\n(segmenters: of pixels, "
                  "detectors: of detections matched, embeddings: of nearest neighbours) with its 95% Wilson interval; acc "

@@ -104,6 +104,53 @@ def search_proposals(images, count, mode="fast"):
     return out
 
 
+def pooling_keys(model, proposals):
+    """What the pooling of ``model`` reads of each proposal ``(..., 4)``: per
+    :class:`kvision.layers.RoIPooling` layer, the box's edges in feature pixels rounded
+    as that layer rounds them (``float32`` box times ``spatial_scale``, halves away
+    from zero); the box itself when ``model`` has no such layer (RoIAlign, R-CNN's
+    warps: only an identical box reads the same). Int64 or float32 ``(..., 4k)``."""
+    from kvision.layers.roi import RoIPooling
+
+    boxes = np.asarray(proposals, np.float32)
+    scales = sorted({layer.spatial_scale for layer in
+                     model._flatten_layers(include_self=False, recursive=True)
+                     if isinstance(layer, RoIPooling)})
+    if not scales:
+        return boxes
+    keys = []
+    for scale in scales:  # kvision.layers.roi._round of _RoILayer._inputs' boxes
+        scaled = boxes * np.float32(scale)
+        keys.append(np.sign(scaled) * np.floor(np.abs(scaled) + np.float32(0.5)))
+    return np.concatenate(keys, -1).astype(np.int64)
+
+
+def distinct_pooling(model, proposals):
+    """``proposals (N, M, 4)`` with each proposal that ``model`` pools exactly as an
+    earlier one of its image (:func:`pooling_keys`) dropped, the rest moved up in
+    order and zero rows (padding) after; and how many were dropped. Two such
+    proposals score exactly alike, and per-class NMS may keep either of a tie (the
+    SavedModel one, the Keras model the other, by float32's last bit): an export
+    checked with them could be refused though correct."""
+    proposals = np.asarray(proposals, np.float32)
+    keys = pooling_keys(model, proposals)
+    out = np.zeros_like(proposals)
+    dropped = 0
+    for i, (boxes, image_keys) in enumerate(zip(proposals, keys)):
+        seen, kept = set(), []
+        for box, key in zip(boxes, image_keys):
+            if not (box[2] > box[0] and box[3] > box[1]):
+                continue  # padding
+            key = key.tobytes()
+            if key in seen:
+                dropped += 1
+                continue
+            seen.add(key)
+            kept.append(box)
+        out[i, :len(kept)] = kept
+    return out, dropped
+
+
 def tflite_refusal(model) -> str:
     """The one line ``kvision export`` refuses TFLite with for such a model."""
     from kvision.layers.proposals import WarpedRegions

@@ -107,7 +107,10 @@ def saved_model(model, model_dir, version=None, *, class_names=None, top_k=5,
             prediction, :mod:`kvision.export.gradcam`): True for the last layer with
             a spatial map, or a layer path; checked against ``vis.gradcam`` too.
         check_proposals: a two-input detector's proposals for ``check_inputs``
-            (``(N, M, 4)``); default selective search's of each check image.
+            (``(N, M, 4)``); default selective search's of each check image, less
+            those the model pools exactly as an earlier one (their scores tie and NMS
+            may keep either: :func:`kvision.export.proposals.distinct_pooling`; how
+            many in ``parity["proposals_tied"]``).
     Returns:
         :class:`~kvision.export.ExportResult` with ``path`` the version directory,
         ``format="savedmodel"``, the batch-1 latency of ``serving_default`` in the
@@ -136,12 +139,15 @@ def saved_model(model, model_dir, version=None, *, class_names=None, top_k=5,
     spec = _ExportSpec.of(model, class_names, top_k, input_dtype, image_bytes)
     spec.gradcam = gradcam_layer(model, gradcam)
     check_inputs = _check_inputs(check_inputs, spec)
-    proposals = None
+    proposals = tied = None
     if spec.proposals is not None:
-        from kvision.export.proposals import search_proposals
+        from kvision.export.proposals import distinct_pooling, search_proposals
 
-        proposals = search_proposals(check_inputs, spec.proposals) \
-            if check_proposals is None else np.asarray(check_proposals, "float32")
+        if check_proposals is None:  # no two pooling alike: exact ties (issue 17)
+            proposals, tied = distinct_pooling(
+                model, search_proposals(check_inputs, spec.proposals))
+        else:
+            proposals, tied = np.asarray(check_proposals, "float32"), None
         if proposals.ndim != 3 or proposals.shape[-1] != 4 \
                 or len(proposals) != len(check_inputs):
             raise ValueError(f"check_proposals must be (N, M, 4) for the {len(check_inputs)} "
@@ -162,6 +168,8 @@ def saved_model(model, model_dir, version=None, *, class_names=None, top_k=5,
                 None if proposals is None else proposals[:1])
         figures, latency_ms = _verify(model, spec, export_path, check_inputs, atol,
                                       proposals)
+        if tied is not None:
+            figures["proposals_tied"] = tied
         os.rename(export_path, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
