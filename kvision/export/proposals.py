@@ -110,7 +110,7 @@ def pooling_keys(model, proposals):
     as that layer rounds them (``float32`` box times ``spatial_scale``, halves away
     from zero); the box itself when ``model`` has no such layer (RoIAlign, R-CNN's
     warps: only an identical box reads the same). Int64 or float32 ``(..., 4k)``."""
-    from kvision.layers.roi import RoIPooling
+    from kvision.layers.roi import RoIPooling, _round
 
     boxes = np.asarray(proposals, np.float32)
     scales = sorted({layer.spatial_scale for layer in
@@ -119,9 +119,8 @@ def pooling_keys(model, proposals):
     if not scales:
         return boxes
     keys = []
-    for scale in scales:  # kvision.layers.roi._round of _RoILayer._inputs' boxes
-        scaled = boxes * np.float32(scale)
-        keys.append(np.sign(scaled) * np.floor(np.abs(scaled) + np.float32(0.5)))
+    for scale in scales:  # the layer's own rounding of the scaled boxes
+        keys.append(np.asarray(_round(boxes * np.float32(scale))))
     return np.concatenate(keys, -1).astype(np.int64)
 
 
