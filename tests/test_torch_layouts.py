@@ -227,17 +227,23 @@ def test_plain_vgg_takes_torchvisions_checkpoint_features(depth, fake_torch, tmp
         images(32), terms=9 * 512, depth=depth)
 
 
-def test_resnext_checkpoint_gives_torchvisions_outputs(fake_torch, tmp_path):
-    """Grouped 3x3 kernels: torch's (O, I/groups, 3, 3) is Conv2D(groups)'s layout."""
-    layers = (3, 4, 6, 3)
+def _check_resnext(name, layers, width_per_group, seed, fake_torch, tmp_path, count=None):
+    """``name`` loaded from a torch-format checkpoint of random weights answers as the
+    NumPy torchvision ResNeXt (32 groups) on ``count`` images at 32x32."""
     state = tv.random_state(tv.resnet_shapes(layers, bottleneck=True, groups=32,
-                                             width_per_group=4, classes=10), seed=7)
-    path = write_checkpoint(tmp_path / "resnext50_32x4d.pth", state, fake_torch)
-    model = kvision.create("resnext50_32x4d", weights=path, input_shape=(32, 32, 3),
-                           classes=10, classifier_activation=None)
+                                             width_per_group=width_per_group, classes=10),
+                            seed=seed)
+    path = write_checkpoint(tmp_path / f"{name}.pth", state, fake_torch)
+    model = kvision.create(name, weights=path, input_shape=(32, 32, 3), classes=10,
+                           classifier_activation=None)
     check_against_reference(
         model, lambda x: tv.resnet(state, x, layers, bottleneck=True, groups=32),
-        images(32), terms=2048, depth=3 * sum(layers) + 2)
+        images(32)[:count], terms=2048, depth=3 * sum(layers) + 2)
+
+
+def test_resnext_checkpoint_gives_torchvisions_outputs(fake_torch, tmp_path):
+    """Grouped 3x3 kernels: torch's (O, I/groups, 3, 3) is Conv2D(groups)'s layout."""
+    _check_resnext("resnext50_32x4d", (3, 4, 6, 3), 4, 7, fake_torch, tmp_path)
 
 
 def test_resnext101_32x8d_checkpoint_gives_torchvisions_outputs(fake_torch, tmp_path,
@@ -248,15 +254,8 @@ def test_resnext101_32x8d_checkpoint_gives_torchvisions_outputs(fake_torch, tmp_
     zeros instead (a variable the loader missed keeps them and the outputs differ)."""
     monkeypatch.setattr(keras.initializers.VarianceScaling, "__call__",
                         lambda self, shape, dtype=None: keras.ops.zeros(shape, dtype))
-    layers = (3, 4, 23, 3)
-    state = tv.random_state(tv.resnet_shapes(layers, bottleneck=True, groups=32,
-                                             width_per_group=8, classes=10), seed=17)
-    path = write_checkpoint(tmp_path / "resnext101_32x8d.pth", state, fake_torch)
-    model = kvision.create("resnext101_32x8d", weights=path, input_shape=(32, 32, 3),
-                           classes=10, classifier_activation=None)
-    check_against_reference(
-        model, lambda x: tv.resnet(state, x, layers, bottleneck=True, groups=32),
-        images(32)[:1], terms=2048, depth=3 * sum(layers) + 2)
+    _check_resnext("resnext101_32x8d", (3, 4, 23, 3), 8, 17, fake_torch, tmp_path,
+                   count=1)
 
 
 @pytest.mark.parametrize("version", ["1_0", "1_1"])
