@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 
 
@@ -138,8 +139,10 @@ def _run_task(args, task) -> int:
           f"{result.seconds_per_epoch:.2f} s per epoch")
     print(result.report.format())
     if result.keras_path:
-        print(f"saved: {result.keras_path} (log, curves and checkpoints in "
-              f"{result.out_dir})")
+        # a network trained by its own pipeline (R-CNN) writes no epoch log or curves
+        kept = ("log, curves and checkpoints" if os.path.exists(
+            os.path.join(result.out_dir, "training_log.csv")) else "its settings, run.json,")
+        print(f"saved: {result.keras_path} ({kept} in {result.out_dir})")
     if result.export_path:
         print(f"exported for TensorFlow Serving: {result.export_path}")
     return 0

@@ -69,6 +69,9 @@ def test_kvision_train_rcnn_runs_its_pipeline_and_evaluate_reads_what_it_saved(r
     assert f"selective search: {SCENES}/{SCENES} images" in printed
     assert "SVM 10/10" in printed and "box regression" in printed
     assert len(os.listdir(out / "cache")) == SCENES            # one file per scene
+    # no epoch log or curves are written, and the last line does not promise them
+    assert not os.path.exists(out / "run" / "training_log.csv")
+    assert "(its settings, run.json, in" in printed, printed
     reported = float(re.search(r"held-out mAP@0\.5: ([0-9.]+)", printed).group(1))
     assert cli.main(["evaluate", str(out / "run" / "rcnn.keras"), "--data", "digit-scenes",
                      "--max-images", str(HELD), "--json"]) == 0
